@@ -1,0 +1,60 @@
+"""How good is an encoder on the shapes world: retrieval recall and zero-shot accuracy.
+
+Retrieval ranks `n` scenes against their canonical captions (`describe`) both ways; a hit is any
+image whose caption equals the query's (two scenes can share a caption when both hold one
+object in the same cell). Zero-shot classifies single-object scenes by colour and by shape with
+the prompt templates that `mbm.data.language` defines.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mbm.classify import prototypes
+from mbm.data.language import COLOUR_TEMPLATES, SHAPE_TEMPLATES, describe
+from mbm.data.shapes import COLOURS, SHAPES, make_scene, render
+from mbm.models import Encoder
+
+
+def recall_at(sims: np.ndarray, same: np.ndarray, ks=(1, 5)) -> dict[int, float]:
+    """Recall@k for a `(Q, N)` similarity matrix; `same[q, n]` marks every correct answer."""
+    order = np.argsort(-sims, axis=1, kind="stable")
+    hits = np.take_along_axis(same, order, axis=1)  # (Q, N) correctness in rank order
+    return {k: float(hits[:, :k].any(axis=1).mean()) for k in ks}
+
+
+def retrieval(encoder: Encoder, split: str = "test", n: int = 1000, size: int = 0) -> dict[str, float]:
+    """Text->image and image->text R@1/R@5 over `n` scenes of a split."""
+    size = size or _image_size(encoder)
+    scenes = [make_scene(split, i) for i in range(n)]
+    texts = [describe(s) for s in scenes]
+    img = encoder.encode_images([render(s, size) for s in scenes])
+    txt = encoder.encode_texts(texts)
+    same = np.array(texts)[:, None] == np.array(texts)[None, :]  # (N, N), symmetric
+    t2i, i2t = recall_at(txt @ img.T, same), recall_at(img @ txt.T, same)
+    return {"t2i_r1": t2i[1], "t2i_r5": t2i[5], "i2t_r1": i2t[1], "i2t_r5": i2t[5]}
+
+
+def zero_shot(encoder: Encoder, split: str = "test", n: int = 500, size: int = 0) -> dict[str, float]:
+    """Accuracy of zero-shot colour and shape classification on single-object scenes."""
+    size = size or _image_size(encoder)
+    scenes = [make_scene(split, 10_000_000 + i, n_objects=1) for i in range(n)]
+    img = encoder.encode_images([render(s, size) for s in scenes])
+    out = {}
+    tasks = (("colour", list(COLOURS), COLOUR_TEMPLATES), ("shape", list(SHAPES), SHAPE_TEMPLATES))
+    for attr, labels, templates in tasks:
+        pred = (img @ prototypes(encoder, labels, templates).T).argmax(axis=1)
+        truth = np.array([labels.index(getattr(s.objects[0], attr)) for s in scenes])
+        out[f"zs_{attr}"] = float((pred == truth).mean())
+    return out
+
+
+def evaluate(encoder: Encoder, n_pairs: int = 1000, n_zero_shot: int = 500) -> dict[str, dict[str, float]]:
+    """The full report: retrieval and zero-shot on the i.i.d. test split and on held-out combinations."""
+    return {split: {**retrieval(encoder, split, n_pairs), **zero_shot(encoder, split, n_zero_shot)}
+            for split in ("test", "heldout")}
+
+
+def _image_size(encoder: Encoder) -> int:
+    size = getattr(encoder.model.visual, "image_size", 224)
+    return size[0] if isinstance(size, (tuple, list)) else int(size)

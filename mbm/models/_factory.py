@@ -1,0 +1,125 @@
+"""`create_model(spec, device, precision)`: every kind of spec becomes an `Encoder`.
+
+Device and precision are resolved once here; model classes, transforms and tokenizers are
+open_clip's own. Weights are read as safetensors or with `torch.load(weights_only=True)`
+(open_clip's loader), never by unpickling arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from mbm.models._registry import EMBEDDED, classify_spec, embedded_dir, list_models
+from mbm.models.encoder import Encoder
+
+log = logging.getLogger(__name__)
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights are neither in the local cache nor downloadable right now."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`auto` picks CUDA, then Apple MPS, then the CPU; anything else is taken as given."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` is fp16 autocast on CUDA and fp32 elsewhere; half precisions are CUDA-only."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision != "fp32" and device.type != "cuda":
+        raise ValueError(f"precision {precision!r} needs a CUDA device, got {device.type!r}; use 'fp32'")
+    return precision
+
+
+def create_model(spec: str = EMBEDDED, device: str | torch.device = "auto", precision: str = "auto") -> Encoder:
+    """Create an encoder from a spec (see `mbm.models._registry` for the kinds of spec).
+
+    Args:
+        spec: "mbm-shapes", an open_clip "ARCH:TAG", "ARCH:/path/to/weights", or a local path.
+        device: "auto", "cpu", "cuda", "cuda:1", "mps".
+        precision: "auto", "fp32", "fp16" or "bf16" (autocast; the half ones need CUDA).
+
+    Raises:
+        ValueError: the spec names no model mbm can find.
+        WeightsUnavailableError: an open_clip tag whose weights are not cached while the hub is unreachable.
+    """
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    kind = classify_spec(spec)
+    if kind == "embedded":
+        model, preprocess, tokenizer = _from_dir(embedded_dir(), dev)
+    elif kind == "path":
+        model, preprocess, tokenizer = _from_path(Path(spec).expanduser(), dev)
+    elif kind == "open_clip":
+        model, preprocess, tokenizer = _from_open_clip(spec, dev)
+    else:
+        raise ValueError(f"unknown model {spec!r}; choose from {list_models()}, "
+                         "any open_clip ARCH:TAG, or the path of a local checkpoint")
+    log.info("loaded %s on %s (%s)", spec, dev, prec)
+    return Encoder(model, preprocess, tokenizer, name=spec, device=dev, precision=prec)
+
+
+def _from_dir(folder: Path, device: torch.device):
+    """open_clip's local layout: `open_clip_config.json` plus weights in one folder."""
+    import open_clip
+    if not (folder / "open_clip_config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no open_clip_config.json; a model folder needs one beside its weights")
+    name = f"local-dir:{folder}"
+    model, _, preprocess = open_clip.create_model_and_transforms(name, device=device, require_pretrained=True)
+    return model, preprocess, open_clip.get_tokenizer(name)
+
+
+def _from_path(path: Path, device: torch.device):
+    """A folder, or one weights file whose `open_clip_config.json` lies beside it."""
+    if path.is_dir():
+        return _from_dir(path, device)
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise ValueError(f"{path} is not a weights file; expected one of {WEIGHT_SUFFIXES}")
+    import open_clip
+    name = f"local-dir:{path.parent}"
+    if not (path.parent / "open_clip_config.json").is_file():
+        raise FileNotFoundError(f"no open_clip_config.json beside {path}; "
+                                "for a checkpoint of a known architecture use ARCH:/path/to/weights")
+    model, _, preprocess = open_clip.create_model_and_transforms(name, load_weights=False)
+    open_clip.load_checkpoint(model, str(path), weights_only=True)
+    return model.to(device), preprocess, open_clip.get_tokenizer(name)
+
+
+def _from_open_clip(spec: str, device: torch.device):
+    import open_clip
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+    arch, _, tag = spec.partition(":")
+    if arch not in open_clip.list_models():
+        raise ValueError(f"unknown model {spec!r}: open_clip has no architecture {arch!r}; "
+                         f"choose from {list_models()} or an ARCH:TAG from open_clip.list_pretrained()")
+    pretrained_cfg = get_pretrained_cfg(arch, tag)
+    if not pretrained_cfg and not Path(tag).expanduser().is_file():
+        raise ValueError(f"unknown model {spec!r}: {arch} has no pretrained tag {tag!r}; "
+                         f"choose from {open_clip.list_pretrained_tags_by_model(arch)} or give a weights file")
+    if pretrained_cfg:
+        try:  # a cache hit returns at once; a miss tries the hub
+            download_pretrained(pretrained_cfg)
+        except Exception as e:  # noqa: BLE001 - offline, DNS, HTTP, missing cache: one message for people
+            raise WeightsUnavailableError(
+                f"cannot load {spec!r}: its weights are not in the local cache and the model hub is unreachable "
+                f"({type(e).__name__}). Connect once to download them, or use {EMBEDDED!r}, "
+                "the embedded model that works offline.") from e
+    else:
+        tag = str(Path(tag).expanduser())
+    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag, device=device)
+    return model, preprocess, open_clip.get_tokenizer(arch)

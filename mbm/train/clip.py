@@ -1,0 +1,212 @@
+"""Contrastive training of the embedded CLIP-style model on the synthetic shapes world.
+
+Batches are drawn fresh from the `train` split (data is unlimited, so there are no epochs).
+Most of every batch comes in groups of minimal variants: a scene and copies of it with one
+mentioned object's shape (or colour) changed, captioned with the same phrasing. In-batch negatives
+then differ in one word and one shape, which is what forces both towers to see shape: without
+them, retrieval is won on colour and place alone and shape words stay nearly synonyms.
+The result is saved in open_clip's own folder layout (`open_clip_config.json` +
+`open_clip_model.safetensors`, fp16), which `mbm.create_model(path)` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mbm.data.language import captions
+from mbm.data.shapes import COLOURS, HELD_OUT, SHAPES, Scene, make_scene, render
+
+log = logging.getLogger(__name__)
+LOG_SCALE_MAX = math.log(100.0)  # CLIP clamps its temperature at 100; open_clip's ClipLoss does not
+
+
+def default_model_cfg(image_size: int = 64, context_length: int = 48) -> dict:
+    """open_clip config of the embedded model: a small ModifiedResNet and a 2-layer text transformer."""
+    return {
+        "embed_dim": 128,
+        "vision_cfg": {"image_size": image_size, "layers": [1, 1, 1, 1], "width": 32, "head_width": 32},
+        "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 2},
+    }
+
+
+@dataclass
+class TrainConfig:
+    minutes: float = 10.0  # wall-clock budget; the learning-rate schedule follows elapsed time
+    steps: int = 0  # if > 0, train this many steps instead (deterministic schedule)
+    batch_size: int = 128  # scenes per batch, variants included
+    lr: float = 1e-3  # AdamW peak learning rate (3e-3 collapsed to chance in a probe)
+    weight_decay: float = 0.1  # on matrices only, not on norms, biases or the temperature
+    warmup: float = 0.03  # fraction of the budget spent warming up
+    group_fraction: float = 0.75  # share of each batch made of groups of minimal variants
+    group_size: int = 4  # scenes per group: one and its variants
+    seed: int = 0  # seeds the scene stream and the initial weights
+    model_cfg: dict = field(default_factory=default_model_cfg)
+
+
+def make_batch(rng: random.Random, batch_size: int, group_fraction: float,
+               group_size: int = 4) -> tuple[list[Scene], list[str]]:
+    """Scenes and captions for one batch; `group_fraction` of them come in groups of minimal variants.
+
+    A group is one scene and `group_size - 1` copies with one mentioned object's shape (or, in a
+    quarter of the groups, colour) changed, each captioned with the same phrasing; captions within a
+    group then differ in exactly one word.
+    """
+    scenes, texts = [], []
+    for _ in range(int(batch_size * group_fraction) // group_size):
+        scene = make_scene("train", rng.randrange(2**40))
+        caption_seed = rng.random()
+        text, mentioned = captions(scene, random.Random(caption_seed))
+        group = [(scene, text)]
+        attr = "shape" if rng.random() < 0.75 else "colour"
+        for variant in _variants(scene, rng.choice(mentioned), attr, group_size - 1, rng):
+            variant_text = captions(variant, random.Random(caption_seed))[0]
+            if variant_text != text:  # the caption names what changed: a pair to learn from
+                group.append((variant, variant_text))
+        while len(group) < group_size:
+            extra = make_scene("train", rng.randrange(2**40))
+            group.append((extra, captions(extra, rng)[0]))
+        scenes += [s for s, _ in group]
+        texts += [t for _, t in group]
+    while len(scenes) < batch_size:
+        scene = make_scene("train", rng.randrange(2**40))
+        scenes.append(scene)
+        texts.append(captions(scene, rng)[0])
+    return scenes[:batch_size], texts[:batch_size]
+
+
+def _variants(scene: Scene, i: int, attr: str, n: int, rng: random.Random) -> list[Scene]:
+    """`n` copies of the scene with object `i`'s shape (or colour) changed to distinct new values."""
+    o = scene.objects[i]
+    values = [v for v in (SHAPES if attr == "shape" else COLOURS) if v != getattr(o, attr)]
+    out = []
+    for v in rng.sample(values, len(values)):
+        shape, colour = (v, o.colour) if attr == "shape" else (o.shape, v)
+        if (colour, shape) not in HELD_OUT:
+            out.append(scene.replace_object(i, shape=shape, colour=colour))
+        if len(out) == n:
+            break
+    return out
+
+
+def _pixels(scenes: list[Scene], size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    arr = np.stack([np.asarray(render(s, size)) for s in scenes])  # (B, H, W, 3) uint8
+    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255)  # (B, 3, H, W)
+    return (x - mean) / std
+
+
+def _batches(cfg: TrainConfig, tokenizer, mean, std, stop: threading.Event) -> queue.Queue:
+    """Render batches on a helper thread so the model rarely waits for PIL."""
+    q: queue.Queue = queue.Queue(maxsize=4)
+    rng = random.Random(f"train-batches/{cfg.seed}")
+    size = cfg.model_cfg["vision_cfg"]["image_size"]
+
+    def work():
+        while not stop.is_set():
+            scenes, texts = make_batch(rng, cfg.batch_size, cfg.group_fraction, cfg.group_size)
+            item = (_pixels(scenes, size, mean, std), tokenizer(texts))
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+    threading.Thread(target=work, daemon=True, name="mbm-batches").start()
+    return q
+
+
+def build_model(cfg: TrainConfig):
+    """A fresh open_clip CLIP with its tokenizer and normalisation constants."""
+    import open_clip
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    torch.manual_seed(cfg.seed)
+    model = open_clip.CLIP(**cfg.model_cfg)
+    tokenizer = open_clip.SimpleTokenizer(context_length=cfg.model_cfg["text_cfg"]["context_length"])
+    mean = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    return model, tokenizer, mean, std
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "logit_scale" not in n)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def lr_at(progress: float, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to zero; `progress` runs from 0 to 1."""
+    if progress < cfg.warmup:
+        return cfg.lr * progress / cfg.warmup
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(1.0, (progress - cfg.warmup) / (1 - cfg.warmup))))
+
+
+def train(cfg: TrainConfig, on_step: Callable[[int, float, float], None] | None = None,
+          should_stop: Callable[[], bool] | None = None):
+    """Train a fresh model; returns `(model, history)` where history holds `(step, seconds, loss)`.
+
+    Args:
+        cfg: the run's settings; `steps` > 0 fixes the number of steps, else `minutes` bounds the time.
+        on_step: called after each step with (step, progress 0-1, loss); a terminal bar or a page hooks in here.
+        should_stop: polled each step; return True to end early (the page's cancel button).
+    """
+    from open_clip import ClipLoss
+    model, tokenizer, mean, std = build_model(cfg)
+    model.train()
+    opt, loss_fn = _optimizer(model, cfg), ClipLoss()
+    stop = threading.Event()
+    batches = _batches(cfg, tokenizer, mean, std, stop)
+    budget, start, history, step = cfg.minutes * 60, time.perf_counter(), [], 0
+    try:
+        while True:
+            elapsed = time.perf_counter() - start
+            progress = step / cfg.steps if cfg.steps > 0 else elapsed / budget
+            if progress >= 1 or (should_stop and should_stop()):
+                break
+            for group in opt.param_groups:
+                group["lr"] = lr_at(progress, cfg)
+            images, tokens = batches.get()
+            img, txt, scale = model(images, tokens)  # (B, D), (B, D), exp(logit_scale)
+            loss = loss_fn(img, txt, scale.clamp(max=100))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, LOG_SCALE_MAX)
+            step += 1
+            history.append((step, round(time.perf_counter() - start, 2), round(loss.item(), 4)))
+            if on_step:
+                on_step(step, progress, loss.item())
+    finally:
+        stop.set()
+    return model.eval(), history
+
+
+def save(model: torch.nn.Module, cfg: TrainConfig, out: Path) -> Path:
+    """Write open_clip's folder layout: `open_clip_config.json` and fp16 `open_clip_model.safetensors`."""
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    from safetensors.torch import save_file
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    tmp = out / "open_clip_model.safetensors.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt", "trained_by": "mbm train-clip"})
+    tmp.replace(out / "open_clip_model.safetensors")
+    config = {
+        "model_cfg": cfg.model_cfg,
+        "preprocess_cfg": {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD),
+                           "interpolation": "bicubic", "resize_mode": "squash"},
+        "mbm_train_cfg": {k: v for k, v in asdict(cfg).items() if k != "model_cfg"},
+    }
+    (out / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out

@@ -1,0 +1,167 @@
+"""The model factory: every kind of spec, the offline error, unknown specs, devices, safe loading."""
+
+import json
+import pickle
+
+import numpy as np
+import open_clip
+import open_clip.factory
+import open_clip.pretrained
+import pytest
+import torch
+from huggingface_hub.errors import LocalEntryNotFoundError
+from PIL import Image
+from safetensors.torch import save_file
+
+from mbm.data.shapes import make_scene, render
+from mbm.models import WeightsUnavailableError, create_model, list_models, resolve_device, resolve_precision
+from mbm.train.clip import TrainConfig, default_model_cfg, save, train
+
+TINY = {  # a tiny open_clip ViT: builds in milliseconds, never downloads
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture
+def tiny_arch(tmp_path, monkeypatch):
+    """Register a tiny architecture from a JSON file in a temp dir, with one pretrained tag on a fake hub repo."""
+    monkeypatch.setattr(open_clip.factory, "_MODEL_CONFIG_PATHS", list(open_clip.factory._MODEL_CONFIG_PATHS))
+    monkeypatch.setattr(open_clip.factory, "_MODEL_CONFIGS", dict(open_clip.factory._MODEL_CONFIGS))
+    path = tmp_path / "mbm-tiny-test.json"
+    path.write_text(json.dumps(TINY))
+    open_clip.add_model_config(path)
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "mbm-tiny-test",
+                        {"tiny": open_clip.pretrained._pcfg(hf_hub="mbm-test/tiny/")})
+    return "mbm-tiny-test"
+
+
+def _tiny_weights(folder):
+    torch.manual_seed(1)
+    model = open_clip.create_model("mbm-tiny-test")
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    return model, folder / "open_clip_model.safetensors"
+
+
+def test_list_models_names_the_embedded_model_first():
+    assert list_models()[0] == "mbm-shapes"
+    assert "ViT-B-32:laion2b_s34b_b79k" in list_models()
+
+
+@pytest.mark.parametrize("spec", ["nonsense", "ViT-B-99:laion", "ViT-B-32:no-such-tag", ""])
+def test_unknown_spec_is_a_value_error_listing_choices(spec):
+    with pytest.raises(ValueError, match="mbm-shapes"):
+        create_model(spec, device="cpu")
+
+
+def test_embedded_model_encodes_unit_rows(shapes_model):
+    m = shapes_model
+    assert (m.name, m.embed_dim, m.device.type, m.precision) == ("mbm-shapes", 128, "cpu", "fp32")
+    assert 1 < m.logit_scale <= 100
+    images = [render(make_scene("test", i), 64) for i in range(3)] + [Image.new("L", (40, 90), 128)]
+    img = m.encode_images(images, batch_size=2)
+    txt = m.encode_texts(["a red circle", "a blue star", "x"])
+    assert img.shape == (4, 128) and txt.shape == (3, 128)
+    assert img.dtype == txt.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(txt, axis=1), 1, atol=1e-5)
+    assert m.encode_texts([]).shape == (0, 128)
+
+
+def test_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto").type == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto").type == "cuda"
+    assert resolve_device("cpu").type == "cpu"
+
+
+def test_half_precision_only_on_cuda():
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "fp16"
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        create_model("mbm-shapes", device="cpu", precision="fp16")
+    with pytest.raises(ValueError, match="choose from"):
+        resolve_precision("fp8", torch.device("cpu"))
+
+
+def test_open_clip_tag_offline_gives_one_clear_error(tiny_arch, monkeypatch):
+    def offline(*args, **kwargs):
+        raise LocalEntryNotFoundError("no network and no cache")
+    monkeypatch.setattr(open_clip.pretrained, "hf_hub_download", offline)
+    with pytest.raises(WeightsUnavailableError) as err:
+        create_model("mbm-tiny-test:tiny", device="cpu")
+    message = str(err.value)
+    assert "mbm-tiny-test:tiny" in message and "not in the local cache" in message
+    assert "hub is unreachable" in message and "mbm-shapes" in message
+
+
+def test_open_clip_tag_loads_the_downloaded_weights(tiny_arch, monkeypatch, tmp_path):
+    reference, weights = _tiny_weights(tmp_path / "hub")
+    asked = []
+
+    def download(repo_id, filename, **kwargs):
+        asked.append((repo_id, filename))
+        return str(weights)
+    monkeypatch.setattr(open_clip.pretrained, "hf_hub_download", download)
+    enc = create_model("mbm-tiny-test:tiny", device="cpu")
+    assert asked[0] == ("mbm-test/tiny", "open_clip_model.safetensors")
+    assert enc.embed_dim == 16 and enc.context_length == 16
+    for k, v in reference.state_dict().items():
+        torch.testing.assert_close(enc.model.state_dict()[k], v)
+
+
+def test_arch_with_a_local_weights_file(tiny_arch, tmp_path):
+    reference, weights = _tiny_weights(tmp_path)
+    pt = tmp_path / "epoch_3.pt"  # open_clip's training checkpoints are dicts holding a state_dict
+    torch.save({"epoch": 3, "state_dict": reference.state_dict()}, pt)
+    for path in (weights, pt):
+        enc = create_model(f"mbm-tiny-test:{path}", device="cpu")
+        torch.testing.assert_close(enc.model.visual.conv1.weight, reference.visual.conv1.weight)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_a_pickled_payload_is_refused(tiny_arch, tmp_path):
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"state_dict": _Payload()}))
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        create_model(f"mbm-tiny-test:{evil}", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def trained_folder(tmp_path_factory):
+    cfg = TrainConfig(steps=2, batch_size=8, model_cfg=default_model_cfg())
+    model, _ = train(cfg)
+    return model, save(model, cfg, tmp_path_factory.mktemp("mine") / "my-model")
+
+
+def test_local_folder_and_file_load_what_was_trained(trained_folder):
+    model, folder = trained_folder
+    images = [render(make_scene("val", i), 64) for i in range(4)]
+    for spec in (str(folder), str(folder / "open_clip_model.safetensors")):
+        enc = create_model(spec, device="cpu")
+        assert enc.name == spec and enc.embed_dim == 128
+        with torch.no_grad():
+            x = torch.stack([enc.preprocess(im) for im in images])
+            expected = torch.nn.functional.normalize(model.encode_image(x), dim=-1).numpy()
+        np.testing.assert_allclose(enc.encode_images(images), expected, atol=5e-3)  # fp16 storage
+
+
+def test_local_paths_without_config_say_what_is_missing(tmp_path):
+    (tmp_path / "w.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="open_clip_config.json"):
+        create_model(str(tmp_path), device="cpu")
+    with pytest.raises(FileNotFoundError, match="open_clip_config.json"):
+        create_model(str(tmp_path / "w.safetensors"), device="cpu")
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(ValueError, match="not a weights file"):
+        create_model(str(tmp_path / "notes.txt"), device="cpu")
