@@ -1,6 +1,7 @@
 """The command line as a person runs it: real subprocesses, real files."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(*args, timeout=600):
     return subprocess.run([sys.executable, "-m", "mbm", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+                          timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 def test_models_lists_the_embedded_model():

@@ -32,7 +32,7 @@ COLOURS = {  # name -> base RGB; each object jitters around it
     "white": (248, 248, 248),
     "black": (18, 18, 18),
 }
-SIZES = {"small": 0.17, "medium": 0.23, "large": 0.30}  # diameter as a fraction of the image side
+SIZES = {"small": 0.20, "medium": 0.25, "large": 0.31}  # diameter as a fraction of the image side
 ROWS = ("top", "middle", "bottom")
 COLS = ("left", "center", "right")
 SPLITS = ("train", "val", "test", "heldout")

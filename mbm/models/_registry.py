@@ -47,6 +47,8 @@ def classify_spec(spec: str) -> str:
     """'embedded', 'path', 'open_clip' or 'unknown' for a spec string (no I/O beyond a stat)."""
     if spec == EMBEDDED:
         return "embedded"
+    if not spec.strip():
+        return "unknown"
     if Path(spec).expanduser().exists():
         return "path"
     arch, sep, tag = spec.partition(":")

@@ -61,10 +61,6 @@ class Encoder:
             return self.model.encode_text(tokens.to(self.device, non_blocking=True))
         return self._batched(list(texts), batch_size, run)
 
-    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
-        """Embed already pre-processed pixels `(B, 3, H, W)`; for benchmarks and tight loops."""
-        return self._batched([pixels], 1, lambda chunk: self.model.encode_image(chunk[0].to(self.device)))
-
     def _batched(self, items: list, batch_size: int, run: Callable) -> np.ndarray:
         out = np.empty((0, self.embed_dim), np.float32)
         parts = []

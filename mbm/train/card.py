@@ -21,7 +21,7 @@ def _pct(x: float) -> str:
 def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
     """Markdown table: one row per split, one column per metric."""
     cols = ("t2i_r1", "t2i_r5", "i2t_r1", "i2t_r5", "zs_colour", "zs_shape")
-    head = "| split | " + " | ".join(cols) + " |\n|---" * (len(cols) + 1) + "|\n"
+    head = "| split | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 1) + "|\n"
     rows = "".join(f"| {split} | " + " | ".join(_pct(m[c]) for c in cols) + " |\n" for split, m in metrics.items())
     return head + rows
 
@@ -34,12 +34,15 @@ def write_card(out: Path, model: torch.nn.Module, cfg, history: list, metrics: d
     samples = steps * cfg.batch_size
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU threads, "
                f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
-    (out / "metrics.json").write_text(json.dumps(
-        {"metrics": metrics, "steps": steps, "train_seconds": seconds, "samples": samples, "params": params}, indent=2) + "\n")
+    record = {"metrics": metrics, "steps": steps, "train_seconds": seconds, "samples": samples, "params": params}
+    (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    embed_dim = cfg.model_cfg["embed_dim"]
+    budget = f"--steps {cfg.steps}" if cfg.steps > 0 else f"--minutes {cfg.minutes:g}"
+    held_out = ", ".join(f"{c} {s}" for c, s in sorted(HELD_OUT))
     vc, tc = cfg.model_cfg["vision_cfg"], cfg.model_cfg["text_cfg"]
     text = f"""# mbm-shapes: a small CLIP trained on a synthetic shapes world
 
-Trained by `python -m mbm train-clip --minutes {cfg.minutes:g} --out {out.name}` (see `mbm/train/clip.py`).
+Trained by `python -m mbm train-clip {budget} --out {out.name}` (see `mbm/train/clip.py`).
 
 ## Data
 Scenes from `mbm.data.shapes`: 1-4 objects ({len(SHAPES)} shapes: {", ".join(SHAPES)}; {len(COLOURS)} colours:
@@ -47,18 +50,21 @@ Scenes from `mbm.data.shapes`: 1-4 objects ({len(SHAPES)} shapes: {", ".join(SHA
 {vc["image_size"]} px. Captions mix full descriptions, short phrases, prompt-like phrases, relations and counts.
 {int(cfg.group_fraction * 100)}% of every batch come in groups of {cfg.group_size} minimal variants
 (one mentioned object's shape or colour changed, same phrasing).
-{len(HELD_OUT)} colour-shape combinations never appear in training: {", ".join(f"{c} {s}" for c, s in sorted(HELD_OUT))}.
+{len(HELD_OUT)} colour-shape combinations never appear in training: {held_out}.
 
 ## Architecture
 open_clip `CLIP`: ModifiedResNet image tower (layers {vc["layers"]}, width {vc["width"]}, {vc["image_size"]} px),
-text transformer ({tc["layers"]} layers, width {tc["width"]}, {tc["heads"]} heads, context {tc["context_length"]} tokens,
-open_clip's BPE tokenizer), shared embedding of {cfg.model_cfg["embed_dim"]} dimensions.
+text transformer ({tc["layers"]} layers, width {tc["width"]}, {tc["heads"]} heads,
+context {tc["context_length"]} tokens, open_clip's BPE tokenizer), shared embedding of {embed_dim} dimensions.
 Parameters: {params:,} ({visual:,} in the image tower; most of the rest is the 49,408-token embedding).
 Weights: fp16 safetensors.
 
 ## Training
-{steps:,} steps of {cfg.batch_size} ({samples:,} image-caption pairs) in {seconds / 60:.1f} minutes; open_clip `ClipLoss`,
-AdamW (lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}), warm-up then cosine decay, temperature clamped at 100.
+{steps:,} steps of {cfg.batch_size} ({samples:,} image-caption pairs) in {seconds / 60:.1f} minutes;
+open_clip `ClipLoss`, AdamW (lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}), warm-up then cosine decay,
+temperature clamped at 100. An auxiliary grid probe (shape and colour of each of the 9 cells, read off the
+image embedding; weight {cfg.aux_weight:g} decaying to 0 at {int(cfg.aux_until * 100)}% of training) gives the image
+tower a direct shape signal early on; it is discarded, and the saved model is a plain open_clip `CLIP`.
 Final training loss {last_loss:.3f}. Machine: {machine}.
 
 ## Metrics

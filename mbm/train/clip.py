@@ -36,7 +36,7 @@ def default_model_cfg(image_size: int = 64, context_length: int = 48) -> dict:
     """open_clip config of the embedded model: a small ModifiedResNet and a 2-layer text transformer."""
     return {
         "embed_dim": 128,
-        "vision_cfg": {"image_size": image_size, "layers": [1, 1, 1, 1], "width": 32, "head_width": 32},
+        "vision_cfg": {"image_size": image_size, "layers": [1, 1, 1, 1], "width": 16, "head_width": 64},
         "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 2},
     }
 
@@ -49,8 +49,10 @@ class TrainConfig:
     lr: float = 1e-3  # AdamW peak learning rate (3e-3 collapsed to chance in a probe)
     weight_decay: float = 0.1  # on matrices only, not on norms, biases or the temperature
     warmup: float = 0.03  # fraction of the budget spent warming up
-    group_fraction: float = 0.75  # share of each batch made of groups of minimal variants
+    group_fraction: float = 0.5  # share of each batch made of groups of minimal variants
     group_size: int = 4  # scenes per group: one and its variants
+    aux_weight: float = 1.0  # initial weight of the grid-probe loss (see GridProbe); 0 = pure contrastive
+    aux_until: float = 0.8  # fraction of the budget over which that weight decays to zero
     seed: int = 0  # seeds the scene stream and the initial weights
     model_cfg: dict = field(default_factory=default_model_cfg)
 
@@ -100,6 +102,40 @@ def _variants(scene: Scene, i: int, attr: str, n: int, rng: random.Random) -> li
     return out
 
 
+def grid_labels(scenes: list[Scene]) -> torch.Tensor:
+    """`(B, 2, 9)` long: the shape and colour index in each grid cell, `len(SHAPES)`/`len(COLOURS)` if empty."""
+    out = torch.empty(len(scenes), 2, 9, dtype=torch.long)
+    out[:, 0], out[:, 1] = len(SHAPES), len(COLOURS)
+    colours = list(COLOURS)
+    for b, scene in enumerate(scenes):
+        for o in scene.objects:
+            out[b, 0, 3 * o.row + o.col] = SHAPES.index(o.shape)
+            out[b, 1, 3 * o.row + o.col] = colours.index(o.colour)
+    return out
+
+
+class GridProbe(torch.nn.Module):
+    """Auxiliary head, training only: reads each cell's shape and colour off the image embedding.
+
+    Contrastive learning alone is slow to bootstrap shape (the text tower cannot tell shape words
+    apart until the image tower sees shape, and vice versa). Labels come free with the synthetic
+    world, so this head gives the image tower a direct signal early; its weight decays to zero,
+    and the saved model is a plain open_clip CLIP without it.
+    """
+
+    def __init__(self, embed_dim: int):
+        super().__init__()
+        self.shape = torch.nn.Linear(embed_dim, 9 * (len(SHAPES) + 1))
+        self.colour = torch.nn.Linear(embed_dim, 9 * (len(COLOURS) + 1))
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        b = features.shape[0]
+        shape_logits = self.shape(features).view(b * 9, -1)  # (B * 9, shapes + empty)
+        colour_logits = self.colour(features).view(b * 9, -1)  # (B * 9, colours + empty)
+        ce = torch.nn.functional.cross_entropy
+        return ce(shape_logits, labels[:, 0].reshape(-1)) + ce(colour_logits, labels[:, 1].reshape(-1))
+
+
 def _pixels(scenes: list[Scene], size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     arr = np.stack([np.asarray(render(s, size)) for s in scenes])  # (B, H, W, 3) uint8
     x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255)  # (B, 3, H, W)
@@ -115,7 +151,7 @@ def _batches(cfg: TrainConfig, tokenizer, mean, std, stop: threading.Event) -> q
     def work():
         while not stop.is_set():
             scenes, texts = make_batch(rng, cfg.batch_size, cfg.group_fraction, cfg.group_size)
-            item = (_pixels(scenes, size, mean, std), tokenizer(texts))
+            item = (_pixels(scenes, size, mean, std), tokenizer(texts), grid_labels(scenes))
             while not stop.is_set():
                 try:
                     q.put(item, timeout=0.2)
@@ -164,7 +200,8 @@ def train(cfg: TrainConfig, on_step: Callable[[int, float, float], None] | None 
     from open_clip import ClipLoss
     model, tokenizer, mean, std = build_model(cfg)
     model.train()
-    opt, loss_fn = _optimizer(model, cfg), ClipLoss()
+    probe = GridProbe(cfg.model_cfg["embed_dim"])
+    opt, loss_fn = _optimizer(torch.nn.ModuleList([model, probe]), cfg), ClipLoss()
     stop = threading.Event()
     batches = _batches(cfg, tokenizer, mean, std, stop)
     budget, start, history, step = cfg.minutes * 60, time.perf_counter(), [], 0
@@ -176,9 +213,14 @@ def train(cfg: TrainConfig, on_step: Callable[[int, float, float], None] | None 
                 break
             for group in opt.param_groups:
                 group["lr"] = lr_at(progress, cfg)
-            images, tokens = batches.get()
-            img, txt, scale = model(images, tokens)  # (B, D), (B, D), exp(logit_scale)
-            loss = loss_fn(img, txt, scale.clamp(max=100))
+            images, tokens, labels = batches.get()
+            img = model.encode_image(images)  # (B, D), not yet normalised
+            txt = model.encode_text(tokens, normalize=True)  # (B, D)
+            scale = model.logit_scale.exp().clamp(max=100)
+            loss = loss_fn(torch.nn.functional.normalize(img, dim=-1), txt, scale)
+            aux_weight = cfg.aux_weight * max(0.0, 1 - progress / cfg.aux_until)
+            if aux_weight > 0:
+                loss = loss + aux_weight * probe(img, labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
