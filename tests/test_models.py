@@ -133,6 +133,7 @@ class _Payload:
         return (print, ("pwned",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_pickled_payload_is_refused(tiny_arch, tmp_path):
     evil = tmp_path / "evil.pt"
     evil.write_bytes(pickle.dumps({"state_dict": _Payload()}))

@@ -4,7 +4,8 @@ Batches are drawn fresh from the `train` split (data is unlimited, so there are 
 Most of every batch comes in groups of minimal variants: a scene and copies of it with one
 mentioned object's shape (or colour) changed, captioned with the same phrasing. In-batch negatives
 then differ in one word and one shape, which is what forces both towers to see shape: without
-them, retrieval is won on colour and place alone and shape words stay nearly synonyms.
+them, retrieval is won on colour and place alone and shape words stay nearly synonyms. An
+auxiliary probe (`GridProbe`) gets the image tower started on shape; it is not saved.
 The result is saved in open_clip's own folder layout (`open_clip_config.json` +
 `open_clip_model.safetensors`, fp16), which `mbm.create_model(path)` loads.
 """
@@ -240,7 +241,8 @@ def save(model: torch.nn.Module, cfg: TrainConfig, out: Path) -> Path:
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
     from safetensors.torch import save_file
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    # Halve the floats only: BatchNorm's step counters stay integers.
+    state = {k: (v.half() if v.is_floating_point() else v).detach().contiguous() for k, v in model.state_dict().items()}
     tmp = out / "open_clip_model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": "pt", "trained_by": "mbm train-clip"})
     tmp.replace(out / "open_clip_model.safetensors")
