@@ -27,7 +27,8 @@ def _train_clip(args) -> int:
     from mbm.train.clip import TrainConfig, save, train
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    cfg = TrainConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      aux_weight=args.aux_weight, aux_until=args.aux_until)
     total = args.steps or 1000
     with tqdm(total=total, unit="%" if not args.steps else "step", desc="train-clip") as bar:
         def on_step(step: int, progress: float, loss: float) -> None:
@@ -68,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--aux-weight", type=float, default=1.0, help="initial weight of the grid-probe loss (0: off)")
+    p.add_argument("--aux-until", type=float, default=0.8,
+                   help="fraction of training over which that weight falls to 0 (> 1: it never reaches 0)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--pairs", type=int, default=1000, help="held-out pairs for the final evaluation")
     p.add_argument("--zero-shot", type=int, default=500, help="single-object scenes for the final evaluation")

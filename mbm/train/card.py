@@ -38,6 +38,8 @@ def write_card(out: Path, model: torch.nn.Module, cfg, history: list, metrics: d
     (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
     embed_dim = cfg.model_cfg["embed_dim"]
     budget = f"--steps {cfg.steps}" if cfg.steps > 0 else f"--minutes {cfg.minutes:g}"
+    budget += f" --aux-weight {cfg.aux_weight:g} --aux-until {cfg.aux_until:g}"
+    aux_end = cfg.aux_weight * max(0.0, 1 - 1 / cfg.aux_until)
     held_out = ", ".join(f"{c} {s}" for c, s in sorted(HELD_OUT))
     vc, tc = cfg.model_cfg["vision_cfg"], cfg.model_cfg["text_cfg"]
     text = f"""# mbm-shapes: a small CLIP trained on a synthetic shapes world
@@ -63,8 +65,9 @@ Weights: fp16 safetensors.
 {steps:,} steps of {cfg.batch_size} ({samples:,} image-caption pairs) in {seconds / 60:.1f} minutes;
 open_clip `ClipLoss`, AdamW (lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}), warm-up then cosine decay,
 temperature clamped at 100. An auxiliary grid probe (shape and colour of each of the 9 cells, read off the
-image embedding; weight {cfg.aux_weight:g} decaying to 0 at {int(cfg.aux_until * 100)}% of training) gives the image
-tower a direct shape signal early on; it is discarded, and the saved model is a plain open_clip `CLIP`.
+image embedding; its weight falls linearly from {cfg.aux_weight:g} to {aux_end:g} by the end of training) gives the
+image tower a direct, factorised signal for shape and colour; it is discarded, and the saved model is a plain
+open_clip `CLIP`.
 Final training loss {last_loss:.3f}. Machine: {machine}.
 
 ## Metrics
