@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from mbm.data.shapes import COLOURS, HELD_OUT, SHAPES
+from mbm.train.clip import aux_weight_at
 
 BAR = {"t2i_r1": 0.70, "t2i_r5": 0.95, "zs_colour": 0.95, "zs_shape": 0.90}  # the quality bar of issue 2
 
@@ -39,7 +40,7 @@ def write_card(out: Path, model: torch.nn.Module, cfg, history: list, metrics: d
     embed_dim = cfg.model_cfg["embed_dim"]
     budget = f"--steps {cfg.steps}" if cfg.steps > 0 else f"--minutes {cfg.minutes:g}"
     budget += f" --aux-weight {cfg.aux_weight:g} --aux-until {cfg.aux_until:g}"
-    aux_end = cfg.aux_weight * max(0.0, 1 - 1 / cfg.aux_until)
+    aux_end = aux_weight_at(1.0, cfg)
     held_out = ", ".join(f"{c} {s}" for c, s in sorted(HELD_OUT))
     vc, tc = cfg.model_cfg["vision_cfg"], cfg.model_cfg["text_cfg"]
     text = f"""# mbm-shapes: a small CLIP trained on a synthetic shapes world

@@ -189,6 +189,13 @@ def lr_at(progress: float, cfg: TrainConfig) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(1.0, (progress - cfg.warmup) / (1 - cfg.warmup))))
 
 
+def aux_weight_at(progress: float, cfg: TrainConfig) -> float:
+    """The grid probe's loss weight: `aux_weight` falling linearly to 0 at `aux_until` (<= 0: off)."""
+    if cfg.aux_until <= 0:
+        return 0.0
+    return cfg.aux_weight * max(0.0, 1 - progress / cfg.aux_until)
+
+
 def train(cfg: TrainConfig, on_step: Callable[[int, float, float], None] | None = None,
           should_stop: Callable[[], bool] | None = None):
     """Train a fresh model; returns `(model, history)` where history holds `(step, seconds, loss)`.
@@ -219,7 +226,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, float, float], None] | None 
             txt = model.encode_text(tokens, normalize=True)  # (B, D)
             scale = model.logit_scale.exp().clamp(max=100)
             loss = loss_fn(torch.nn.functional.normalize(img, dim=-1), txt, scale)
-            aux_weight = cfg.aux_weight * max(0.0, 1 - progress / cfg.aux_until)
+            aux_weight = aux_weight_at(progress, cfg)
             if aux_weight > 0:
                 loss = loss + aux_weight * probe(img, labels)
             opt.zero_grad(set_to_none=True)
