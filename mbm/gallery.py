@@ -1,0 +1,480 @@
+"""Galleries: a folder of images made searchable, with SQLite as the truth and FAISS derived from it.
+
+A gallery's store (by default `ROOT/.mbm/`) holds `gallery.sqlite`: one row per image file (path
+relative to the root, size, mtime, content hash, width, height, caption, the error if it could not
+be read) and, per model, the embedding of each image and of its caption. FAISS indexes under
+`index/` and thumbnails under `thumbs/` are caches: delete them, or kill the process while they are
+written, and they are rebuilt from SQLite.
+
+`sync()` reconciles the table with the folder (new, changed, renamed, deleted files) and then encodes
+whatever lacks an embedding for the current model, one committed batch at a time; so a sync killed at
+any moment resumes where it stopped, with nothing lost and nothing twice. Originals are only read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mbm.data.images import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    caption_from_filename,
+    load_image,
+    read_sidecar_caption,
+    save_thumbnail,
+    thumbnail,
+)
+from mbm.index import Index, IndexFileError
+from mbm.models import Encoder
+
+log = logging.getLogger(__name__)
+THUMB_SIZE = 256
+Progress = Callable[[int, int, str], None]  # (done, total, what) -> None
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,   -- relative to the gallery root, '/' separated
+    size INTEGER NOT NULL,       -- bytes
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT,                 -- of the file's bytes; NULL until first read
+    width INTEGER,
+    height INTEGER,
+    caption TEXT NOT NULL,       -- the sidecar NAME.txt, else a readable file name
+    error TEXT                   -- why the file could not be read; NULL when it is fine
+);
+CREATE TABLE IF NOT EXISTS vectors (
+    item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+    model TEXT NOT NULL,         -- Encoder.key: spec plus weight fingerprint
+    kind TEXT NOT NULL CHECK (kind IN ('image', 'caption')),
+    vector BLOB NOT NULL,        -- float32, L2-normalised
+    PRIMARY KEY (item_id, model, kind)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Item:
+    id: int
+    path: str  # relative to the gallery root
+    caption: str
+    width: int | None
+    height: int | None
+    sha256: str | None
+    error: str | None
+
+
+@dataclass
+class SyncReport:
+    """What one `sync()` did; `skipped` pairs a relative path with the reason it could not be read."""
+    added: int = 0
+    changed: int = 0
+    renamed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    encoded: int = 0  # images embedded in this run
+    captions_encoded: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (f"{self.added} added, {self.changed} changed, {self.renamed} renamed, {self.removed} removed, "
+                f"{self.unchanged} unchanged; {self.encoded} images encoded, {len(self.skipped)} skipped "
+                f"in {self.seconds:.1f} s")
+
+
+class Gallery:
+    """A folder of images and its store; all reads and writes of the store go through here.
+
+    Args:
+        root: the folder of images (scanned recursively; hidden folders and the store are skipped).
+        encoder: the model whose embeddings this gallery serves.
+        store: where SQLite, indexes and thumbnails live (default `root/.mbm`); use another folder
+            when the image folder is read-only or shared.
+        factory: a FAISS factory string to override the automatic choice (see `mbm.index`).
+    """
+
+    def __init__(self, root: str | os.PathLike, encoder: Encoder, store: str | os.PathLike | None = None,
+                 factory: str | None = None):
+        self.root = Path(root).expanduser().resolve()
+        if not self.root.is_dir():
+            kind = "a file, not a folder" if self.root.exists() else "missing"
+            raise NotADirectoryError(f"gallery folder {self.root} is {kind}")
+        self.store = Path(store).expanduser().resolve() if store else self.root / ".mbm"
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.encoder, self.factory = encoder, factory
+        self._lock = threading.RLock()  # one connection, shared by the page's worker threads
+        self._sync_lock = threading.Lock()
+        self._db = sqlite3.connect(self.store / "gallery.sqlite", timeout=30, check_same_thread=False,
+                                   isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+        self._index: Index | None = None
+        self._matrix: tuple[int, np.ndarray, np.ndarray] | None = None  # (generation, ids, vectors)
+
+    def __repr__(self) -> str:
+        return f"Gallery({str(self.root)!r}, model={self.encoder.name!r}, items={len(self)})"
+
+    def __len__(self) -> int:
+        """Images searchable with the current model."""
+        return self._one("SELECT COUNT(*) FROM vectors WHERE model=? AND kind='image'", (self.encoder.key,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ---------------------------------------------------------------- reading
+    def item(self, item_id: int) -> Item:
+        items = self.items([item_id])
+        if not items:
+            raise KeyError(f"no item {item_id} in {self.root}")
+        return items[0]
+
+    def items(self, ids: list[int] | np.ndarray) -> list[Item]:
+        """Items in the order of `ids` (ids not in the gallery, and -1, are left out)."""
+        ids = [int(i) for i in ids if i >= 0]
+        marks = ",".join("?" * len(ids))
+        rows = self._all(f"SELECT id, path, caption, width, height, sha256, error FROM items WHERE id IN ({marks})",
+                         ids)
+        by_id = {r[0]: Item(*r) for r in rows}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def errors(self) -> list[Item]:
+        """Files that could not be read, with the reason."""
+        rows = self._all("SELECT id, path, caption, width, height, sha256, error FROM items "
+                         "WHERE error IS NOT NULL ORDER BY path")
+        return [Item(*r) for r in rows]
+
+    def file(self, item: Item) -> Path:
+        return self.root / item.path
+
+    def thumbnail(self, item: Item) -> Path | None:
+        """The cached thumbnail of an item (None if it has none yet)."""
+        if item.sha256 is None:
+            return None
+        path = self._thumb_path(item.sha256)
+        return path if path.is_file() else None
+
+    def vectors(self, kind: str = "image") -> tuple[np.ndarray, np.ndarray]:
+        """`(ids (N,), vectors (N, D))` of every embedded image (or caption) for the current model."""
+        rows = self._all("SELECT item_id, vector FROM vectors WHERE model=? AND kind=? ORDER BY item_id",
+                         (self.encoder.key, kind))
+        ids = np.array([r[0] for r in rows], np.int64)
+        vecs = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), self.encoder.embed_dim)
+        return ids, vecs
+
+    def image_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """`vectors("image")`, cached until the gallery changes (for score histograms and maps)."""
+        gen = self.generation()
+        if self._matrix is None or self._matrix[0] != gen:
+            self._matrix = (gen, *self.vectors("image"))
+        return self._matrix[1], self._matrix[2]
+
+    def captions(self) -> tuple[list[int], list[str], np.ndarray]:
+        """Ids, captions and caption embeddings of the readable items: image->text's default text bank."""
+        ids, vecs = self.vectors("caption")
+        caption = dict(self._all("SELECT id, caption FROM items WHERE error IS NULL"))
+        return ids.tolist(), [caption[i] for i in ids.tolist()], vecs
+
+    def generation(self) -> int:
+        """A counter bumped by every change of items or embeddings; caches compare against it."""
+        value = self._one("SELECT value FROM meta WHERE key='generation'")
+        return int(value or 0)
+
+    # ---------------------------------------------------------------- the FAISS index
+    @property
+    def index(self) -> Index:
+        """The FAISS index of the current model's image embeddings, loaded or rebuilt when stale."""
+        with self._lock:
+            gen = self.generation()
+            path = self._index_path(gen)
+            if self._index is not None and getattr(self._index, "generation", None) == gen:
+                return self._index
+            index = self._load_index(path)
+            if index is None:
+                index = self._build_index(path)
+            index.generation = gen
+            self._index = index
+            return index
+
+    def _load_index(self, path: Path) -> Index | None:
+        if not path.is_file():
+            return None
+        try:
+            index = Index.load(path)
+        except IndexFileError as e:
+            log.warning("rebuilding the index: %s", e)
+            return None
+        if len(index) != len(self) or index.dim != self.encoder.embed_dim:
+            log.warning("rebuilding the index: %s holds %d vectors, the gallery %d", path, len(index), len(self))
+            return None
+        return index
+
+    def _build_index(self, path: Path) -> Index:
+        ids, vecs = self.vectors("image")
+        index = Index.build(vecs, ids, factory=self.factory) if len(ids) else Index(self.encoder.embed_dim)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        index.save(path)
+        stale = [*path.parent.glob(f"{self._model_slug()}-g*.faiss"), *path.parent.glob(".*.tmp")]
+        for old in stale:  # earlier generations, and temp files of a save that was killed
+            if old != path:
+                old.unlink(missing_ok=True)
+        log.info("built %r over %d images", index, len(ids))
+        return index
+
+    def _index_path(self, generation: int) -> Path:
+        return self.store / "index" / f"{self._model_slug()}-g{generation}.faiss"
+
+    def _model_slug(self) -> str:
+        return hashlib.sha1(f"{self.encoder.key}|{self.factory}".encode()).hexdigest()[:12]
+
+    # ---------------------------------------------------------------- sync
+    def sync(self, progress: Progress | None = None, batch_size: int = 64, workers: int | None = None) -> SyncReport:
+        """Bring the store up to date with the folder, then embed what the current model lacks.
+
+        Args:
+            progress: called as `progress(done, total, what)` after each batch (tqdm, gr.Progress, ...).
+            batch_size: images per encoder call and per committed transaction.
+            workers: threads decoding images beside the model (default: the CPU count, at most 8).
+        Returns:
+            A `SyncReport`; unreadable files are in `skipped`, recorded with their error, never fatal.
+        """
+        start = time.perf_counter()
+        report = SyncReport()
+        with self._sync_lock:  # one sync at a time; searches go on between its committed batches
+            self._reconcile(self._scan(), report)
+            self._encode_images(report, progress, batch_size, workers or min(8, os.cpu_count() or 2))
+            self._encode_captions(report, progress)
+            report.skipped = [(i.path, i.error) for i in self.errors()]
+            self.index  # noqa: B018 - build and save it now, not during the first query
+        report.seconds = time.perf_counter() - start
+        log.info("synced %s: %s", self.root, report.summary())
+        return report
+
+    def _scan(self) -> dict[str, tuple[int, int, str]]:
+        """`{relative path: (size, mtime_ns, caption)}` of the image files under the root."""
+        found = {}
+        for folder, dirs, files in os.walk(self.root):  # symlinked folders are not followed: no loops
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(folder, d) != self.store)
+            for name in files:
+                path = Path(folder, name)
+                if path.suffix.lower() not in IMAGE_SUFFIXES or name.startswith("."):
+                    continue
+                try:
+                    st = path.stat()
+                except OSError as e:  # vanished or unreadable while we looked
+                    log.warning("skipping %s: %s", path, e)
+                    continue
+                caption = read_sidecar_caption(path) or caption_from_filename(path)
+                found[path.relative_to(self.root).as_posix()] = (st.st_size, st.st_mtime_ns, caption)
+        return found
+
+    def _reconcile(self, found: dict[str, tuple[int, int, str]], report: SyncReport) -> None:
+        """One transaction: rows for new files, stale embeddings dropped, renames kept, deletions applied."""
+        rows = {r[1]: r for r in self._all("SELECT id, path, size, mtime_ns, sha256, caption FROM items")}
+        missing = {p: r for p, r in rows.items() if p not in found}
+        with self._transaction() as db:
+            for path, (size, mtime, caption) in found.items():
+                row = rows.get(path)
+                if row is None:
+                    self._add(db, path, size, mtime, caption, missing, report)
+                else:
+                    self._update(db, row, size, mtime, caption, report)
+            for item_id, *_ in missing.values():
+                db.execute("DELETE FROM items WHERE id=?", (item_id,))
+                report.removed += 1
+            if report.added or report.changed or report.renamed or report.removed:
+                self._bump(db)
+        self._drop_orphan_thumbnails()
+
+    def _add(self, db, path, size, mtime, caption, missing, report) -> None:
+        same_size = [r for r in missing.values() if r[2] == size and r[4]]
+        sha = _sha256(self.root / path) if same_size else None
+        moved = next((r for r in same_size if r[4] == sha), None)
+        if moved is not None:  # a rename: keep the row and its embeddings
+            db.execute("UPDATE items SET path=?, mtime_ns=?, caption=? WHERE id=?", (path, mtime, caption, moved[0]))
+            if caption != moved[5]:
+                db.execute("DELETE FROM vectors WHERE item_id=? AND kind='caption'", (moved[0],))
+            del missing[moved[1]]
+            report.renamed += 1
+            return
+        db.execute("INSERT INTO items (path, size, mtime_ns, sha256, caption) VALUES (?, ?, ?, NULL, ?)",
+                   (path, size, mtime, caption))
+        report.added += 1
+
+    def _update(self, db, row, size, mtime, caption, report) -> None:
+        item_id, path, old_size, old_mtime, old_sha, old_caption = row
+        if caption != old_caption:
+            db.execute("UPDATE items SET caption=? WHERE id=?", (caption, item_id))
+            db.execute("DELETE FROM vectors WHERE item_id=? AND kind='caption'", (item_id,))
+            self._bump(db)
+        if (size, mtime) == (old_size, old_mtime):
+            report.unchanged += 1
+            return
+        if size == old_size and old_sha and _sha256(self.root / path) == old_sha:
+            db.execute("UPDATE items SET mtime_ns=? WHERE id=?", (mtime, item_id))  # touched, same bytes
+            report.unchanged += 1
+            return
+        db.execute("UPDATE items SET size=?, mtime_ns=?, sha256=NULL, width=NULL, height=NULL, error=NULL "
+                   "WHERE id=?", (size, mtime, item_id))
+        db.execute("DELETE FROM vectors WHERE item_id=? AND kind='image'", (item_id,))  # for every model
+        report.changed += 1
+
+    def _encode_images(self, report: SyncReport, progress: Progress | None, batch_size: int, workers: int) -> None:
+        todo = self._all("SELECT id, path FROM items WHERE error IS NULL AND id NOT IN "
+                         "(SELECT item_id FROM vectors WHERE model=? AND kind='image') ORDER BY id",
+                         (self.encoder.key,))
+        draft = max(THUMB_SIZE, self.encoder.image_size)
+        done = 0
+        with ThreadPoolExecutor(workers, thread_name_prefix="mbm-decode") as pool:
+            decoded = _prefetch(pool, lambda row: self._decode(row, draft), todo, ahead=batch_size + 2 * workers)
+            for batch in _chunks(decoded, batch_size):
+                self._store_batch(batch, report)
+                done += len(batch)
+                if progress:
+                    progress(done, len(todo), "encoding images")
+
+    def _decode(self, row: tuple[int, str], draft: int) -> dict:
+        """In a worker thread: read, hash, decode, thumbnail and transform one file."""
+        item_id, path = row
+        try:
+            data = (self.root / path).read_bytes()
+            sha = hashlib.sha256(data).hexdigest()
+            image = load_image(data, name=path, draft=draft)
+            small = thumbnail(image, THUMB_SIZE)
+            thumb = self._thumb_path(sha)
+            if not thumb.is_file():
+                save_thumbnail(small, thumb, THUMB_SIZE)
+            # the model sees no more than image_size pixels: transform the thumbnail when it is big enough
+            source = small if min(small.size) >= self.encoder.image_size else image
+            full_size = image.info.get("full_size", image.size)  # the draft may have decoded fewer pixels
+            return dict(id=item_id, sha=sha, size=full_size, pixels=self.encoder.prepare(source))
+        except (ImageError, OSError) as e:
+            return dict(id=item_id, error=str(e) if isinstance(e, ImageError) else f"{path}: {e.strerror or e}")
+
+    def _store_batch(self, batch: list[dict], report: SyncReport) -> None:
+        good = [d for d in batch if "error" not in d]
+        vecs = self.encoder.encode_pixels(_stack([d["pixels"] for d in good])) if good else []
+        with self._transaction() as db:
+            for d, v in zip(good, vecs):
+                db.execute("UPDATE items SET sha256=?, width=?, height=?, error=NULL WHERE id=?",
+                           (d["sha"], *d["size"], d["id"]))
+                db.execute("INSERT OR REPLACE INTO vectors VALUES (?, ?, 'image', ?)",
+                           (d["id"], self.encoder.key, v.astype(np.float32).tobytes()))
+            for d in batch:
+                if "error" in d:
+                    db.execute("UPDATE items SET error=? WHERE id=?", (d["error"], d["id"]))
+            self._bump(db)
+        report.encoded += len(good)
+
+    def _encode_captions(self, report: SyncReport, progress: Progress | None, batch_size: int = 256) -> None:
+        todo = self._all("SELECT id, caption FROM items WHERE error IS NULL AND id NOT IN "
+                         "(SELECT item_id FROM vectors WHERE model=? AND kind='caption') ORDER BY id",
+                         (self.encoder.key,))
+        for start in range(0, len(todo), batch_size):
+            rows = todo[start:start + batch_size]
+            vecs = self.encoder.encode_texts([caption for _, caption in rows])
+            with self._transaction() as db:
+                db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, 'caption', ?)",
+                               [(i, self.encoder.key, v.tobytes()) for (i, _), v in zip(rows, vecs)])
+                self._bump(db)
+            report.captions_encoded += len(rows)
+            if progress:
+                progress(report.captions_encoded, len(todo), "encoding captions")
+
+    # ---------------------------------------------------------------- plumbing
+    def _thumb_path(self, sha: str) -> Path:
+        return self.store / "thumbs" / sha[:2] / f"{sha}.jpg"
+
+    def _drop_orphan_thumbnails(self) -> None:
+        """Thumbnails are keyed by content, so a deleted or changed file leaves one behind; remove those."""
+        folder = self.store / "thumbs"
+        if not folder.is_dir():
+            return
+        live = {r[0] for r in self._all("SELECT sha256 FROM items WHERE sha256 IS NOT NULL")}
+        for thumb in folder.glob("*/*.jpg"):
+            if thumb.stem not in live:
+                thumb.unlink(missing_ok=True)
+
+    def _bump(self, db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO meta VALUES ('generation', '1') "
+                   "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+
+    def _transaction(self):
+        return _Transaction(self._db, self._lock)
+
+    def _all(self, sql: str, params=()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, tuple(params)).fetchall()
+
+    def _one(self, sql: str, params=()):
+        rows = self._all(sql, params)
+        return rows[0][0] if rows else None
+
+
+class _Transaction:
+    """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` on any exception: a batch lands whole or not at all."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock):
+        self.db, self.lock = db, lock
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.lock.acquire()
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, *_) -> None:
+        try:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self.lock.release()
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def _prefetch(pool: ThreadPoolExecutor, fn: Callable, items: list, ahead: int) -> Iterator:
+    """`map(fn, items)` on the pool, in order, with at most `ahead` results waiting: the decoders stay
+    ahead of the model without holding a whole folder of decoded images in memory."""
+    pending: deque = deque()
+    for x in items:
+        pending.append(pool.submit(fn, x))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _chunks(it, n: int) -> Iterator[list]:
+    batch = []
+    for x in it:
+        batch.append(x)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _stack(tensors):
+    import torch
+    return torch.stack(tensors)  # (B, 3, H, W)

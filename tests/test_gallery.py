@@ -1,0 +1,223 @@
+"""Galleries on real folders: SQLite truth, FAISS derived, incremental and resumable sync."""
+
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mbm.data.language import describe
+from mbm.data.shapes import make_scene, render
+from mbm.gallery import Gallery
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_folder(folder: Path, n: int, size=(96, 160), start=0, sidecars=True) -> list[Path]:
+    """`n` JPEG scenes of varied sizes in two sub-folders, half with caption sidecars."""
+    paths = []
+    for i in range(start, start + n):
+        scene = make_scene("test", i)
+        side = size[0] + (i * 37) % (size[1] - size[0] + 1)
+        path = folder / ("a" if i % 2 else "b") / f"scene_{i:04d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        render(scene, size=side, supersample=1).save(path, quality=90)
+        if sidecars and i % 2:
+            path.with_suffix(".txt").write_text(describe(scene))
+        paths.append(path)
+    return paths
+
+
+def originals(folder: Path) -> list[Path]:
+    """The image files of a folder, not the thumbnails in its store."""
+    return sorted(p for p in folder.rglob("*.jpg") if ".mbm" not in p.parts)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and ".mbm" not in p.parts}
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    write_folder(tmp_path / "photos", 40)
+    return tmp_path / "photos"
+
+
+def test_sync_indexes_every_readable_image_and_records_the_rest(folder, shapes_model):
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("this is not an image")
+    good = (folder / "b" / "scene_0000.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(good[: len(good) // 2])
+    Image.new("CMYK", (50, 40), (0, 255, 255, 0)).save(folder / "cmyk.jpg")
+    Image.fromarray(np.linspace(0, 65535, 64 * 64).astype(np.uint16).reshape(64, 64)).save(folder / "deep.png")
+    before = digest(folder)
+
+    report = Gallery(folder, shapes_model).sync()
+
+    assert report.added == 45 and report.encoded == 42
+    errors = dict(report.skipped)
+    assert set(errors) == {"empty.jpg", "notes.jpg", "cut.jpg"}
+    assert "empty" in errors["empty.jpg"] and "cut.jpg" in errors["cut.jpg"]
+    assert digest(folder) == before  # originals are only read
+    gallery = Gallery(folder, shapes_model)
+    assert len(gallery) == 42
+    item = gallery.items(gallery.vectors()[0][:1])[0]
+    assert max(Image.open(gallery.thumbnail(item)).size) <= 256
+
+
+def test_captions_come_from_sidecars_else_the_file_name(folder, shapes_model):
+    gallery = Gallery(folder, shapes_model)
+    gallery.sync()
+    captions = {it.path: it.caption for it in gallery.items(gallery.vectors()[0])}
+    assert captions["a/scene_0001.jpg"] == describe(make_scene("test", 1))
+    assert captions["b/scene_0002.jpg"] == "scene 0002"
+
+
+def test_resync_with_nothing_changed_encodes_nothing(folder, shapes_model):
+    Gallery(folder, shapes_model).sync()
+    again = Gallery(folder, shapes_model).sync()
+    assert (again.encoded, again.captions_encoded, again.unchanged, again.added) == (0, 0, 40, 0)
+
+
+def test_changed_files_and_only_those_are_re_encoded(folder, shapes_model):
+    gallery = Gallery(folder, shapes_model)
+    gallery.sync()
+    ids_before = dict(gallery._all("SELECT path, id FROM items"))
+    changed = originals(folder)[:10]
+    for i, path in enumerate(changed):
+        render(make_scene("val", i), size=100).save(path, quality=90)
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    touched = originals(folder)[10:15]
+    for path in touched:  # same bytes, new mtime: no work
+        os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+
+    report = gallery.sync()
+
+    assert (report.changed, report.encoded, report.unchanged) == (10, 10, 30)
+    assert dict(gallery._all("SELECT path, id FROM items")) == ids_before  # the same items, new embeddings
+    new = render(make_scene("val", 0), size=100)
+    top = gallery.items(gallery.index.search(shapes_model.encode_images([new]), 1)[1][0])[0]
+    assert folder / top.path == changed[0]
+
+
+def test_deleted_files_disappear_and_renames_keep_their_embeddings(folder, shapes_model):
+    gallery = Gallery(folder, shapes_model)
+    gallery.sync()
+    files = originals(folder)
+    for path in files[:10]:
+        path.unlink()
+    files[10].rename(folder / "renamed.jpg")
+
+    report = gallery.sync()
+
+    assert (report.removed, report.renamed, report.encoded) == (10, 1, 0)
+    assert len(gallery) == 30
+    paths = {p for (p,) in gallery._all("SELECT path FROM items")}
+    assert "renamed.jpg" in paths and not {str(p.relative_to(folder)) for p in files[:10]} & paths
+    assert len(list((gallery.store / "thumbs").glob("*/*.jpg"))) == 30  # thumbnails of deleted files go too
+
+
+def test_a_sidecar_edit_re_encodes_the_caption_only(folder, shapes_model):
+    gallery = Gallery(folder, shapes_model)
+    gallery.sync()
+    (folder / "a" / "scene_0001.txt").write_text("a completely different caption")
+    report = gallery.sync()
+    assert (report.encoded, report.captions_encoded) == (0, 1)
+    assert "a completely different caption" in gallery.captions()[1]
+
+
+def test_flat_index_returns_the_brute_force_ranking(folder, shapes_model):
+    gallery = Gallery(folder, shapes_model)
+    gallery.sync()
+    ids, vecs = gallery.vectors()
+    query = shapes_model.encode_texts(["a red circle"])[0]
+    scores, found = gallery.index.search(query, 10)
+    expected = np.argsort(-(vecs @ query), kind="stable")[:10]
+    np.testing.assert_array_equal(found[0], ids[expected])
+    np.testing.assert_allclose(scores[0], (vecs @ query)[expected], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "garbage"])
+def test_a_damaged_index_file_costs_a_rebuild_never_data(folder, shapes_model, damage):
+    gallery = Gallery(folder, shapes_model)
+    gallery.sync()
+    query = shapes_model.encode_texts(["a blue square"])[0]
+    expected = gallery.index.search(query, 5)
+    (path,) = (gallery.store / "index").glob("*.faiss")
+    if damage == "delete":
+        path.unlink()
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        path.write_bytes(b"not a faiss index" * 10)
+
+    reopened = Gallery(folder, shapes_model)
+
+    got = reopened.index.search(query, 5)
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert len(reopened) == 40 and path.stat().st_size > 1000
+
+
+def test_switching_models_keeps_the_embeddings_of_both(folder, shapes_model):
+    import torch
+
+    from mbm.models import create_model
+    other = create_model("mbm-shapes", device="cpu")
+    with torch.no_grad():
+        other.model.visual.attnpool.c_proj.weight.mul_(1.01)  # different weights, so another model
+    other.key = other.key.split("#")[0] + "#other"
+    Gallery(folder, shapes_model).sync()
+    assert Gallery(folder, other).sync().encoded == 40
+    assert Gallery(folder, shapes_model).sync().encoded == 0  # back again: nothing to redo
+    models = Gallery(folder, shapes_model)._all("SELECT model, COUNT(*) FROM vectors WHERE kind='image' GROUP BY model")
+    assert sorted(n for _, n in models) == [40, 40]
+
+
+def test_kill_9_during_sync_then_sync_again_loses_and_duplicates_nothing(tmp_path, shapes_model):
+    folder = tmp_path / "big"
+    files = write_folder(folder, 400, size=(600, 900), sidecars=False)
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-m", "mbm", "index", str(folder), "--cache", str(cache)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    done = _wait_for_vectors(cache, proc, at_least=64)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert 0 < done < len(files), "the kill should land in the middle of the sync"
+
+    (store,) = (cache / "galleries").iterdir()
+    gallery = Gallery(folder, shapes_model, store=store)
+    report = gallery.sync()
+
+    assert len(gallery) == len(files) == _count(store, "SELECT COUNT(*) FROM vectors WHERE kind='image'")
+    assert report.encoded <= len(files) - done  # it resumed: what was committed before the kill stays
+    paths = [p for (p,) in gallery._all("SELECT path FROM items")]
+    assert len(paths) == len(set(paths)) == len(files)
+
+
+def _count(store: Path, sql: str) -> int:
+    with sqlite3.connect(f"file:{store / 'gallery.sqlite'}?mode=ro", uri=True, timeout=30) as db:
+        return db.execute(sql).fetchone()[0]
+
+
+def _wait_for_vectors(cache: Path, proc: subprocess.Popen, at_least: int, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        stores = list((cache / "galleries").glob("*/gallery.sqlite")) if (cache / "galleries").is_dir() else []
+        if stores:
+            try:
+                n = _count(stores[0].parent, "SELECT COUNT(*) FROM vectors WHERE kind='image'")
+            except sqlite3.OperationalError:  # the schema is being created
+                n = 0
+            if n >= at_least:
+                return n
+        time.sleep(0.02)
+    raise AssertionError(f"the index command ended or stalled before {at_least} images were stored")
