@@ -7,10 +7,18 @@ cosine to each prototype times the model's logit scale.
 
 from __future__ import annotations
 
+import logging
+import warnings
+from dataclasses import dataclass
+
 import numpy as np
+from PIL import Image
 
 from mbm.data.language import fix_articles
 from mbm.models import Encoder
+
+log = logging.getLogger(__name__)
+MAX_LABELS = 1000  # a softmax over more labels than this is a mistake, not a classifier
 
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.", "a drawing of a {}.", "a picture of a {}.")
 
@@ -34,3 +42,54 @@ def probabilities(encoder: Encoder, image_emb: np.ndarray, protos: np.ndarray) -
     logits -= logits.max(axis=1, keepdims=True)
     e = np.exp(logits)
     return e / e.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class ZeroShot:
+    """A zero-shot answer: `probs` from the averaged prototypes, and what each template alone says."""
+    probs: dict[str, float]  # label -> probability, best first
+    per_template: dict[str, dict[str, float]]  # template -> label -> probability
+    truncated: list[str]  # prompts longer than the tokenizer's context, which the model saw cut short
+
+
+def clean_labels(labels: list[str]) -> list[str]:
+    """Labels stripped, empty ones dropped and duplicates merged (first spelling kept).
+
+    Raises ValueError for fewer than two distinct labels or more than `MAX_LABELS`."""
+    cleaned = list(dict.fromkeys(label.strip() for label in labels if label and label.strip()))
+    if len(cleaned) < 2:
+        raise ValueError(f"give at least two different labels to choose between (got {cleaned or 'none'})")
+    if len(cleaned) > MAX_LABELS:
+        raise ValueError(f"{len(cleaned)} labels is too many: give at most {MAX_LABELS}")
+    return cleaned
+
+
+def zero_shot(encoder: Encoder, image: Image.Image, labels: list[str],
+              templates: list[str] | tuple[str, ...] | None = None) -> ZeroShot:
+    """Classify one image among `labels` with prompt-ensembled class prototypes.
+
+    Args:
+        encoder: the image-text model.
+        image: a PIL image (any mode).
+        labels: two or more class names; blanks and duplicates are dropped.
+        templates: prompt templates with "{}" where the label goes (default `DEFAULT_TEMPLATES`).
+    Returns:
+        `ZeroShot` with the ensemble's probabilities and each template's own; a prompt cut short by the
+        tokenizer is listed in `truncated` and warned about (`UserWarning`).
+    """
+    labels = clean_labels(labels)
+    templates = [t.strip() for t in (templates or DEFAULT_TEMPLATES) if t and t.strip()]
+    if not templates:
+        raise ValueError("give at least one prompt template, e.g. 'a photo of a {}.'")
+    texts = [p for label in labels for p in prompts(label, templates)]
+    truncated = [t for t in texts if (encoder.count_tokens(t) or 0) > encoder.context_length]
+    if truncated:
+        warnings.warn(f"{len(truncated)} prompt(s) exceed the model's {encoder.context_length}-token context and "
+                      f"were truncated, e.g. {truncated[0][:80]!r}", UserWarning, stacklevel=2)
+    emb = encoder.encode_texts(texts).reshape(len(labels), len(templates), -1)  # (L, T, D)
+    image_emb = encoder.encode_images([image])  # (1, D)
+    protos = emb.mean(axis=1)
+    protos /= np.linalg.norm(protos, axis=1, keepdims=True)
+    ranked = lambda p: dict(sorted(zip(labels, map(float, p)), key=lambda kv: -kv[1]))
+    per_template = {t: ranked(probabilities(encoder, image_emb, emb[:, j])[0]) for j, t in enumerate(templates)}
+    return ZeroShot(ranked(probabilities(encoder, image_emb, protos)[0]), per_template, truncated)

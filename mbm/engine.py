@@ -1,0 +1,166 @@
+"""`Engine`: one object holding the model, the galleries and the classifiers.
+
+The page, the CLI and the tests all go through it, so they cannot disagree. Settings come from
+one `EngineConfig`, filled from CLI flags and `MBM_*` environment variables in one place
+(`EngineConfig.from_env`); nothing else in the library reads the environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mbm.classify import ZeroShot, zero_shot
+from mbm.gallery import Gallery, Progress, SyncReport
+from mbm.models import Encoder, create_model
+from mbm.models._registry import ASSETS, EMBEDDED
+from mbm.search import Hit, Term, parse_query, query_vector, rank_texts, search
+
+log = logging.getLogger(__name__)
+BUILTIN_GALLERY = ASSETS / "gallery"
+
+
+@dataclass
+class EngineConfig:
+    model: str = EMBEDDED  # a model spec: mbm-shapes, an open_clip ARCH:TAG, or a local checkpoint
+    gallery: str | None = None  # a folder of images to serve; None serves the built-in sample gallery
+    cache_dir: str | None = None  # stores (SQLite, FAISS, thumbnails) of galleries; default ~/.cache/mbm
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16 (half precisions need CUDA)
+    index_factory: str | None = None  # a FAISS factory string; None picks exact or HNSW by gallery size
+
+    ENV = {"model": "MBM_MODEL", "gallery": "MBM_GALLERY", "cache_dir": "MBM_CACHE", "device": "MBM_DEVICE",
+           "precision": "MBM_PRECISION", "index_factory": "MBM_INDEX"}
+
+    @classmethod
+    def from_env(cls, environ: dict | None = None, **overrides) -> EngineConfig:
+        """Defaults, then `MBM_*` variables, then `overrides` that are not None (e.g. CLI flags)."""
+        environ = os.environ if environ is None else environ
+        values = {f.name: environ[cls.ENV[f.name]] for f in fields(cls) if environ.get(cls.ENV[f.name])}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def cache_path(self) -> Path:
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser()
+        xdg = os.environ.get("XDG_CACHE_HOME")  # the one place besides from_env: the XDG convention
+        return (Path(xdg) if xdg else Path.home() / ".cache") / "mbm"
+
+
+class Engine:
+    """The model, the open galleries (one active) and the classifiers.
+
+    Args:
+        config: settings; default `EngineConfig()` (embedded model, built-in gallery).
+        encoder: an already created encoder to use instead of creating `config.model`.
+        progress: reports the first sync of the gallery (`progress(done, total, what)`).
+    """
+
+    def __init__(self, config: EngineConfig | None = None, encoder: Encoder | None = None,
+                 progress: Progress | None = None):
+        self.config = config or EngineConfig()
+        self.encoder = encoder or create_model(self.config.model, self.config.device, self.config.precision)
+        self.galleries: dict[Path, Gallery] = {}
+        self._gallery: Gallery | None = None
+        self.last_sync: SyncReport | None = None
+        self._progress = progress
+
+    @classmethod
+    def from_config(cls, config: EngineConfig | None = None, **overrides) -> Engine:
+        """An engine from `EngineConfig.from_env(**overrides)` when no config is given."""
+        return cls(config or EngineConfig.from_env(**overrides))
+
+    def __repr__(self) -> str:
+        return f"Engine(model={self.encoder.name!r}, gallery={str(self.gallery.root)!r}, items={len(self.gallery)})"
+
+    # ---------------------------------------------------------------- galleries
+    @property
+    def gallery(self) -> Gallery:
+        """The active gallery; the configured one (or the built-in) is opened and synced on first use."""
+        if self._gallery is None:
+            self._gallery, self.last_sync = self.open_gallery(self.config.gallery or BUILTIN_GALLERY,
+                                                              progress=self._progress)
+        return self._gallery
+
+    def store_for(self, root: str | Path) -> Path:
+        """Where a gallery's store lives: under the cache, so image folders (and assets/) stay untouched."""
+        root = Path(root).expanduser().resolve()
+        digest = hashlib.sha1(str(root).encode()).hexdigest()[:10]
+        return self.config.cache_path() / "galleries" / f"{root.name or 'root'}-{digest}"
+
+    def open_gallery(self, root: str | Path, store: str | Path | None = None, progress: Progress | None = None,
+                     activate: bool = True) -> tuple[Gallery, SyncReport]:
+        """Open (or create) the gallery of a folder, sync it with the current model, and make it active.
+
+        Raises:
+            NotADirectoryError: `root` is missing or not a folder.
+        """
+        root = Path(root).expanduser().resolve()
+        gallery = self.galleries.get(root)
+        if gallery is None or gallery.encoder is not self.encoder:
+            gallery = Gallery(root, self.encoder, store or self.store_for(root), factory=self.config.index_factory)
+            self.galleries[root] = gallery
+        report = gallery.sync(progress=progress)
+        if activate:
+            self._gallery = gallery
+        return gallery, report
+
+    def use_model(self, spec: str, progress: Progress | None = None) -> None:
+        """Switch models; open galleries are re-synced (embeddings of every model stay in their stores).
+
+        The current model stays if the new one cannot be created (the error propagates)."""
+        encoder = create_model(spec, self.config.device, self.config.precision)
+        self.encoder, self.config.model = encoder, spec
+        active = self._gallery.root if self._gallery else None
+        for root, old in list(self.galleries.items()):
+            self.galleries[root] = Gallery(root, encoder, old.store, factory=self.config.index_factory)
+            old.close()
+        if active is not None:
+            self._gallery, self.last_sync = self.open_gallery(active, progress=progress)
+
+    # ---------------------------------------------------------------- search
+    def query(self, text: str | None = None, image: Image.Image | str | Path | None = None,
+              image_weight: float = 1.0, item: int | None = None) -> list[Term]:
+        """Terms from what a person gave: query text (with the string syntax), an image, a gallery item."""
+        terms = parse_query(text) if text and text.strip() else []
+        if image is not None:
+            terms.append(Term(image_weight, "image", image))
+        if item is not None:
+            terms.append(Term(1.0, "item", int(item)))
+        if not terms:
+            raise ValueError("the query is empty: type some text, or give an image")
+        return terms
+
+    def search(self, text: str | None = None, image: Image.Image | str | Path | None = None,
+               image_weight: float = 1.0, k: int = 10, threshold: float | None = None) -> list[Hit]:
+        """text->image and image->image (or both, weighted) in the active gallery, best first."""
+        terms = self.query(text, image, image_weight)  # bad input fails before the gallery is opened
+        return search(self.gallery, terms, k=k, threshold=threshold)
+
+    def more_like(self, item_id: int, k: int = 10, threshold: float | None = None) -> list[Hit]:
+        """The images closest to a gallery item, the item itself left out."""
+        return search(self.gallery, [Term(1.0, "item", int(item_id))], k=k, threshold=threshold,
+                      exclude=(int(item_id),))
+
+    def scores(self, text: str | None = None, image: Image.Image | str | Path | None = None,
+               image_weight: float = 1.0) -> np.ndarray:
+        """The query's cosine to every searchable image of the active gallery, `(N,)`: for histograms."""
+        vec = query_vector(self.encoder, self.query(text, image, image_weight), self.gallery)
+        _, vecs = self.gallery.image_matrix()
+        return vecs @ vec
+
+    def describe(self, image: Image.Image | str | Path, texts: list[str] | None = None,
+                 k: int = 10) -> list[tuple[str, float]]:
+        """image->text: the given texts, or else the active gallery's captions, ranked for an image."""
+        return rank_texts(self.encoder, image, texts=texts, gallery=None if texts is not None else self.gallery, k=k)
+
+    # ---------------------------------------------------------------- classifiers
+    def zero_shot(self, image: Image.Image, labels: list[str], templates: list[str] | None = None) -> ZeroShot:
+        """Zero-shot classification of one image among labels (see `mbm.classify.zero_shot`)."""
+        return zero_shot(self.encoder, image, labels, templates)

@@ -1,0 +1,190 @@
+"""Search: a query becomes one unit vector, FAISS ranks the gallery, ids become result rows.
+
+A query is a weighted sum of terms: texts, images, and gallery items ("more like this"), e.g.
+`2 x "red circle" + @photo.jpg - 0.5 x "blue"`. Each term is embedded to a unit vector, the weighted
+sum is normalised again, and its cosine to every gallery image is the score. The same string syntax
+serves the CLI and the page:
+
+    term     := [weight ("x" | "*" | ":")] atom
+    atom     := "quoted text" | 'quoted text' | @image-path | @"image path" | #item-id | bare words
+    query    := ["-"] term (("+" | "-") term)*      operators stand apart, so "t-shirt" stays one word
+
+image->text runs the other way: an image's vector ranks a bank of texts (the gallery's captions, or
+texts the caller gives).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from mbm.data.images import load_image
+from mbm.models import Encoder
+
+if TYPE_CHECKING:
+    from mbm.gallery import Gallery
+
+WEIGHT = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?:x\s+|[*:]\s*)(.+)$", re.S)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One part of a query: `weight` times the embedding of a text, an image or a gallery item."""
+    weight: float
+    kind: str  # "text" | "image" | "item"
+    value: object  # str for text, a path or PIL image for image, an int id for item
+
+    def __post_init__(self):
+        if self.kind not in ("text", "image", "item"):
+            raise ValueError(f"unknown query term kind {self.kind!r}; use 'text', 'image' or 'item'")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+    id: int
+    path: Path  # the original file
+    caption: str
+    score: float  # cosine similarity to the query, in [-1, 1]
+    thumbnail: Path | None  # a cached JPEG of at most 256 px, for pages
+
+
+def parse_query(text: str) -> list[Term]:
+    """Terms of a query string (see the module docstring). Raises ValueError on an empty query."""
+    parts = _split_terms(text)
+    if not parts:
+        raise ValueError("the query is empty: type some text, or give an image")
+    return [_parse_term(sign, body) for sign, body in parts]
+
+
+def _split_terms(text: str) -> list[tuple[float, str]]:
+    """`(sign, body)` per term. '+'/'-' are operators only outside quotes and after a space (or at the
+    start), so "t-shirt" and "3-d" stay words; a quote opens only where a term or its atom starts."""
+    parts, sign, body, quote, pending = [], 1.0, "", None, False
+    for i, ch in enumerate(text):
+        prev = text[i - 1] if i else " "
+        if quote is None and ch in "+-" and prev.isspace():
+            if body.strip():
+                parts.append((sign, body.strip()))
+                sign, body = 1.0, ""
+            sign *= -1.0 if ch == "-" else 1.0
+            pending = True
+            continue
+        if ch in "\"'" and (quote == ch or (quote is None and (prev.isspace() or prev in "*:@"))):
+            quote = None if quote else ch
+        body += ch
+        pending = pending and not body.strip()
+    if quote is not None:
+        raise ValueError(f"unclosed quote {quote} in the query {text!r}")
+    if pending and parts:
+        raise ValueError(f"the query {text!r} ends with an operator: add a term after it")
+    if body.strip():
+        parts.append((sign, body.strip()))
+    return parts
+
+
+def _parse_term(sign: float, body: str) -> Term:
+    weight, m = sign, WEIGHT.match(body)
+    if m:
+        weight, body = sign * float(m.group(1)), m.group(2).strip()
+    if body[0] in "\"'" and body[-1] == body[0] and len(body) >= 2:
+        return Term(weight, "text", _require_text(body[1:-1]))
+    if body.startswith("@"):
+        return Term(weight, "image", body[1:].strip().strip("\"'"))
+    if re.fullmatch(r"#\d+", body):
+        return Term(weight, "item", int(body[1:]))
+    return Term(weight, "text", _require_text(body))
+
+
+def _require_text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("a query term is empty text: type some words between the quotes")
+    return text.strip()
+
+
+def query_vector(encoder: Encoder, terms: list[Term], gallery: Gallery | None = None) -> np.ndarray:
+    """The unit `(D,)` vector of a weighted sum of terms.
+
+    Raises:
+        ValueError: no terms, an item id not in the gallery, or terms that cancel out.
+        mbm.data.images.ImageError: an image term that cannot be read.
+    """
+    if not terms:
+        raise ValueError("the query is empty: type some text, or give an image")
+    total = np.zeros(encoder.embed_dim, np.float32)
+    for term in terms:
+        total += term.weight * _embed(encoder, term, gallery)
+    norm = float(np.linalg.norm(total))
+    if norm < 1e-6:
+        raise ValueError("the query's terms cancel out (their weighted sum is zero): change a weight")
+    return total / norm
+
+
+def _embed(encoder: Encoder, term: Term, gallery: Gallery | None) -> np.ndarray:
+    if term.kind == "text":
+        return encoder.encode_texts([term.value])[0]
+    if term.kind == "image":
+        image = term.value if isinstance(term.value, Image.Image) else load_image(term.value)
+        return encoder.encode_images([image])[0]
+    if gallery is None:
+        raise ValueError(f"item #{term.value} needs a gallery to look it up in")
+    ids, vecs = gallery.image_matrix()
+    where = np.flatnonzero(ids == term.value)
+    if not len(where):
+        raise ValueError(f"no item #{term.value} in this gallery (it has {len(ids)} searchable images)")
+    return vecs[where[0]]
+
+
+def search(gallery: Gallery, query: str | list[Term] | np.ndarray, k: int = 10, threshold: float | None = None,
+           exclude: tuple[int, ...] = ()) -> list[Hit]:
+    """The gallery images closest to a query, best first.
+
+    Args:
+        gallery: where to search; its encoder embeds the query.
+        query: a query string, a list of `Term`s, or a ready `(D,)` unit vector.
+        k: at most this many results.
+        threshold: drop results whose cosine score is below it.
+        exclude: item ids never returned (e.g. the item a "more like this" started from).
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    vec = query if isinstance(query, np.ndarray) else query_vector(
+        gallery.encoder, parse_query(query) if isinstance(query, str) else query, gallery)
+    scores, ids = gallery.index.search(vec, k + len(exclude))
+    keep = [(s, i) for s, i in zip(scores[0], ids[0]) if i >= 0 and i not in exclude
+            and (threshold is None or s >= threshold)][:k]
+    items = {it.id: it for it in gallery.items([i for _, i in keep])}
+    return [Hit(int(i), gallery.file(items[i]), items[i].caption, float(s), gallery.thumbnail(items[i]))
+            for s, i in keep if i in items]
+
+
+def rank_texts(encoder: Encoder, image: Image.Image | str | Path | np.ndarray, texts: list[str] | None = None,
+               gallery: Gallery | None = None, k: int = 10) -> list[tuple[str, float]]:
+    """image->text: `(text, cosine)` pairs, best first, from `texts` or else the gallery's captions.
+
+    Duplicate captions are ranked once. Raises ValueError when there is no text to rank.
+    """
+    if isinstance(image, np.ndarray):
+        vec = image
+    else:
+        vec = encoder.encode_images([image if isinstance(image, Image.Image) else load_image(image)])[0]
+    if texts is not None:
+        bank = list(dict.fromkeys(t.strip() for t in texts if t.strip()))
+        vecs = encoder.encode_texts(bank) if bank else None
+    elif gallery is not None:
+        _, captions, caption_vecs = gallery.captions()
+        first = {c: i for i, c in reversed(list(enumerate(captions)))}
+        bank = list(first)
+        vecs = caption_vecs[list(first.values())] if bank else None
+    else:
+        raise ValueError("give texts to rank, or a gallery whose captions to rank")
+    if not bank:
+        raise ValueError("there are no texts to rank: give at least one non-empty text")
+    scores = vecs @ vec  # (T,)
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [(bank[i], float(scores[i])) for i in order]
