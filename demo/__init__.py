@@ -1,4 +1,4 @@
-"""The Gradio page. `build_demo(encoder)` wires components to mbm; no tensor math lives here."""
+"""The Gradio page. `build_demo(engine)` wires components to mbm; no tensor math lives here."""
 
 from demo.page import build_demo
 

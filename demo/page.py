@@ -11,10 +11,9 @@ import re
 import gradio as gr
 from PIL import Image
 
-from mbm.classify import DEFAULT_TEMPLATES, probabilities, prototypes
-from mbm.models import Encoder
+from mbm.engine import Engine
 
-MAX_LABELS = 100
+MAX_LABELS = 100  # the page keeps a class demo readable; the library allows more
 
 
 def parse_labels(text: str) -> list[str]:
@@ -23,7 +22,9 @@ def parse_labels(text: str) -> list[str]:
     return list(dict.fromkeys(labels))
 
 
-def build_demo(encoder: Encoder) -> gr.Blocks:
+def build_demo(engine: Engine) -> gr.Blocks:
+    encoder = engine.encoder
+
     def classify(image: Image.Image | None, labels_text: str) -> dict[str, float]:
         if image is None:
             raise gr.Error("Drop an image first, then press Classify.")
@@ -32,8 +33,7 @@ def build_demo(encoder: Encoder) -> gr.Blocks:
             raise gr.Error("Give at least two labels, one per line or separated by commas.")
         if len(labels) > MAX_LABELS:
             raise gr.Error(f"At most {MAX_LABELS} labels, please; you gave {len(labels)}.")
-        probs = probabilities(encoder, encoder.encode_images([image]), prototypes(encoder, labels, DEFAULT_TEMPLATES))
-        return {label: float(p) for label, p in zip(labels, probs[0])}
+        return engine.zero_shot(image, labels).probs
 
     with gr.Blocks(title="mbm: multimodal model demo") as demo:
         gr.Markdown(f"# mbm\nZero-shot classification with **{encoder.name}** "

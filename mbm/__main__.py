@@ -56,8 +56,115 @@ def _eval(args) -> int:
     return 0
 
 
+def _engine(args, gallery: str | None = None):
+    from mbm.engine import Engine, EngineConfig
+    config = EngineConfig.from_env(model=args.model, gallery=gallery, cache_dir=args.cache, device=args.device)
+    return Engine(config, progress=_tqdm_progress())
+
+
+def _tqdm_progress():
+    """A `progress(done, total, what)` callback drawing one tqdm bar per stage."""
+    from tqdm import tqdm
+    bars = {}
+
+    def progress(done: int, total: int, what: str) -> None:
+        bar = bars.get(what) or bars.setdefault(what, tqdm(total=total, desc=what, unit="item", leave=False))
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+    return progress
+
+
+def _index(args) -> int:
+    engine = _engine(args, gallery=args.folder)
+    gallery = engine.gallery  # opening it syncs it
+    report = engine.last_sync
+    if args.json:
+        print(json.dumps({**{k: v for k, v in report.__dict__.items() if k != "skipped"},
+                          "items": len(gallery), "skipped": [dict(path=p, error=e) for p, e in report.skipped],
+                          "store": str(gallery.store), "index": repr(gallery.index)}, indent=2))
+        return 0
+    print(f"{gallery.root}: {len(gallery)} images searchable with {engine.encoder.name}")
+    print(report.summary())
+    for path, error in report.skipped:
+        print(f"  skipped {path}: {error}")
+    return 0
+
+
+def _search(args) -> int:
+    engine = _engine(args, gallery=args.gallery)
+    if args.more_like is not None:
+        hits = engine.more_like(args.more_like, k=args.k, threshold=args.threshold)
+    else:
+        hits = engine.search(args.query, image=args.image, image_weight=args.image_weight, k=args.k,
+                             threshold=args.threshold)
+    if args.json:
+        print(json.dumps([dict(id=h.id, path=str(h.path), caption=h.caption, score=round(h.score, 6),
+                               thumbnail=str(h.thumbnail) if h.thumbnail else None) for h in hits], indent=2))
+    for h in hits if not args.json else ():
+        print(f"{h.score:7.4f}  #{h.id:<6} {h.path}  {h.caption}")
+    return 0 if hits else 1
+
+
+def _describe(args) -> int:
+    engine = _engine(args, gallery=args.gallery)
+    ranked = engine.describe(args.image, texts=args.texts, k=args.k)
+    if args.json:
+        print(json.dumps([dict(text=t, score=round(s, 6)) for t, s in ranked], indent=2))
+    for text, score in ranked if not args.json else ():
+        print(f"{score:7.4f}  {text}")
+    return 0
+
+
+def _classify(args) -> int:
+    import warnings
+
+    from mbm.data.images import load_image
+    from mbm.engine import Engine, EngineConfig
+    engine = Engine(EngineConfig.from_env(model=args.model, device=args.device))
+    labels = [s for part in args.labels for s in part.split(",")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = engine.zero_shot(load_image(args.image), labels, args.templates)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"probs": result.probs, "per_template": result.per_template,
+                          "truncated": result.truncated}, indent=2))
+        return 0
+    for label, p in result.probs.items():
+        print(f"{p:7.2%}  {label}")
+    return 0
+
+
+def _make_gallery(args) -> int:
+    from mbm.data.sample import write_scenes
+    paths = write_scenes(args.out, n=args.n, size=args.size, split=args.split)
+    print(f"wrote {len(paths)} scenes with captions to {args.out}")
+    return 0
+
+
+EXIT_CODES = """exit codes: 0 success; 1 a search found nothing (above the threshold); 2 bad input (a missing file,
+an unreadable image, an empty query, a bad flag); 3 the model's weights cannot be loaded (offline, damaged)."""
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model spec (default: $MBM_MODEL or mbm-shapes)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, mps (default: $MBM_DEVICE or auto)")
+
+
+def _gallery_flags(p: argparse.ArgumentParser) -> None:
+    _model_flags(p)
+    p.add_argument("--gallery", default=None, help="image folder (default: $MBM_GALLERY or the built-in gallery)")
+    p.add_argument("--cache", default=None, help="where gallery stores live (default: $MBM_CACHE or ~/.cache/mbm)")
+    p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mbm", description="mbm: a multimodal model demo")
+    parser = argparse.ArgumentParser(prog="python -m mbm", description="mbm: a multimodal model demo",
+                                     epilog=EXIT_CODES)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress of the library")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the models mbm knows by name").set_defaults(run=_models)
@@ -85,14 +192,62 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_eval)
 
+    p = sub.add_parser("index", help="make a folder of images searchable (incremental; safe to interrupt)",
+                       epilog=EXIT_CODES)
+    p.add_argument("folder", help="the folder of images (searched recursively)")
+    _model_flags(p)
+    p.add_argument("--cache", default=None, help="where gallery stores live (default: $MBM_CACHE or ~/.cache/mbm)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a summary")
+    p.set_defaults(run=_index)
+
+    p = sub.add_parser("search", help="text->image, image->image or a weighted mix, in a gallery",
+                       description='QUERY may mix terms: 2 x "red circle" + @photo.jpg - 0.5 x blue + #12 '
+                                   "(@ an image file, # a gallery item id).", epilog=EXIT_CODES)
+    p.add_argument("query", nargs="?", default=None, help='text or a query expression (optional with --image)')
+    p.add_argument("--image", default=None, help="an image file to search with")
+    p.add_argument("--image-weight", type=float, default=1.0, help="weight of --image against the text")
+    p.add_argument("--more-like", type=int, default=None, metavar="ID", help="images like gallery item ID")
+    p.add_argument("--threshold", type=float, default=None, help="drop results with a lower cosine score")
+    _gallery_flags(p)
+    p.set_defaults(run=_search)
+
+    p = sub.add_parser("describe", help="image->text: rank the gallery's captions (or --texts) for an image",
+                       epilog=EXIT_CODES)
+    p.add_argument("image", help="an image file")
+    p.add_argument("--texts", nargs="+", default=None, help="texts to rank instead of the gallery's captions")
+    _gallery_flags(p)
+    p.set_defaults(run=_describe)
+
+    p = sub.add_parser("classify", help="zero-shot classification of an image among labels", epilog=EXIT_CODES)
+    p.add_argument("image", help="an image file")
+    p.add_argument("--labels", nargs="+", required=True, help="labels, space- or comma-separated")
+    p.add_argument("--templates", nargs="+", default=None, help='prompt templates with {} for the label')
+    _model_flags(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=_classify)
+
+    p = sub.add_parser("make-gallery", help="write synthetic scenes with caption sidecars to a folder")
+    p.add_argument("out", help="the folder to write")
+    p.add_argument("-n", type=int, default=300, help="how many scenes (default 300)")
+    p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    p.add_argument("--split", default="test", help="train, val, test or heldout (default test)")
+    p.set_defaults(run=_make_gallery)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from mbm.models import WeightsUnavailableError
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except WeightsUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except (ValueError, OSError, KeyError, RuntimeError) as e:  # ImageError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to continue", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

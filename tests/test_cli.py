@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mbm.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,3 +49,60 @@ def test_train_clip_writes_a_loadable_model_and_a_card(tmp_path):
     card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
     assert "3 steps of 16" in card and "| heldout |" in card
     assert create_model(str(tmp_path / "m"), device="cpu").embed_dim == 128
+
+
+def test_index_then_search_a_folder_from_the_command_line(tmp_path, cache):
+    from mbm.data.language import describe
+    from mbm.data.shapes import make_scene, render
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for i in range(30):
+        render(make_scene("test", i), size=96).save(folder / f"scene-{i}.png")
+        (folder / f"scene-{i}.txt").write_text(describe(make_scene("test", i)))
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+
+    out = run("index", str(folder), *cache, "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["items"] == 30 and report["skipped"][0]["path"] == "broken.jpg"
+
+    out = run("search", "a large brown triangle at the top left", "--gallery", str(folder), *cache, "-k", "3",
+              "--json")
+    assert out.returncode == 0, out.stderr
+    hits = json.loads(out.stdout)
+    assert len(hits) == 3 and hits[0]["path"].endswith("scene-1.png")
+
+    out = run("search", "--image", str(folder / "scene-4.png"), "--gallery", str(folder), *cache, "-k", "1")
+    assert out.returncode == 0 and "scene-4.png" in out.stdout
+
+    out = run("describe", str(folder / "scene-4.png"), "--gallery", str(folder), *cache, "-k", "3")
+    assert out.returncode == 0 and describe(make_scene("test", 4)) in out.stdout
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One gallery cache for this module's commands, so the built-in gallery is indexed once."""
+    return ["--cache", str(tmp_path_factory.mktemp("cache"))]
+
+
+def test_search_exit_codes_scripts_can_trust(tmp_path, cache):
+    nothing = run("search", "a red circle", "--threshold", "1.5", *cache)
+    assert nothing.returncode == 1 and nothing.stdout == ""
+    empty = run("search", "   ", *cache)
+    assert empty.returncode == 2 and "the query is empty" in empty.stderr and "Traceback" not in empty.stderr
+    missing = run("index", str(tmp_path / "nope"), *cache)
+    assert missing.returncode == 2 and "missing" in missing.stderr
+    offline = run("search", "a cat", "--model", "ViT-B-32:laion2b_s34b_b79k", *cache)
+    assert offline.returncode == 3 and "model hub is unreachable" in offline.stderr
+
+
+def test_classify_prints_probabilities(tmp_path):
+    from mbm.data.shapes import make_scene, render
+    image = tmp_path / "star.png"
+    render(make_scene("test", 0, n_objects=1).replace_object(0, shape="star", colour="blue"), size=64).save(image)
+    out = run("classify", str(image), "--labels", "blue star,red circle", "green square", "--json")
+    assert out.returncode == 0, out.stderr
+    probs = json.loads(out.stdout)["probs"]
+    assert list(probs)[0] == "blue star" and set(probs) == {"blue star", "red circle", "green square"}
+    bad = run("classify", str(tmp_path / "missing.png"), "--labels", "a", "b")
+    assert bad.returncode == 2 and "missing.png" in bad.stderr
