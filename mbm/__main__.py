@@ -58,7 +58,8 @@ def _eval(args) -> int:
 
 def _engine(args, gallery: str | None = None):
     from mbm.engine import Engine, EngineConfig
-    config = EngineConfig.from_env(model=args.model, gallery=gallery, cache_dir=args.cache, device=args.device)
+    config = EngineConfig.from_env(model=args.model, gallery=gallery, cache_dir=args.cache, device=args.device,
+                                   index_factory=args.index_factory)
     return Engine(config, progress=_tqdm_progress())
 
 
@@ -154,10 +155,16 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto, cpu, cuda, mps (default: $MBM_DEVICE or auto)")
 
 
-def _gallery_flags(p: argparse.ArgumentParser) -> None:
+def _store_flags(p: argparse.ArgumentParser) -> None:
     _model_flags(p)
-    p.add_argument("--gallery", default=None, help="image folder (default: $MBM_GALLERY or the built-in gallery)")
     p.add_argument("--cache", default=None, help="where gallery stores live (default: $MBM_CACHE or ~/.cache/mbm)")
+    p.add_argument("--index-factory", default=None, metavar="FACTORY",
+                   help='FAISS factory string, e.g. "HNSW32,Flat" (default: $MBM_INDEX, else exact up to 100k images)')
+
+
+def _gallery_flags(p: argparse.ArgumentParser) -> None:
+    _store_flags(p)
+    p.add_argument("--gallery", default=None, help="image folder (default: $MBM_GALLERY or the built-in gallery)")
     p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -195,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("index", help="make a folder of images searchable (incremental; safe to interrupt)",
                        epilog=EXIT_CODES)
     p.add_argument("folder", help="the folder of images (searched recursively)")
-    _model_flags(p)
-    p.add_argument("--cache", default=None, help="where gallery stores live (default: $MBM_CACHE or ~/.cache/mbm)")
+    _store_flags(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a summary")
     p.set_defaults(run=_index)
 

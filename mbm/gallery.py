@@ -116,6 +116,8 @@ class Gallery:
         self.store = Path(store).expanduser().resolve() if store else self.root / ".mbm"
         self.store.mkdir(parents=True, exist_ok=True)
         self.encoder, self.factory = encoder, factory
+        if factory:
+            Index(encoder.embed_dim, factory)  # a bad factory string fails now, not after a long sync
         self._lock = threading.RLock()  # one connection, shared by the page's worker threads
         self._sync_lock = threading.Lock()
         self._db = sqlite3.connect(self.store / "gallery.sqlite", timeout=30, check_same_thread=False,

@@ -221,3 +221,33 @@ def _wait_for_vectors(cache: Path, proc: subprocess.Popen, at_least: int, timeou
                 return n
         time.sleep(0.02)
     raise AssertionError(f"the index command ended or stalled before {at_least} images were stored")
+
+
+def test_the_2000_jpeg_bar_counts(tmp_path, shapes_model):
+    """The engine issue's bar on 2,000 JPEGs, by counts (the timings are in benchmarks/bench_sync.py)."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(2000):
+        render(make_scene("train", i), size=64, supersample=1).save(folder / f"{i:04d}.jpg", quality=85)
+    gallery = Gallery(folder, shapes_model)
+    assert gallery.sync().encoded == 2000 and len(gallery) == 2000
+    assert gallery.sync().encoded == 0
+
+    ids = dict(gallery._all("SELECT path, id FROM items"))
+    rewritten = [f"{i:04d}.jpg" for i in range(0, 2000, 200)]
+    for i, name in enumerate(rewritten):
+        render(make_scene("val", i), size=64, supersample=1).save(folder / name, quality=85)
+        os.utime(folder / name, ns=(time.time_ns(), time.time_ns() + 10**9))
+    before = {i: v.tobytes() for i, v in zip(*gallery.vectors())}
+    report = gallery.sync()
+    after = {i: v.tobytes() for i, v in zip(*gallery.vectors())}
+    assert report.encoded == 10
+    assert {i for i in after if after[i] != before[i]} == {ids[name] for name in rewritten}
+
+    deleted = [f"{i:04d}.jpg" for i in range(7, 2000, 200)]
+    for name in deleted:
+        (folder / name).unlink()
+    report = gallery.sync()
+    assert (report.removed, report.encoded, len(gallery)) == (10, 0, 1990)
+    assert set(before) - set(gallery.vectors()[0].tolist()) == {ids[name] for name in deleted}
+    assert len(gallery.index) == 1990
