@@ -1,0 +1,366 @@
+"""Visitors' uploads: loose files and .zip archives become image files in one private folder, safely.
+
+`take_uploads` copies the images (and the `NAME.txt` caption beside an image) from uploaded files and zips into
+a folder. Nothing lands outside it (absolute paths, drive letters, `..`, symbolic links), zip bombs are refused
+from their declared sizes and cut off while streaming, every limit is checked before anything is read, names are
+sanitised, nothing is overwritten, and each file appears whole or not at all (hidden temp name, then rename).
+Hidden files (`.DS_Store`, `__MACOSX/`, `.mbm/`) are dropped silently; every other file not taken gets a reason
+in plain words. Images are not decoded here: the gallery does that.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import re
+import stat
+import struct
+import tempfile
+import unicodedata
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
+from functools import partial
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from mbm.data.images import IMAGE_SUFFIXES
+
+try:
+    from lzma import LZMAError
+except ImportError:  # a Python without lzma cannot read LZMA zip members either
+    LZMAError = zlib.error
+
+logger = logging.getLogger(__name__)
+
+MAX_CAPTION_BYTES = 10 * 2**10  # a NAME.txt sidecar caption larger than this is skipped
+_RATIO_FLOOR = 2**20  # members smaller than this are never called bombs: a flat-colour BMP compresses 1000x
+_DIRECTORY_BYTES = 2**10  # a zip's directory may use this much per allowed entry (names, extras) before refusal
+_CHUNK = 2**20  # bytes copied at a time
+_MAX_NAME = 120  # characters in one sanitised file or folder name
+_MAX_SHOWN = 200  # characters of a name repeated back in a reason
+_KEPT_SUFFIXES = IMAGE_SUFFIXES | {".txt"}
+_EOCD = struct.Struct("<4s4H2LH")  # zip end-of-central-directory record
+# What unpacking a damaged member raises (bz2 raises OSError, reported as 'could not be copied').
+_DAMAGED = (zipfile.BadZipFile, zlib.error, LZMAError, EOFError, NotImplementedError, RuntimeError, ValueError)
+UNSAFE = "unsafe path in the zip"
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """How much one upload batch may bring in; anything beyond is skipped with a reason."""
+
+    max_files: int = 500  # images taken per upload batch (loose files and zip members together)
+    max_file_bytes: int = 25 * 2**20  # bytes in one image, as declared and as actually read
+    max_total_bytes: int = 400 * 2**20  # all bytes written for one batch, captions included
+    max_zip_members: int = 5000  # entries listed in one zip; more and the zip is refused whole, unread
+    max_zip_ratio: int = 200  # a member above this uncompressed/compressed ratio is a bomb and skipped
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"UploadLimits.{f.name} must be a positive int, got {value!r}")
+
+
+@dataclass
+class Intake:
+    """What one upload batch brought in."""
+
+    added: list[Path] = field(default_factory=list)  # files written into dest: images and their captions
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name as the person gave it, why not taken)
+
+    def summary(self) -> str:
+        """One line for people, e.g. "3 images added with 1 caption, 2 skipped"."""
+        images = sum(p.suffix.lower() in IMAGE_SUFFIXES for p in self.added)
+        captions = len(self.added) - images
+        text = _plural(images, "image") + " added" + (f" with {_plural(captions, 'caption')}" if captions else "")
+        return f"{text}, {len(self.skipped)} skipped"
+
+
+class _Refused(Exception):
+    """A file or zip is not taken; the message says why, in plain words."""
+
+
+@dataclass
+class _Item:
+    """One file offered for the gallery, a loose upload or a zip member, not read yet."""
+
+    shown: str  # the name as the person gave it, for `Intake.skipped`
+    folder: tuple[str, ...]  # sub-folders under dest as given (unsanitised); () for loose uploads
+    name: str  # the base name as given
+    size: int  # declared bytes (a zip's word for it; enforced again while copying)
+    open: Callable[[], BinaryIO]
+    problem: str | None = None  # a reason to refuse it found while listing the zip (encrypted, bomb)
+    caption: _Item | None = None  # the NAME.txt sidecar that came with this image
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self.name).suffix.lower()
+
+    @property
+    def key(self) -> tuple[tuple[str, ...], str]:
+        """Images and captions pair up by folder and stem."""
+        return self.folder, PurePosixPath(self.name).stem
+
+
+class _Batch:
+    """One `take_uploads` call: where files go, what was taken, and what is left of the limits."""
+
+    def __init__(self, dest: Path, limits: UploadLimits) -> None:
+        self.dest, self.root, self.limits = dest, dest.resolve(), limits
+        self.intake = Intake()
+        self.images = self.bytes = 0
+        self._stems: dict[Path, set[str]] = {}  # per folder: stems of images and captions there
+
+    def skip(self, shown: str, reason: str) -> None:
+        logger.debug("upload skipped %s: %s", shown, reason)
+        self.intake.skipped.append((shown, reason))
+
+    def offer(self, items: list[_Item], on_zip: Callable[[_Item], None]) -> None:
+        """Take the images among `items` with their captions, hand zips to `on_zip`, skip the rest."""
+        captions = {item.key: item for item in items if item.suffix == ".txt"}
+        for item in items:
+            if item.suffix in IMAGE_SUFFIXES:
+                item.caption = captions.pop(item.key, None)
+        unpaired = {id(c) for c in captions.values()}
+        for item in items:
+            if item.suffix in IMAGE_SUFFIXES:
+                self.take(item)
+            elif item.suffix == ".zip":
+                on_zip(item)
+            elif item.suffix != ".txt" or id(item) in unpaired:
+                self.skip(item.shown, f"not an image ({item.suffix or 'no file extension'})")
+
+    def take(self, image: _Item) -> None:
+        """Copy one image, then its caption beside it under the image's final stem."""
+        path = None
+        if self.images >= self.limits.max_files:
+            self.skip(image.shown, f"over the limit of {self.limits.max_files} images per upload")
+        elif path := self._save(image, self.limits.max_file_bytes):
+            self.images += 1
+        if image.caption is not None and path is None:
+            self.skip(image.caption.shown, "the caption of an image that was not added")
+        elif image.caption is not None:
+            self._save(image.caption, MAX_CAPTION_BYTES, path.with_suffix(".txt"))
+
+    def _save(self, item: _Item, cap: int, target: Path | None = None) -> Path | None:
+        """Write `item` into dest, or record why not; returns where it went."""
+        try:
+            if reason := self._refusal(item, cap):
+                raise _Refused(reason)
+            target = target or self._target(item)
+            self._write(item, target, cap)
+        except _Refused as exc:
+            self.skip(item.shown, str(exc))
+            return None
+        except OSError as exc:
+            self.skip(item.shown, f"could not be copied ({exc.strerror or type(exc).__name__})")
+            return None
+        except _DAMAGED:
+            logger.debug("cannot unpack %s", item.shown, exc_info=True)
+            self.skip(item.shown, "damaged in the zip: it cannot be unpacked")
+            return None
+        self.intake.added.append(target)
+        return target
+
+    def _refusal(self, item: _Item, cap: int) -> str | None:
+        """Why `item` cannot be taken, judged from its listing before anything is read; None if it can."""
+        if item.problem:
+            return item.problem
+        if item.size > cap:
+            return f"{_size(item.size)} is over the {_size(cap)} limit"
+        if self.bytes + item.size > self.limits.max_total_bytes:
+            return _over_total(self.limits)
+        return None
+
+    def _target(self, item: _Item) -> Path:
+        """A free, sanitised path in dest whose stem no image or caption there uses yet."""
+        folder = self.dest.joinpath(*(_clean(part) for part in item.folder))
+        if not folder.resolve().is_relative_to(self.root):  # a symlinked folder already in dest
+            raise _Refused(UNSAFE)
+        folder.mkdir(parents=True, exist_ok=True)
+        if folder not in self._stems:
+            self._stems[folder] = {p.stem for p in folder.iterdir() if p.suffix.lower() in _KEPT_SUFFIXES}
+        taken, stem = self._stems[folder], _clean(PurePosixPath(item.name).stem)
+        for n in itertools.count():
+            tag = f"-{n}" if n else ""
+            candidate = stem[: _MAX_NAME - len(item.suffix) - len(tag)] + tag
+            if candidate not in taken and not (folder / (candidate + item.suffix)).exists():
+                taken.add(candidate)
+                return folder / (candidate + item.suffix)
+        raise AssertionError("unreachable")
+
+    def _write(self, item: _Item, target: Path, cap: int) -> None:
+        """Stream `item` into `target` through a hidden temporary file, enforcing the limits on actual bytes."""
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        n = 0
+        try:
+            with os.fdopen(fd, "wb") as out, item.open() as src:
+                while chunk := src.read(_CHUNK):
+                    n += len(chunk)
+                    if n > cap:
+                        raise _Refused(f"over the {_size(cap)} limit once unpacked (the zip understated its size)")
+                    if self.bytes + n > self.limits.max_total_bytes:
+                        raise _Refused(_over_total(self.limits))
+                    out.write(chunk)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.bytes += n
+
+
+def take_uploads(files: Iterable[str | os.PathLike] | str | os.PathLike | None, dest: str | os.PathLike,
+                 limits: UploadLimits = UploadLimits()) -> Intake:
+    """Copy the images among uploaded files and zips into `dest`; never raises for bad files.
+
+    Args:
+        files: paths of the uploaded files, whose base names are the names the person gave them (Gradio's
+            temporary paths); one path or None is accepted too.
+        dest: the folder to fill; created when the first file is written. Existing files are never replaced.
+        limits: the `UploadLimits` of one batch.
+    Returns:
+        An `Intake`: the files written (images and their `.txt` captions) and `(name, reason)` for each file
+        not taken, where a zip member's name is "ARCHIVE.zip: path/in/zip".
+    """
+    if files is None or isinstance(files, (str, os.PathLike)):
+        files = [] if files is None else [files]
+    paths = [Path(f) if isinstance(f, (str, os.PathLike)) else _not_a_path(f) for f in files]
+    batch = _Batch(Path(dest), limits)
+    batch.offer(_loose_items(batch, paths), on_zip=partial(_take_zip, batch))
+    logger.info("upload into %s: %s", dest, batch.intake.summary())
+    return batch.intake
+
+
+def _not_a_path(value: object) -> Path:
+    raise TypeError(f"uploads must be file paths, got {type(value).__name__} {value!r:.80}")
+
+
+def _loose_items(batch: _Batch, paths: list[Path]) -> list[_Item]:
+    items = []
+    for path in paths:
+        if path.name.startswith("."):
+            continue  # hidden: dropped silently, as in zips
+        if not path.is_file():
+            batch.skip(_shown(path.name), "the uploaded file is missing")
+            continue
+        items.append(_Item(_shown(path.name), (), path.name, path.stat().st_size, partial(open, path, "rb")))
+    return items
+
+
+def _take_zip(batch: _Batch, item: _Item) -> None:
+    """Offer the members of an uploaded zip, or skip the zip whole with the reason."""
+    try:
+        with item.open() as f, _open_zip(f, batch.limits) as zf:
+            nested = "a zip inside a zip is not opened"
+            batch.offer(_zip_items(batch, zf, item.shown), on_zip=lambda inner: batch.skip(inner.shown, nested))
+    except _Refused as exc:
+        batch.skip(item.shown, str(exc))
+    except OSError as exc:
+        batch.skip(item.shown, f"could not be read ({exc.strerror or type(exc).__name__})")
+
+
+def _open_zip(f: BinaryIO, limits: UploadLimits) -> zipfile.ZipFile:
+    """The zip in `f`, or `_Refused`; its entries are counted from the end record before the directory is parsed."""
+    too_many = "the zip lists {:,} entries, more than the " + f"{limits.max_zip_members:,} opened from one zip"
+    n, directory = _listed_entries(f) or (0, 0)
+    if n > limits.max_zip_members:
+        raise _Refused(too_many.format(n))
+    if directory > limits.max_zip_members * _DIRECTORY_BYTES:
+        raise _Refused(f"the zip's directory ({_size(directory)}) is too large for {limits.max_zip_members:,} entries")
+    try:
+        zf = zipfile.ZipFile(f)
+    except Exception as exc:  # BadZipFile, EOFError, OSError, ValueError...: a damaged or foreign file
+        logger.debug("unreadable zip", exc_info=True)
+        raise _Refused("not a readable zip file") from exc
+    if len(zf.infolist()) > limits.max_zip_members:  # the end record understated the count
+        zf.close()
+        raise _Refused(too_many.format(len(zf.infolist())))
+    return zf
+
+
+def _listed_entries(f: BinaryIO) -> tuple[int, int] | None:
+    """(entries, directory bytes) from a zip's end record, read without parsing the directory; None if unknown."""
+    try:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - _EOCD.size - 0xFFFF))  # the record ends with a comment of up to 64 KB
+        tail = f.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) - at < _EOCD.size:
+            return None
+        entries, directory = _EOCD.unpack_from(tail, at)[4:6]
+        if entries == 0xFFFF or directory == 0xFFFFFFFF:  # Zip64: counted after opening instead
+            return None
+        return entries, directory
+    except (OSError, ValueError, struct.error):
+        return None
+    finally:
+        f.seek(0)
+
+
+def _zip_items(batch: _Batch, zf: zipfile.ZipFile, zip_shown: str) -> list[_Item]:
+    """The zip's regular files as items; unsafe paths and links are skipped, folders and hidden files dropped."""
+    items = []
+    for info in zf.infolist():
+        shown = _shown(f"{zip_shown}: {info.filename}")
+        raw = info.filename.replace("\\", "/")  # Windows tools write backslashes
+        parts = _member_parts(raw)
+        if parts is None:
+            batch.skip(shown, UNSAFE)
+        elif raw.endswith("/") or not parts or parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
+            continue
+        elif stat.S_ISLNK(info.external_attr >> 16):
+            batch.skip(shown, "a symbolic link in the zip is not followed")
+        else:
+            items.append(_Item(shown, parts[:-1], parts[-1], info.file_size, partial(zf.open, info),
+                               problem=_member_problem(info, batch.limits)))
+    return items
+
+
+def _member_parts(raw: str) -> tuple[str, ...] | None:
+    """The path components of a member name, or None when it could point outside the folder."""
+    if raw.startswith("/") or re.match(r"[A-Za-z]:", raw):
+        return None
+    parts = tuple(p for p in raw.split("/") if p not in ("", "."))
+    return None if ".." in parts else parts
+
+
+def _member_problem(info: zipfile.ZipInfo, limits: UploadLimits) -> str | None:
+    if info.flag_bits & 0x1:
+        return "encrypted in the zip: unzip it and upload the files"
+    if info.file_size > _RATIO_FLOOR and info.file_size > limits.max_zip_ratio * max(info.compress_size, 1):
+        return "compressed too well to be an image: looks like a zip bomb"
+    return None
+
+
+def _clean(name: str) -> str:
+    """A safe file or folder name: letters, digits, space, '-', '_', '.'; no leading dot; at most 120 characters."""
+    name = unicodedata.normalize("NFC", name)  # macOS zips spell 'é' as 'e' plus a combining accent
+    name = "".join(c if c.isalnum() or c in " -_." else "_" for c in name)
+    return name.strip(" .")[:_MAX_NAME].rstrip(" ") or "_"
+
+
+def _shown(name: str) -> str:
+    """A name fit to repeat back to a person: control characters replaced, long names cut."""
+    name = "".join("?" if unicodedata.category(c)[0] == "C" else c for c in name)
+    return name if len(name) <= _MAX_SHOWN else name[: _MAX_SHOWN - 1] + "…"
+
+
+def _size(n: int) -> str:
+    """Bytes in words, rounded up so a file just over a limit never reads as equal to it: '30.1 MB'."""
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= scale:
+            return f"{math.ceil(n * 10 / scale) / 10:g} {unit}"
+    return _plural(n, "byte")
+
+
+def _over_total(limits: UploadLimits) -> str:
+    return f"over the {_size(limits.max_total_bytes)} limit for one upload"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
