@@ -18,7 +18,7 @@ from PIL import Image
 
 from mbm.classify import ZeroShot, zero_shot
 from mbm.gallery import Gallery, Progress, SyncReport
-from mbm.models import Encoder, create_model
+from mbm.models import Encoder, WeightsUnavailableError, create_model, default_model
 from mbm.models._registry import ASSETS, EMBEDDED
 from mbm.search import Hit, Term, parse_query, query_vector, rank_texts, search
 
@@ -28,12 +28,13 @@ BUILTIN_GALLERY = ASSETS / "gallery"
 
 @dataclass
 class EngineConfig:
-    model: str = EMBEDDED  # a model spec: mbm-shapes, an open_clip ARCH:TAG, or a local checkpoint
+    model: str | None = None  # a model spec (mbm-shapes, ARCH:TAG, a checkpoint); None: `default_model()`
     gallery: str | None = None  # a folder of images to serve; None serves the built-in sample gallery
     cache_dir: str | None = None  # stores (SQLite, FAISS, thumbnails) of galleries; default ~/.cache/mbm
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto | fp32 | fp16 | bf16 (half precisions need CUDA)
     index_factory: str | None = None  # a FAISS factory string; None picks exact or HNSW by gallery size
+    on_space: bool = False  # running as a Hugging Face Space (SPACE_ID is set): public, hub reachable
 
     ENV = {"model": "MBM_MODEL", "gallery": "MBM_GALLERY", "cache_dir": "MBM_CACHE", "device": "MBM_DEVICE",
            "precision": "MBM_PRECISION", "index_factory": "MBM_INDEX"}
@@ -42,7 +43,8 @@ class EngineConfig:
     def from_env(cls, environ: dict | None = None, **overrides) -> EngineConfig:
         """Defaults, then `MBM_*` variables, then `overrides` that are not None (e.g. CLI flags)."""
         environ = os.environ if environ is None else environ
-        values = {f.name: environ[cls.ENV[f.name]] for f in fields(cls) if environ.get(cls.ENV[f.name])}
+        values = {f.name: environ[cls.ENV[f.name]] for f in fields(cls) if environ.get(cls.ENV.get(f.name, ""))}
+        values["on_space"] = bool(environ.get("SPACE_ID"))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -65,11 +67,27 @@ class Engine:
     def __init__(self, config: EngineConfig | None = None, encoder: Encoder | None = None,
                  progress: Progress | None = None):
         self.config = config or EngineConfig()
-        self.encoder = encoder or create_model(self.config.model, self.config.device, self.config.precision)
+        self.notice = ""  # a line for people when the engine had to fall back from what it was asked
+        self.encoder = encoder or self._first_model()
         self.galleries: dict[Path, Gallery] = {}
         self._gallery: Gallery | None = None
         self.last_sync: SyncReport | None = None
         self._progress = progress
+
+    def _first_model(self) -> Encoder:
+        """The configured model; an unnamed default that cannot load (say, a Space gone offline) falls back."""
+        cfg = self.config
+        if cfg.model is not None:
+            return create_model(cfg.model, cfg.device, cfg.precision)
+        spec = default_model(cfg.on_space)
+        try:
+            encoder = create_model(spec, cfg.device, cfg.precision)
+        except WeightsUnavailableError as e:
+            log.warning("falling back to %s: %s", EMBEDDED, e)
+            self.notice = f"{spec} could not be loaded here, so the embedded {EMBEDDED} model is serving."
+            spec, encoder = EMBEDDED, create_model(EMBEDDED, cfg.device, cfg.precision)
+        cfg.model = spec
+        return encoder
 
     @classmethod
     def from_config(cls, config: EngineConfig | None = None, **overrides) -> Engine:
@@ -111,18 +129,34 @@ class Engine:
             self._gallery = gallery
         return gallery, report
 
+    def close_gallery(self, root: str | Path) -> None:
+        """Forget a gallery (e.g. a visitor's, when the session ends); its files are the caller's business."""
+        gallery = self.galleries.pop(Path(root).expanduser().resolve(), None)
+        if gallery is not None:
+            gallery.close()
+
     def use_model(self, spec: str, progress: Progress | None = None) -> None:
         """Switch models; open galleries are re-synced (embeddings of every model stay in their stores).
 
         The current model stays if the new one cannot be created (the error propagates)."""
         encoder = create_model(spec, self.config.device, self.config.precision)
-        self.encoder, self.config.model = encoder, spec
-        active = self._gallery.root if self._gallery else None
-        for root, old in list(self.galleries.items()):
-            self.galleries[root] = Gallery(root, encoder, old.store, factory=self.config.index_factory)
-            old.close()
+        active = self._gallery
+        self.encoder, self.config.model, self.notice = encoder, spec, ""
+        for root in list(self.galleries):  # reopened (and synced for the new model) when next used
+            if active is None or root != active.root:
+                self.close_gallery(root)
         if active is not None:
-            self._gallery, self.last_sync = self.open_gallery(active, progress=progress)
+            self.galleries.pop(active.root, None)
+            self._gallery, self.last_sync = self.open_gallery(active.root, store=active.store, progress=progress)
+            active.close()
+
+    def gallery_at(self, root: str | Path, store: str | Path | None = None,
+                   progress: Progress | None = None) -> Gallery:
+        """The open gallery of a folder for the current model, opened (and synced) only if it is not yet."""
+        gallery = self.galleries.get(Path(root).expanduser().resolve())
+        if gallery is not None and gallery.encoder is self.encoder:
+            return gallery
+        return self.open_gallery(root, store=store, progress=progress, activate=False)[0]
 
     # ---------------------------------------------------------------- search
     def query(self, text: str | None = None, image: Image.Image | str | Path | None = None,
@@ -138,27 +172,38 @@ class Engine:
         return terms
 
     def search(self, text: str | None = None, image: Image.Image | str | Path | None = None,
-               image_weight: float = 1.0, k: int = 10, threshold: float | None = None) -> list[Hit]:
-        """text->image and image->image (or both, weighted) in the active gallery, best first."""
+               image_weight: float = 1.0, k: int = 10, threshold: float | None = None,
+               gallery: Gallery | None = None) -> list[Hit]:
+        """text->image and image->image (or both, weighted), best first, in `gallery` (default: the active one)."""
         terms = self.query(text, image, image_weight)  # bad input fails before the gallery is opened
-        return search(self.gallery, terms, k=k, threshold=threshold)
+        return search(gallery or self.gallery, terms, k=k, threshold=threshold)
 
-    def more_like(self, item_id: int, k: int = 10, threshold: float | None = None) -> list[Hit]:
+    def search_with_scores(self, text: str | None = None, image: Image.Image | str | Path | None = None,
+                           image_weight: float = 1.0, k: int = 10, threshold: float | None = None,
+                           gallery: Gallery | None = None) -> tuple[list[Hit], np.ndarray]:
+        """`search`, plus the query's cosine to every image of the gallery `(N,)` (for a score histogram),
+        with the query embedded once."""
+        gallery = gallery or self.gallery
+        vec = query_vector(self.encoder, self.query(text, image, image_weight), gallery)
+        _, vecs = gallery.image_matrix()
+        return search(gallery, vec, k=k, threshold=threshold), vecs @ vec
+
+    def more_like(self, item_id: int, k: int = 10, threshold: float | None = None,
+                  gallery: Gallery | None = None) -> list[Hit]:
         """The images closest to a gallery item, the item itself left out."""
-        return search(self.gallery, [Term(1.0, "item", int(item_id))], k=k, threshold=threshold,
+        return search(gallery or self.gallery, [Term(1.0, "item", int(item_id))], k=k, threshold=threshold,
                       exclude=(int(item_id),))
 
     def scores(self, text: str | None = None, image: Image.Image | str | Path | None = None,
-               image_weight: float = 1.0) -> np.ndarray:
-        """The query's cosine to every searchable image of the active gallery, `(N,)`: for histograms."""
-        vec = query_vector(self.encoder, self.query(text, image, image_weight), self.gallery)
-        _, vecs = self.gallery.image_matrix()
-        return vecs @ vec
+               image_weight: float = 1.0, gallery: Gallery | None = None) -> np.ndarray:
+        """The query's cosine to every searchable image of the gallery, `(N,)`: for histograms."""
+        return self.search_with_scores(text, image, image_weight, k=1, gallery=gallery)[1]
 
-    def describe(self, image: Image.Image | str | Path, texts: list[str] | None = None,
-                 k: int = 10) -> list[tuple[str, float]]:
-        """image->text: the given texts, or else the active gallery's captions, ranked for an image."""
-        return rank_texts(self.encoder, image, texts=texts, gallery=None if texts is not None else self.gallery, k=k)
+    def describe(self, image: Image.Image | str | Path, texts: list[str] | None = None, k: int = 10,
+                 gallery: Gallery | None = None) -> list[tuple[str, float]]:
+        """image->text: the given texts, or else the gallery's captions, ranked for an image."""
+        bank = None if texts is not None else gallery or self.gallery
+        return rank_texts(self.encoder, image, texts=texts, gallery=bank, k=k)
 
     # ---------------------------------------------------------------- classifiers
     def zero_shot(self, image: Image.Image, labels: list[str], templates: list[str] | None = None) -> ZeroShot:

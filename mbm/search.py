@@ -52,6 +52,7 @@ class Hit:
     caption: str
     score: float  # cosine similarity to the query, in [-1, 1]
     thumbnail: Path | None  # a cached JPEG of at most 256 px, for pages
+    relpath: str = ""  # the path inside the gallery folder, safe to show to people
 
 
 def parse_query(text: str) -> list[Term]:
@@ -159,8 +160,8 @@ def search(gallery: Gallery, query: str | list[Term] | np.ndarray, k: int = 10, 
     keep = [(s, i) for s, i in zip(scores[0], ids[0]) if i >= 0 and i not in exclude
             and (threshold is None or s >= threshold)][:k]
     items = {it.id: it for it in gallery.items([i for _, i in keep])}
-    return [Hit(int(i), gallery.file(items[i]), items[i].caption, float(s), gallery.thumbnail(items[i]))
-            for s, i in keep if i in items]
+    return [Hit(int(i), gallery.file(items[i]), items[i].caption, float(s), gallery.thumbnail(items[i]),
+                items[i].path) for s, i in keep if i in items]
 
 
 def rank_texts(encoder: Encoder, image: Image.Image | str | Path | np.ndarray, texts: list[str] | None = None,
@@ -188,3 +189,10 @@ def rank_texts(encoder: Encoder, image: Image.Image | str | Path | np.ndarray, t
     scores = vecs @ vec  # (T,)
     order = np.argsort(-scores, kind="stable")[:k]
     return [(bank[i], float(scores[i])) for i in order]
+
+
+def score_histogram(scores: np.ndarray, bins: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """`(counts (bins,), edges (bins + 1,))` of a query's scores over a padded range that holds them all."""
+    lo, hi = (float(scores.min()), float(scores.max())) if len(scores) else (0.0, 1.0)
+    pad = max(0.02, 0.05 * (hi - lo))
+    return np.histogram(scores, bins=bins, range=(lo - pad, hi + pad))

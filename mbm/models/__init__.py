@@ -1,8 +1,15 @@
 """Models: one table of known specs and one factory; see `create_model`."""
 
-from mbm.models._factory import WeightsUnavailableError, create_model, resolve_device, resolve_precision
+from mbm.models._factory import (
+    WeightsUnavailableError,
+    create_model,
+    default_model,
+    is_cached,
+    resolve_device,
+    resolve_precision,
+)
 from mbm.models._registry import KNOWN_MODELS, list_models
 from mbm.models.encoder import Encoder
 
-__all__ = ["Encoder", "KNOWN_MODELS", "WeightsUnavailableError", "create_model", "list_models",
-           "resolve_device", "resolve_precision"]
+__all__ = ["Encoder", "KNOWN_MODELS", "WeightsUnavailableError", "create_model", "default_model", "is_cached",
+           "list_models", "resolve_device", "resolve_precision"]

@@ -8,11 +8,12 @@ open_clip's own. Weights are read as safetensors or with `torch.load(weights_onl
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
 
-from mbm.models._registry import EMBEDDED, classify_spec, embedded_dir, list_models
+from mbm.models._registry import EMBEDDED, KNOWN_MODELS, SPACE_MODEL, classify_spec, embedded_dir, list_models
 from mbm.models.encoder import Encoder
 
 log = logging.getLogger(__name__)
@@ -123,3 +124,25 @@ def _from_open_clip(spec: str, device: torch.device):
         tag = str(Path(tag).expanduser())
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag, device=device)
     return model, preprocess, open_clip.get_tokenizer(arch)
+
+
+def is_cached(spec: str, cache_dir: str | None = None) -> bool:
+    """True if an open_clip `ARCH:TAG`'s weights are already in the local Hugging Face cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.pretrained import get_pretrained_cfg
+    arch, _, tag = spec.partition(":")
+    hub = get_pretrained_cfg(arch, tag).get("hf_hub", "") if classify_spec(spec) == "open_clip" else ""
+    if not hub:
+        return False
+    repo_id, filename = os.path.split(hub)  # "org/name/" -> open_clip's default file names
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    return any(isinstance(try_to_load_from_cache(repo_id, name, cache_dir=cache_dir), str) for name in names)
+
+
+def default_model(on_space: bool, cache_dir: str | None = None) -> str:
+    """The model to serve when none is named: on a Hugging Face Space, `SPACE_MODEL` (it can download);
+    elsewhere the first known open_clip model whose weights are cached, else the embedded model."""
+    if on_space:
+        return SPACE_MODEL
+    cached = (m.spec for m in KNOWN_MODELS if not m.offline and is_cached(m.spec, cache_dir))
+    return next(cached, EMBEDDED)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 EMBEDDED = "mbm-shapes"
+SPACE_MODEL = "ViT-B-32:laion2b_s34b_b79k"  # the default on a Hugging Face Space, where the hub is reachable
 
 
 @dataclass(frozen=True)
