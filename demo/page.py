@@ -1,49 +1,39 @@
-"""A first page: zero-shot classification with the active model.
-
-The full page (search, gallery, explore, learn) arrives with the engine; this one already
-follows the rules: one function per event, `gr.Error` for bad input, a named API endpoint.
-"""
+"""`build_demo(engine)`: the page, tab by tab. Each tab's module wires its components to `mbm.Engine`;
+no tensor math lives in `demo/`."""
 
 from __future__ import annotations
 
-import re
-
 import gradio as gr
-from PIL import Image
 
+from demo import classify_tab, gallery_tab, model_tab, search_tab
+from demo.common import Page
 from mbm.engine import Engine
 
-MAX_LABELS = 100  # the page keeps a class demo readable; the library allows more
+ABOUT = """mbm embeds images and texts into one space with a CLIP-style model and searches them with FAISS.
+**Search** finds images for text or for another image and ranks captions for an image; **Classify** turns labels
+into prompts and picks the closest; **Gallery** lets you search your own images; **Model** shows what is serving."""
 
 
-def parse_labels(text: str) -> list[str]:
-    """Labels from one-per-line or comma-separated text, stripped, duplicates dropped, order kept."""
-    labels = [s.strip() for s in re.split(r"[\n,]", text or "") if s.strip()]
-    return list(dict.fromkeys(labels))
+def build_demo(engine: Engine, allow_folders: bool = False) -> gr.Blocks:
+    """The whole page for one engine.
 
-
-def build_demo(engine: Engine) -> gr.Blocks:
-    encoder = engine.encoder
-
-    def classify(image: Image.Image | None, labels_text: str) -> dict[str, float]:
-        if image is None:
-            raise gr.Error("Drop an image first, then press Classify.")
-        labels = parse_labels(labels_text)
-        if len(labels) < 2:
-            raise gr.Error("Give at least two labels, one per line or separated by commas.")
-        if len(labels) > MAX_LABELS:
-            raise gr.Error(f"At most {MAX_LABELS} labels, please; you gave {len(labels)}.")
-        return engine.zero_shot(image, labels).probs
-
-    with gr.Blocks(title="mbm: multimodal model demo") as demo:
-        gr.Markdown(f"# mbm\nZero-shot classification with **{encoder.name}** "
-                    f"on {encoder.device} ({encoder.precision}).")
-        with gr.Row():
-            image = gr.Image(type="pil", label="Image")
-            with gr.Column():
-                labels = gr.Textbox(label="Labels (one per line or comma-separated)",
-                                    value="circle, square, triangle, star, hexagon, cross, diamond, heart", lines=3)
-                button = gr.Button("Classify", variant="primary")
-        result = gr.Label(label="Probabilities", num_top_classes=5)
-        button.click(classify, [image, labels], result, api_name="classify")
+    Args:
+        engine: the model and galleries to serve.
+        allow_folders: let visitors index a folder of the host by path (only for local use).
+    """
+    page = Page(engine, allow_folders=allow_folders, allow_model_switch=not engine.config.on_space)
+    # delete_cache: result thumbnails Gradio copies for the browser are removed after a day
+    with gr.Blocks(title="mbm: multimodal model demo", delete_cache=(3600, 86400)) as demo:
+        header = gr.Markdown(page.header(), elem_id="header")
+        gr.Markdown(ABOUT)
+        choice = gr.State(None)  # this visitor's gallery: None = the server's, else {"root", "store"}
+        with gr.Tabs():
+            with gr.Tab("Search", id="search"):
+                search_tab.build(page, choice)
+            with gr.Tab("Classify", id="classify"):
+                classify_tab.build(page)
+            with gr.Tab("Gallery", id="gallery"):
+                gallery_tab.build(page, choice, demo)
+            with gr.Tab("Model", id="model"):
+                model_tab.build(page, header)
     return demo

@@ -1,10 +1,6 @@
-"""`python app.py` as a person starts it, hit over HTTP by gradio_client."""
+"""`python app.py` as a person starts it, every named endpoint called through gradio_client."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
+import re
 import urllib.request
 from pathlib import Path
 
@@ -15,66 +11,125 @@ from gradio_client.exceptions import AppError
 from mbm.data.shapes import SHAPES, make_scene, render
 
 ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = sorted((ROOT / "assets" / "gallery" / "photos").glob("*.jpg"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    port = _free_port()
-    cache = tmp_path_factory.mktemp("cache")
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-                                 "MBM_CACHE": str(cache)})
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"app.py exited early:\n{proc.stdout.read()}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("app.py did not answer within 120 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+@pytest.fixture()
+def client(server):
+    return Client(server.url, verbose=False)
 
 
 def test_page_names_the_serving_model(server):
-    html = urllib.request.urlopen(server, timeout=10).read().decode()
+    html = urllib.request.urlopen(server.url, timeout=10).read().decode()
     assert "mbm-shapes" in html
 
 
-def test_classify_endpoint_finds_the_shape(server, tmp_path):
-    client = Client(server, verbose=False)
+def test_every_user_facing_event_has_a_named_endpoint(client):
+    named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/search", "/describe", "/search_items", "/more_like", "/classify", "/index_uploads",
+            "/use_server_gallery", "/gallery_info", "/load_model"} <= named
+
+
+def test_search_finds_a_red_circle_first(client):
+    tiles, histogram, timing, _ = client.predict("a red circle", None, 1.0, 6, 0.0, api_name="/search")
+    assert len(tiles) == 6 and "red circle" in tiles[0]["caption"]
+    assert Path(tiles[0]["image"]).is_file() and "<svg" in histogram and re.search(r"in \*\*\d+ ms", timing)
+    scores = [float(t["caption"].split(" · ")[0]) for t in tiles]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_image_search_ranks_captions_too(client):
+    image = ROOT / "assets" / "gallery" / "scenes" / "scene-004.png"
+    tiles, _, timing, captions = client.predict(None, handle_file(str(image)), 1.0, 3, 0.0, api_name="/search")
+    own = (image.with_suffix(".txt")).read_text().strip()
+    assert own in tiles[0]["caption"] and "image query" in timing
+    assert captions["value"]["data"][0][0] == own
+
+
+def test_json_search_and_more_like_this(client):
+    rows = client.predict("a blue square", 5, -1.0, api_name="/search_items")
+    assert len(rows) == 5 and rows[0]["file"].startswith("scenes/")
+    like = client.predict(rows[0]["id"], 4, -1.0, api_name="/more_like")
+    assert len(like) == 4 and rows[0]["id"] not in [r["id"] for r in like]
+
+
+def test_describe_ranks_the_texts_given(client):
+    image = ROOT / "assets" / "examples" / "red-circle.png"
+    ranked = client.predict(handle_file(str(image)), "a blue star\na large red circle\na green cross", 3, None,
+                            api_name="/describe")
+    assert ranked["data"][0][0] == "a large red circle"
+
+
+def test_classify_finds_the_shape_and_probabilities_sum_to_one(client, tmp_path):
     hits = 0
     for i in range(5):
         scene = make_scene("test", 500 + i, n_objects=1)
         path = tmp_path / f"scene{i}.png"
         render(scene, 256).save(path)
-        result = client.predict(handle_file(str(path)), ", ".join(SHAPES), api_name="/classify")
-        assert len(result["confidences"]) == 5
-        hits += result["label"] == scene.objects[0].shape
+        label, table, _ = client.predict(handle_file(str(path)), ", ".join(SHAPES), "a photo of a {}.\na {}.",
+                                         api_name="/classify")
+        assert [row[0] for row in table["value"]["data"]] == ["a photo of a {}.", "a {}."]
+        hits += label["label"] == scene.objects[0].shape
     assert hits >= 4
+    label, *_ = client.predict(handle_file(str(path)), "circle\nsquare\nstar", "a {}.", api_name="/classify")
+    assert sum(c["confidence"] for c in label["confidences"]) == pytest.approx(1.0, abs=1e-3)
 
 
-@pytest.mark.parametrize("labels, message", [("", "at least two labels"), ("star", "at least two labels")])
-def test_bad_labels_get_a_clear_message(server, tmp_path, labels, message):
-    path = tmp_path / "x.png"
-    render(make_scene("test", 1), 64).save(path)
+@pytest.mark.parametrize("image, labels, templates, message", [
+    ("red-circle.png", "", "a {}.", "at least two labels"),
+    ("red-circle.png", "star", "a {}.", "at least two labels"),
+    ("red-circle.png", ", ".join(str(i) for i in range(101)), "a {}.", "At most 100 labels"),
+    ("red-circle.png", "a, b", "  \n ", "at least one prompt template"),
+    (None, "a, b", "a {}.", "Drop an image"),
+])
+def test_bad_classify_input_gets_a_clear_message(client, image, labels, templates, message):
+    file = handle_file(str(ROOT / "assets" / "examples" / image)) if image else None
     with pytest.raises(AppError, match=message):
-        Client(server, verbose=False).predict(handle_file(str(path)), labels, api_name="/classify")
+        client.predict(file, labels, templates, api_name="/classify")
 
 
-def test_missing_image_gets_a_clear_message(server):
-    with pytest.raises(AppError, match="Drop an image"):
-        Client(server, verbose=False).predict(None, "a, b", api_name="/classify")
+@pytest.mark.parametrize("text, message", [("", "Type what you are looking for"),
+                                           ("   ", "Type what you are looking for"),
+                                           ("x" * 1001, "keep it under 1,000"),
+                                           ("red +", "ends with an operator")])
+def test_bad_queries_get_a_clear_message(client, text, message):
+    with pytest.raises(AppError, match=message):
+        client.predict(text, None, 1.0, 5, 0.0, api_name="/search")
+
+
+def test_uploads_make_a_private_gallery_that_others_never_see(server, tmp_path):
+    alice, bob = Client(server.url, verbose=False), Client(server.url, verbose=False)
+    (tmp_path / "notes.jpg").write_text("not really a jpeg")
+    files = [handle_file(str(p)) for p in PHOTOS[:3]] + [handle_file(str(tmp_path / "notes.jpg"))]
+
+    info, summary, skipped = alice.predict(files, api_name="/index_uploads")
+
+    assert "**3** searchable images" in summary and "your uploads" in info
+    assert skipped["value"]["data"][0][0] == "notes.jpg"
+    tiles, *_ = alice.predict("a photo", None, 1.0, 10, -0.2, api_name="/search")
+    assert len(tiles) == 3
+    theirs, *_ = bob.predict("a photo", None, 1.0, 10, -0.2, api_name="/search")
+    assert len(theirs) == 10 and not {t["caption"] for t in tiles} & {t["caption"] for t in theirs}
+    assert "server's gallery" in bob.predict(None, api_name="/gallery_info")
+    back = alice.predict(api_name="/use_server_gallery")
+    assert "server's gallery" in back[0]
+    sessions = list((server.cache / "sessions").iterdir())
+    assert sessions and all(len(p.name) == 32 for p in sessions)  # HMAC-named, not the session id
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("a.pdf", b"%PDF-1.4", "Invalid file type"),  # refused by Gradio itself, from file_types
+    ("notes.txt", b"a caption with no image", "None of those files could be used"),
+    ("empty.zip", b"PK\x05\x06" + b"\0" * 18, "None of those files could be used"),
+])
+def test_uploading_nothing_usable_is_a_clear_error(client, tmp_path, name, data, message):
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(AppError, match=message):
+        client.predict([handle_file(str(tmp_path / name))], api_name="/index_uploads")
+
+
+def test_loading_an_uncached_model_offline_keeps_the_current_one(client):
+    with pytest.raises(AppError, match="model hub is unreachable"):
+        client.predict("ViT-B-32:laion2b_s34b_b79k", api_name="/load_model")
+    tiles, *_ = client.predict("a red circle", None, 1.0, 1, 0.0, api_name="/search")
+    assert "red circle" in tiles[0]["caption"]

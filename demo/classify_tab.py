@@ -1,0 +1,81 @@
+"""The Classify tab: zero-shot classification with editable prompt templates, and a per-template breakdown.
+
+The fused image+text classifier (issue 5) gets its own row below the zero-shot one.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import gradio as gr
+from PIL import Image
+
+from demo.common import Page, friendly
+from mbm.classify import DEFAULT_TEMPLATES
+from mbm.models._registry import ASSETS
+
+MAX_LABELS = 100  # the page keeps a class demo readable; the library allows more
+EXAMPLES = ASSETS / "examples"
+
+
+def parse_labels(text: str) -> list[str]:
+    """Labels from one-per-line or comma-separated text, stripped, duplicates dropped, order kept."""
+    labels = [s.strip() for s in re.split(r"[\n,]", text or "") if s.strip()]
+    return list(dict.fromkeys(labels))
+
+
+def parse_templates(text: str) -> list[str]:
+    templates = [t.strip() for t in (text or "").splitlines() if t.strip()]
+    if not templates:
+        raise gr.Error('Give at least one prompt template, one per line, with {} where the label goes, '
+                       'e.g. "a photo of a {}."')
+    return templates
+
+
+def build(page: Page) -> None:
+    with gr.Row():
+        image = gr.Image(type="pil", label="Image", height=260, elem_id="classify-image")
+        with gr.Column():
+            labels = gr.Textbox(label="Labels (one per line or comma-separated)", lines=3,
+                                value="circle, square, triangle, star, hexagon, cross, diamond, heart")
+            templates = gr.Textbox(label="Prompt templates ({} is where the label goes; one per line)",
+                                   value="\n".join(DEFAULT_TEMPLATES), lines=4)
+            button = gr.Button("Classify", variant="primary")
+    with gr.Row():
+        result = gr.Label(label="Probabilities (prompt ensemble)", num_top_classes=5, elem_id="zero-shot")
+        breakdown = gr.Dataframe(label="What each template alone says", elem_id="per-template", wrap=True)
+    warning = gr.Markdown()
+
+    @friendly
+    def classify(image: Image.Image | None, labels_text: str, templates_text: str):
+        if image is None:
+            raise gr.Error("Drop an image first, then press Classify.")
+        labels = parse_labels(labels_text)
+        if len(labels) < 2:
+            raise gr.Error("Give at least two labels, one per line or separated by commas.")
+        if len(labels) > MAX_LABELS:
+            raise gr.Error(f"At most {MAX_LABELS} labels, please; you gave {len(labels)}.")
+        with warnings.catch_warnings():  # the result lists truncated prompts; the page shows them itself
+            warnings.simplefilter("ignore", UserWarning)
+            out = page.engine.zero_shot(image, labels, parse_templates(templates_text))
+        rows = [[t, *(round(out.per_template[t][label], 3) for label in out.probs)] for t in out.per_template]
+        table = gr.Dataframe(value=rows, headers=["template", *out.probs])
+        note = (f"⚠️ {len(out.truncated)} prompt(s) are longer than the model's {page.engine.encoder.context_length} "
+                f"tokens and were cut short, e.g. “{out.truncated[0][:60]}…”" if out.truncated else "")
+        return out.probs, table, note
+
+    button.click(classify, [image, labels, templates], [result, breakdown, warning], api_name="classify")
+    shapes = "circle, square, triangle, star, hexagon, cross, diamond, heart"
+    colours = "red, orange, yellow, green, blue, purple, pink, brown, black, white"
+    gr.Examples(
+        examples=[[str(EXAMPLES / "red-circle.png"), shapes, "\n".join(DEFAULT_TEMPLATES)],
+                  [str(EXAMPLES / "blue-star.png"), colours, "a {} shape.\na {} thing."],
+                  [str(EXAMPLES / "yellow-triangle.png"), "yellow triangle, yellow circle, blue triangle, blue circle",
+                   "a {}."],
+                  [str(EXAMPLES / "purple-heart.png"), "heart\nstar\ncross", "a photo of a {}.\na drawing of a {}."],
+                  [str(EXAMPLES / "scene.png"), "one shape, two shapes, three shapes",
+                   "a picture with {}."]],
+        inputs=[image, labels, templates], outputs=[result, breakdown, warning], fn=classify,
+        run_on_click=True, cache_examples=False, label="Examples that work on the embedded model (click one)",
+        elem_id="classify-examples")

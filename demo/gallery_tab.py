@@ -1,0 +1,105 @@
+"""The Gallery tab: what is being searched, and switching to a visitor's own images.
+
+Uploads go to a folder of that visitor's session only (named by an HMAC of the session id, so it cannot be
+guessed); it is removed when the page is closed, and swept at start-up if the process died before.
+The server's gallery (built-in, or `--gallery`) is never written to by visitors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from demo.common import Page, friendly
+from mbm.gallery import Gallery
+from mbm.sessions import remove_folder, session_folder
+from mbm.uploads import UploadLimits, take_uploads
+
+LIMITS = UploadLimits()
+
+
+def describe(gallery: Gallery, own: bool) -> str:
+    kind = "your uploads (only you see them)" if own else "the server's gallery (read-only)"
+    errors = len(gallery.errors())
+    return (f"**Searching:** {kind}: `{gallery.root.name}`, **{len(gallery)}** images"
+            + (f" ({errors} unreadable files skipped)" if errors else "")
+            + f" · model **{gallery.encoder.name}** · index `{gallery.index.factory}`"
+            + (" (exact)" if gallery.index.exact else " (approximate)"))
+
+
+def _skipped_rows(skipped: list[tuple[str, str]]) -> list[list[str]]:
+    return [[name, reason] for name, reason in skipped]
+
+
+def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
+    info = gr.Markdown(describe(page.engine.gallery, own=False), elem_id="gallery-info")
+    with gr.Row():
+        with gr.Column():
+            files = gr.File(label="Your images, or a .zip of them", file_count="multiple",
+                            file_types=["image", ".zip", ".txt"], elem_id="uploads")
+            index_button = gr.Button("Index my uploads", variant="primary")
+        with gr.Column():
+            builtin_button = gr.Button("Back to the server's gallery")
+            folder = gr.Textbox(label="Or a folder on this computer (local use only)", visible=page.allow_folders,
+                                placeholder="~/Pictures")
+            folder_button = gr.Button("Index this folder", visible=page.allow_folders)
+    summary = gr.Markdown()
+    skipped = gr.Dataframe(headers=["file", "why it was skipped"], label="Skipped", visible=False)
+
+    def progress_of(progress: gr.Progress):
+        return lambda done, total, what: progress(done / max(total, 1), desc=what)
+
+    @friendly
+    def index_uploads(paths: list[str] | None, request: gr.Request, progress=gr.Progress()):
+        if not paths:
+            raise gr.Error("Choose some images (or a .zip) first, then press Index my uploads.")
+        home = session_folder(page.session_root(), request.session_hash, page.secret)
+        intake = take_uploads(paths, home / "images", LIMITS)
+        if not intake.added and not (home / "images").is_dir():
+            raise gr.Error(f"None of those files could be used: {intake.summary()}. Upload JPEG, PNG or WebP "
+                           "images, or a .zip of them.")
+        gallery, report = page.engine.open_gallery(home / "images", store=home / "store",
+                                                   progress=progress_of(progress), activate=False)
+        why = intake.skipped + [(p, e) for p, e in report.skipped]
+        text = (f"{intake.summary()}; indexed {report.encoded} new images in {report.seconds:.1f} s. "
+                f"Your gallery now has **{len(gallery)}** searchable images.")
+        mine = {"root": str(gallery.root), "store": str(gallery.store)}
+        return mine, describe(gallery, own=True), text, gr.Dataframe(value=_skipped_rows(why), visible=bool(why))
+
+    @friendly
+    def index_folder(path: str, progress=gr.Progress()):
+        if not page.allow_folders:
+            raise gr.Error("Indexing a folder by path is only available when mbm runs on your own computer.")
+        if not (path or "").strip():
+            raise gr.Error("Type the path of a folder of images, e.g. ~/Pictures.")
+        gallery, report = page.engine.open_gallery(Path(path.strip()).expanduser(), progress=progress_of(progress),
+                                                   activate=False)
+        mine = {"root": str(gallery.root), "store": str(gallery.store)}
+        return (mine, describe(gallery, own=True), report.summary(),
+                gr.Dataframe(value=_skipped_rows(report.skipped), visible=bool(report.skipped)))
+
+    def use_server_gallery():
+        return None, describe(page.engine.gallery, own=False), "", gr.Dataframe(visible=False)
+
+    @friendly
+    def gallery_info(choice: dict | None) -> str:
+        """Which gallery this session searches, its size, model and index type."""
+        return describe(page.gallery(choice), own=bool(choice))
+
+    outputs = [choice, info, summary, skipped]
+    index_button.click(index_uploads, files, outputs, api_name="index_uploads", concurrency_id="indexing",
+                       concurrency_limit=1)
+    folder_button.click(index_folder, folder, outputs, api_name="index_folder", concurrency_id="indexing",
+                        concurrency_limit=1, api_visibility="public" if page.allow_folders else "private")
+    builtin_button.click(use_server_gallery, None, outputs, api_name="use_server_gallery")
+    refresh = gr.Button("Refresh", size="sm")
+    refresh.click(gallery_info, choice, info, api_name="gallery_info")
+
+    def forget(request: gr.Request) -> None:
+        """The page was closed: the visitor's uploads and their index go."""
+        home = session_folder(page.session_root(), request.session_hash, page.secret)
+        page.engine.close_gallery(home / "images")
+        remove_folder(home)
+
+    demo.unload(forget)

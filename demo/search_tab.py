@@ -1,0 +1,116 @@
+"""The Search tab: text->image, image->image, both weighted, "more like this", and image->text."""
+
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+from PIL import Image
+
+from demo.charts import histogram_svg
+from demo.common import Page, friendly
+from mbm.search import Hit
+
+MAX_QUERY_CHARS = 1000
+
+
+def _tiles(hits: list[Hit]) -> list[tuple[Image.Image, str]]:
+    """`(thumbnail, "score · caption")` pairs for gr.Gallery. Images, not paths: Gradio copies them to its own
+    cache, so no folder of the host (or of another session) has to be opened to the web."""
+    tiles = []
+    for h in hits:
+        image = Image.open(h.thumbnail if h.thumbnail else h.path)
+        image.draft("RGB", (256, 256))
+        tiles.append((image, f"{h.score:.3f} · {h.caption}"))
+    return tiles
+
+
+def _check(text: str | None, image: Image.Image | None) -> str:
+    text = (text or "").strip()
+    if not text and image is None:
+        raise gr.Error("Type what you are looking for, or drop an image, then press Search.")
+    if len(text) > MAX_QUERY_CHARS:
+        raise gr.Error(f"That query is {len(text):,} characters long; keep it under {MAX_QUERY_CHARS:,}.")
+    return text
+
+
+def build(page: Page, choice: gr.State) -> None:
+    with gr.Row():
+        with gr.Column(scale=2):
+            text = gr.Textbox(label="Text", placeholder='a red circle   (or: 2 x "red circle" - blue)', lines=1)
+            image = gr.Image(label="Image (optional)", type="pil", height=220, elem_id="search-image")
+        with gr.Column(scale=1):
+            weight = gr.Slider(0, 2, value=1.0, step=0.1, label="Image weight (when text and image are both given)")
+            k = gr.Slider(1, 48, value=12, step=1, label="Results (k)")
+            threshold = gr.Slider(-0.2, 1.0, value=0.0, step=0.01, label="Score threshold (cosine)")
+            button = gr.Button("Search", variant="primary")
+    timing = gr.Markdown()
+    results = gr.Gallery(label="Results: click one for more like it", columns=6, height=420, format="jpeg",
+                         elem_id="results", allow_preview=False)
+    histogram = gr.HTML(label="Scores of every gallery image for this query", elem_id="histogram")
+    captions = gr.Dataframe(headers=["caption", "cosine"], label="Captions ranked for the image (image->text)",
+                            visible=False, elem_id="captions")
+    hit_ids = gr.State([])
+
+    @friendly
+    def search(text, image, weight, k, threshold, choice):
+        text = _check(text, image)
+        gallery = page.gallery(choice)
+        start = time.perf_counter()
+        hits, scores = page.engine.search_with_scores(text or None, image, weight, int(k), threshold, gallery)
+        ranked = page.engine.describe(image, k=10, gallery=gallery) if image is not None else []
+        took = (time.perf_counter() - start) * 1000
+        kind = "text+image" if text and image is not None else "text" if text else "image"
+        note = (f"**{len(hits)}** of {len(scores)} images ({kind} query) in **{took:.0f} ms**"
+                + ("" if hits else " — none scores above the threshold; lower it to see more."))
+        return (_tiles(hits), histogram_svg(scores, threshold, [h.score for h in hits]), note,
+                gr.Dataframe(value=[[t, round(s, 4)] for t, s in ranked], visible=bool(ranked)), [h.id for h in hits])
+
+    @friendly
+    def more_like(hit_ids, k, threshold, choice, evt: gr.SelectData):
+        if not hit_ids or evt.index is None or evt.index >= len(hit_ids):
+            raise gr.Error("Search first, then click a result to find more like it.")
+        gallery = page.gallery(choice)
+        start = time.perf_counter()
+        hits = page.engine.more_like(hit_ids[evt.index], int(k), threshold, gallery)
+        took = (time.perf_counter() - start) * 1000
+        return _tiles(hits), f"**{len(hits)}** images like result {evt.index + 1} in **{took:.0f} ms**", \
+            [h.id for h in hits]
+
+    outputs = [results, histogram, timing, captions, hit_ids]
+    inputs = [text, image, weight, k, threshold, choice]
+    button.click(search, inputs, outputs, api_name="search")
+    text.submit(search, inputs, outputs, api_name="search_on_enter", api_visibility="private")
+    results.select(more_like, [hit_ids, k, threshold, choice], [results, timing, hit_ids], api_name="more_like_click",
+                   api_visibility="private")
+
+    @friendly
+    def describe(image: Image.Image | None, texts: str, k: int, choice: dict | None) -> list[list]:
+        """image->text: rank the given texts (one per line), or else the gallery's captions, for an image."""
+        if image is None:
+            raise gr.Error("Give an image to describe.")
+        bank = [t for t in (texts or "").splitlines() if t.strip()] or None
+        return [[t, round(s, 4)] for t, s in page.engine.describe(image, bank, int(k), page.gallery(choice))]
+
+    with gr.Accordion("Rank your own texts for an image (image->text)", open=False):
+        texts = gr.Textbox(label="Texts, one per line (empty: the gallery's captions)", lines=4)
+        describe_button = gr.Button("Rank texts")
+        ranked = gr.Dataframe(headers=["text", "cosine"], label="Texts, best first")
+    describe_button.click(describe, [image, texts, k, choice], ranked, api_name="describe")
+
+    @friendly
+    def search_items(text: str, k: int = 12, threshold: float = -1.0) -> list[dict]:
+        """text->image in the server's gallery as JSON rows: id, file (inside the gallery), caption, score."""
+        return _rows(page.engine.search(_check(text, None), k=int(k), threshold=threshold))
+
+    @friendly
+    def more_like(item_id: int, k: int = 12, threshold: float = -1.0) -> list[dict]:
+        """The server gallery's images most like item `item_id` (an id from search_items), as JSON rows."""
+        return _rows(page.engine.more_like(int(item_id), int(k), threshold))
+
+    gr.api(search_items, api_name="search_items")
+    gr.api(more_like, api_name="more_like")
+
+
+def _rows(hits: list[Hit]) -> list[dict]:
+    return [dict(id=h.id, file=h.relpath, caption=h.caption, score=round(h.score, 4)) for h in hits]

@@ -1,0 +1,99 @@
+"""The page in a real headless Chromium (Debian's, driven by Playwright), as a person uses it."""
+
+import time
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+# This machine has no network: without these, Chromium keeps trying to reach Google's services.
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture()
+def page(browser, server):
+    """A fresh visitor (own context, own session) on the page, with the console watched for errors."""
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+    page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+    page.goto(server.url)
+    expect(page.locator("#header")).to_contain_text("mbm-shapes", timeout=30_000)
+    page.errors = errors
+    yield page
+    context.close()
+
+
+def test_typing_a_query_shows_results_a_histogram_and_the_time(page):
+    page.get_by_label("Text", exact=True).fill("a red circle")
+    page.get_by_role("button", name="Search", exact=True).click()
+    results = page.locator("#results img")
+    expect(results.first).to_be_visible(timeout=20_000)
+    assert results.count() == 12
+    expect(page.locator("#results")).to_contain_text("red circle")
+    expect(page.locator("#histogram svg rect").first).to_be_attached()
+    expect(page.get_by_text("images (text query) in")).to_be_visible()
+    assert page.errors == []
+
+
+def test_clicking_a_result_searches_for_more_like_it(page):
+    page.get_by_label("Text", exact=True).fill("a green star")
+    page.get_by_label("Text", exact=True).press("Enter")
+    first = page.locator("#results img").first
+    expect(first).to_be_visible(timeout=20_000)
+    first.click()
+    expect(page.get_by_text("images like result 1")).to_be_visible(timeout=20_000)
+    assert page.errors == []
+
+
+def test_uploading_an_image_to_classify_shows_labels(page):
+    page.get_by_role("tab", name="Classify").click()
+    star = ROOT / "assets" / "examples" / "blue-star.png"
+    page.locator("#classify-image input[type=file]").set_input_files(str(star))
+    page.get_by_role("button", name="Classify", exact=True).click()
+    expect(page.locator("#zero-shot")).to_contain_text("star", timeout=20_000)
+    expect(page.locator("#per-template")).to_contain_text("a photo of a {}.")
+    assert page.errors == []
+
+
+def test_an_example_works_with_one_click(page):
+    page.get_by_role("tab", name="Classify").click()
+    page.locator("#classify-examples tbody tr").nth(1).click()  # the blue star, asked for its colour
+    expect(page.locator("#zero-shot")).to_contain_text("blue", timeout=20_000)
+    assert page.errors == []
+
+
+def test_an_empty_search_shows_a_message_not_a_traceback(page):
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(page.get_by_text("Type what you are looking for")).to_be_visible(timeout=20_000)
+    assert "Traceback" not in page.content()
+
+
+def test_uploads_are_indexed_and_removed_when_the_page_closes(page, server):
+    page.get_by_role("tab", name="Gallery").click()
+    photos = sorted((ROOT / "assets" / "gallery" / "photos").glob("*.jpg"))[:2]
+    page.locator("#uploads input[type=file]").set_input_files([str(p) for p in photos])
+    page.get_by_role("button", name="Index my uploads").click()
+    expect(page.get_by_text("2 searchable images")).to_be_visible(timeout=30_000)
+    expect(page.locator("#gallery-info")).to_contain_text("your uploads")
+    sessions = server.cache / "sessions"
+    mine = {p for p in sessions.iterdir() if sorted(x.name for x in (p / "images").iterdir()) ==
+            sorted(p.name for p in photos)}
+    assert len(mine) == 1
+    page.close()
+    deadline = time.time() + 30
+    while any(p.exists() for p in mine) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(p.exists() for p in mine), "the session's uploads outlived the page"
