@@ -16,7 +16,7 @@ def histogram_svg(scores: np.ndarray, threshold: float | None, shown: list[float
     results shown as ticks: people see where the cut-off falls in the whole distribution."""
     if not len(scores):
         return "<p>No images to score yet.</p>"
-    counts, edges = score_histogram(scores)
+    counts, edges = score_histogram(scores, include=threshold)
     lo, hi = float(edges[0]), float(edges[-1])
     x = lambda v: PAD + (v - lo) / (hi - lo) * (W - 2 * PAD)
     bar_w = (W - 2 * PAD) / len(counts)
@@ -36,5 +36,5 @@ def histogram_svg(scores: np.ndarray, threshold: float | None, shown: list[float
             f'<text x="{W - PAD}" y="{H - 4}" font-size="11" text-anchor="end">{hi:.2f}</text>'
             f'<text x="{W / 2}" y="{H - 4}" font-size="11" text-anchor="middle">cosine score '
             f'({len(scores)} images; ticks: results shown)</text>')
-    return (f'<svg class="mbm-hist" viewBox="0 0 {W} {H}" width="100%" role="img" '
+    return (f'<svg class="mbm-hist" viewBox="0 0 {W} {H}" width="{W}" height="{H}" style="max-width:100%" role="img" '
             f'aria-label="{escape("histogram of gallery scores")}">{bars}{ticks}{cut}{axis}</svg>')

@@ -191,8 +191,11 @@ def rank_texts(encoder: Encoder, image: Image.Image | str | Path | np.ndarray, t
     return [(bank[i], float(scores[i])) for i in order]
 
 
-def score_histogram(scores: np.ndarray, bins: int = 40) -> tuple[np.ndarray, np.ndarray]:
-    """`(counts (bins,), edges (bins + 1,))` of a query's scores over a padded range that holds them all."""
+def score_histogram(scores: np.ndarray, bins: int = 40, include: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`(counts (bins,), edges (bins + 1,))` of a query's scores over a padded range that holds them all
+    (and `include`, e.g. a threshold to draw on the same axis)."""
+    marks = [] if include is None else [include]
     lo, hi = (float(scores.min()), float(scores.max())) if len(scores) else (0.0, 1.0)
+    lo, hi = min([lo, *marks]), max([hi, *marks])
     pad = max(0.02, 0.05 * (hi - lo))
     return np.histogram(scores, bins=bins, range=(lo - pad, hi + pad))
