@@ -133,3 +133,20 @@ def test_loading_an_uncached_model_offline_keeps_the_current_one(client):
         client.predict("ViT-B-32:laion2b_s34b_b79k", api_name="/load_model")
     tiles, *_ = client.predict("a red circle", None, 1.0, 1, 0.0, api_name="/search")
     assert "red circle" in tiles[0]["caption"]
+
+
+def test_a_local_folder_can_be_indexed_by_path(client, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for i in range(3):
+        render(make_scene("test", 40 + i), 96).save(folder / f"pic{i}.png")
+    info, summary, _ = client.predict(str(folder), api_name="/index_folder")
+    assert "**3** images" in info and "3 added" in summary
+    tiles, *_ = client.predict("a shape", None, 1.0, 10, -0.2, api_name="/search")
+    assert len(tiles) == 3
+
+
+@pytest.mark.parametrize("path, message", [("", "Type the path"), ("/no/such/folder", "missing")])
+def test_a_bad_folder_path_gets_a_clear_message(client, path, message):
+    with pytest.raises(AppError, match=message):
+        client.predict(path, api_name="/index_folder")

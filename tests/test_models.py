@@ -2,6 +2,7 @@
 
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -169,3 +170,31 @@ def test_local_paths_without_config_say_what_is_missing(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(ValueError, match="not a weights file"):
         create_model(str(tmp_path / "notes.txt"), device="cpu")
+
+
+def _fake_hf_cache(cache: Path, repo_id: str, filename: str) -> None:
+    """The layout huggingface_hub writes: models--ORG--NAME/{refs/main, snapshots/REV/FILE}."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / filename).write_bytes(b"weights")
+
+
+def test_default_model_prefers_cached_open_clip_weights_then_the_embedded_model(tmp_path):
+    from mbm.models import default_model, is_cached
+    assert default_model(on_space=False, cache_dir=str(tmp_path)) == "mbm-shapes"
+    _fake_hf_cache(tmp_path, "apple/MobileCLIP-S1-OpenCLIP", "open_clip_model.safetensors")
+    assert is_cached("MobileCLIP-S1:datacompdr", str(tmp_path))
+    assert not is_cached("ViT-B-32:laion2b_s34b_b79k", str(tmp_path))
+    assert default_model(on_space=False, cache_dir=str(tmp_path)) == "MobileCLIP-S1:datacompdr"
+    assert default_model(on_space=True, cache_dir=str(tmp_path)) == "ViT-B-32:laion2b_s34b_b79k"
+
+
+def test_a_space_that_cannot_download_its_default_falls_back_and_says_so(tmp_path):
+    from mbm.engine import Engine, EngineConfig
+    config = EngineConfig.from_env({"SPACE_ID": "someone/mbm", "MBM_CACHE": str(tmp_path)}, device="cpu")
+    assert config.on_space and config.model is None
+    engine = Engine(config)
+    assert engine.encoder.name == "mbm-shapes" and config.model == "mbm-shapes"
+    assert "ViT-B-32:laion2b_s34b_b79k could not be loaded here" in engine.notice
