@@ -1,7 +1,5 @@
-"""The Classify tab: zero-shot classification with editable prompt templates, and a per-template breakdown.
-
-The fused image+text classifier (issue 5) gets its own row below the zero-shot one.
-"""
+"""The Classify tab: zero-shot classification with editable prompt templates and a per-template breakdown;
+then a question about the same image answered by the fused image+text heads, every strategy side by side."""
 
 from __future__ import annotations
 
@@ -13,6 +11,7 @@ from PIL import Image
 
 from demo.common import Page, friendly
 from mbm.classify import DEFAULT_TEMPLATES
+from mbm.fusion import STRATEGIES
 from mbm.models._registry import ASSETS
 
 MAX_LABELS = 100  # the page keeps a class demo readable; the library allows more
@@ -79,3 +78,40 @@ def build(page: Page) -> None:
         inputs=[image, labels, templates], outputs=[result, breakdown, warning], fn=classify,
         run_on_click=True, cache_examples=False, label="Examples that work on the embedded model (click one)",
         elem_id="classify-examples")
+
+    _build_fused(page, image)
+
+
+def _build_fused(page: Page, image: gr.Image) -> None:
+    gr.Markdown("### Ask a question about the image: fused image+text classifiers\n"
+                "Neither the image nor the question alone holds the answer. Each strategy fuses the image, colour and "
+                "question branches differently; `image-only` and `text-only` are the baselines that see one side.")
+    with gr.Row():
+        with gr.Column():
+            question = gr.Textbox(label="Question", value="what shape is at the top left?", elem_id="question")
+            strategy = gr.Dropdown(list(STRATEGIES), value="attention", label="Fusion strategy")
+            ask = gr.Button("Answer", variant="primary")
+        fused = gr.Label(label="Answer", num_top_classes=5, elem_id="fused-answer")
+        table = gr.Dataframe(headers=["strategy", "answer", "probability"], elem_id="fused-table",
+                             label="What every strategy answers for this image and question")
+
+    @friendly
+    def answer(image: Image.Image | None, question: str, strategy: str):
+        if image is None:
+            raise gr.Error("Drop an image first, then ask your question.")
+        every = page.engine.fused_answers(image, question)
+        if strategy not in every:
+            raise gr.Error(f"Pick a strategy from the list: {', '.join(every)}.")
+        rows = [[name, *next(iter(probs.items()))] for name, probs in every.items()]
+        return every[strategy], [[n, a, round(p, 3)] for n, a, p in rows]
+
+    ask.click(answer, [image, question, strategy], [fused, table], api_name="classify_fused")
+    question.submit(answer, [image, question, strategy], [fused, table], api_name="classify_fused_on_enter",
+                    api_visibility="private")
+    gr.Examples(
+        examples=[[str(EXAMPLES / "scene.png"), "what shape is at the top right?", "attention"],
+                  [str(EXAMPLES / "scene.png"), "how many shapes are there?", "concat"],
+                  [str(EXAMPLES / "blue-star.png"), "what colour is the star?", "gated"],
+                  [str(EXAMPLES / "purple-heart.png"), "is there a purple heart?", "attention"]],
+        inputs=[image, question, strategy], outputs=[fused, table], fn=answer, run_on_click=True,
+        cache_examples=False, label="Questions that work on the embedded model (click one)", elem_id="fused-examples")

@@ -146,6 +146,64 @@ def _make_gallery(args) -> int:
     return 0
 
 
+def _train_fusion(args) -> int:
+    from mbm.fusion import STRATEGIES, save_heads
+    from mbm.models import create_model
+    from mbm.train.fusion import evaluate_fusion, fusion_table, train_fusion
+    encoder = create_model(args.backbone, device=args.device or "cpu")
+    strategies = STRATEGIES if args.strategy == "all" else tuple(args.strategy.split(","))
+    start = time.perf_counter()
+    heads = train_fusion(encoder, strategies, n_scenes=args.scenes, epochs=args.epochs, seed=args.seed)
+    seconds = time.perf_counter() - start
+    metrics = evaluate_fusion(encoder, heads, n_scenes=args.eval_scenes)
+    out = Path(args.out or f"assets/fusion/{args.backbone.replace(':', '-').replace('/', '-')}")
+    save_heads(heads, out, backbone=args.backbone, extra={
+        "backbone_key": encoder.key, "train_scenes": args.scenes, "epochs": args.epochs, "seed": args.seed,
+        "train_seconds": round(seconds, 1), "eval_scenes": args.eval_scenes, "metrics": metrics})
+    print(fusion_table(metrics))
+    print(f"saved {len(heads)} heads to {out} (trained in {seconds:.0f} s)")
+    return 0
+
+
+def _eval_fusion(args) -> int:
+    from mbm.fusion import load_heads
+    from mbm.models import create_model
+    from mbm.train.fusion import evaluate_fusion, fusion_table
+    heads, meta = load_heads(Path(args.heads))
+    encoder = create_model(meta["backbone"], device=args.device or "cpu")
+    metrics = evaluate_fusion(encoder, heads, n_scenes=args.scenes)
+    if args.record:  # keep the measured table with the heads (e.g. latency re-measured on a quiet machine)
+        meta.update(metrics=metrics, eval_scenes=args.scenes)
+        (Path(args.heads) / "heads.json").write_text(json.dumps(meta, indent=2))
+    print(json.dumps(metrics, indent=2) if args.json else fusion_table(metrics))
+    return 0
+
+
+def _eval_late_fusion(args) -> int:
+    import tempfile
+
+    from mbm.engine import Engine, EngineConfig
+    from mbm.evaluate import late_fusion_study
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = Engine(EngineConfig(model=args.model, cache_dir=tmp, device=args.device or "auto"))
+        study = late_fusion_study(engine, Path(tmp) / "labelled", per_class=args.per_class, n_queries=args.queries,
+                                  k=args.k, split=args.split)
+    if args.json:
+        print(json.dumps(study, indent=2))
+        return 0
+    acc = study["accuracy"]
+    print(f"shape of {study['queries']} single-object {study['split']} scenes; gallery of {study['gallery']} "
+          f"labelled val scenes; k={study['k']}")
+    print("| alpha (1 = zero-shot only, 0 = neighbours only) | accuracy |\n|---:|---:|")
+    for alpha, a in acc.items():
+        print(f"| {alpha:.2f} | {100 * a:.1f}% |")
+    best = max(acc, key=acc.get)
+    verdict = ("beats both parts" if 0 < best < 1 and acc[best] > max(acc[0.0], acc[1.0]) else
+               "does not beat the better part alone")
+    print(f"best alpha {best:.2f}: the blend {verdict}")
+    return 0
+
+
 EXIT_CODES = """exit codes: 0 success; 1 a search found nothing (above the threshold); 2 bad input (a missing file,
 an unreadable image, an empty query, a bad flag); 3 the model's weights cannot be loaded (offline, damaged)."""
 
@@ -231,6 +289,34 @@ def main(argv: list[str] | None = None) -> int:
     _model_flags(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_classify)
+
+    p = sub.add_parser("train-fusion", help="train fused image+text heads (Shapes-VQA) over a frozen backbone")
+    p.add_argument("--strategy", default="all", help="concat, gated, attention, image-only, text-only, or all")
+    p.add_argument("--backbone", default="mbm-shapes", help="a ResNet CLIP spec (default mbm-shapes)")
+    p.add_argument("--scenes", type=int, default=6000, help="train scenes; every question of each is used")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-scenes", type=int, default=1000, help="test and held-out scenes for the table")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default=None, help="folder for the heads (default assets/fusion/BACKBONE)")
+    p.set_defaults(run=_train_fusion)
+
+    p = sub.add_parser("eval-fusion", help="accuracy of trained fusion heads per strategy, question type, split")
+    p.add_argument("--heads", default="assets/fusion/mbm-shapes", help="a folder written by train-fusion")
+    p.add_argument("--scenes", type=int, default=1000, help="test and held-out scenes")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--record", action="store_true", help="write the measured table into the heads' heads.json")
+    p.set_defaults(run=_eval_fusion)
+
+    p = sub.add_parser("eval-late-fusion", help="zero-shot blended with a k-NN vote of labelled gallery images")
+    _model_flags(p)
+    p.add_argument("--per-class", type=int, default=20, help="labelled gallery images per shape")
+    p.add_argument("--queries", type=int, default=500)
+    p.add_argument("-k", type=int, default=10, help="neighbours that vote")
+    p.add_argument("--split", default="heldout", help="where the queries come from (test or heldout)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_eval_late_fusion)
 
     p = sub.add_parser("make-gallery", help="write synthetic scenes with caption sidecars to a folder")
     p.add_argument("out", help="the folder to write")

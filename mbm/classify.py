@@ -93,3 +93,25 @@ def zero_shot(encoder: Encoder, image: Image.Image, labels: list[str],
     ranked = lambda p: dict(sorted(zip(labels, map(float, p)), key=lambda kv: -kv[1]))
     per_template = {t: ranked(probabilities(encoder, image_emb, emb[:, j])[0]) for j, t in enumerate(templates)}
     return ZeroShot(ranked(probabilities(encoder, image_emb, protos)[0]), per_template, truncated)
+
+
+def neighbour_vote(scores: np.ndarray, neighbour_labels: list[str], labels: list[str],
+                   temperature: float = 0.05) -> np.ndarray:
+    """`(L,)` probabilities: a vote of the k nearest labelled images, each weighted by `exp(cosine / T)`.
+
+    Neighbours whose label is not among `labels` do not vote; with no vote at all the result is uniform.
+    """
+    index = {label: i for i, label in enumerate(labels)}
+    vote = np.zeros(len(labels))
+    weights = np.exp((scores - scores.max(initial=0.0)) / temperature)
+    for w, label in zip(weights, neighbour_labels):
+        if label in index:
+            vote[index[label]] += w
+    return vote / vote.sum() if vote.sum() > 0 else np.full(len(labels), 1 / len(labels))
+
+
+def late_fusion(zero_shot_probs: np.ndarray, vote: np.ndarray, alpha: float) -> np.ndarray:
+    """`alpha * zero-shot + (1 - alpha) * neighbour vote`: alpha 1 is pure zero-shot, 0 pure k-NN."""
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
+    return alpha * zero_shot_probs + (1 - alpha) * vote

@@ -24,6 +24,8 @@ from mbm.search import Hit, Term, parse_query, query_vector, rank_texts, search
 
 log = logging.getLogger(__name__)
 BUILTIN_GALLERY = ASSETS / "gallery"
+FUSION_HEADS = ASSETS / "fusion"  # FUSION_HEADS / <backbone spec> holds the heads `train-fusion` wrote
+MAX_QUESTION_CHARS = 300
 
 
 @dataclass
@@ -73,6 +75,7 @@ class Engine:
         self._gallery: Gallery | None = None
         self.last_sync: SyncReport | None = None
         self._progress = progress
+        self._heads: tuple[str, dict, dict] | None = None  # (encoder key, heads, metadata)
 
     def _first_model(self) -> Encoder:
         """The configured model; an unnamed default that cannot load (say, a Space gone offline) falls back."""
@@ -209,3 +212,70 @@ class Engine:
     def zero_shot(self, image: Image.Image, labels: list[str], templates: list[str] | None = None) -> ZeroShot:
         """Zero-shot classification of one image among labels (see `mbm.classify.zero_shot`)."""
         return zero_shot(self.encoder, image, labels, templates)
+
+    def late_fusion(self, image: Image.Image, labels: list[str] | None = None, k: int = 10, alpha: float = 0.5,
+                    templates: list[str] | None = None, gallery: Gallery | None = None) -> dict[str, dict[str, float]]:
+        """Zero-shot blended with a similarity-weighted vote of the k nearest labelled gallery images.
+
+        Labels default to the gallery's own (its sub-folder names). Returns `{"zero-shot": .., "neighbours": ..,
+        "blend": ..}`, each `{label: probability}` best first, so the parts can be compared with the whole.
+        """
+        from mbm.classify import late_fusion, neighbour_vote
+        gallery = gallery or self.gallery
+        known = gallery.labels()
+        labels = labels or sorted(set(known.values()))
+        if not known:
+            raise ValueError("this gallery's images carry no labels: put them in one sub-folder per label")
+        zs = self.zero_shot(image, labels, templates)
+        labels = list(zs.probs)  # cleaned, in the ensemble's order
+        vec = self.encoder.encode_images([image])[0]
+        scores, ids = gallery.index.search(vec, min(len(gallery), 4 * k))
+        pairs = [(s, known[i]) for s, i in zip(scores[0], ids[0]) if i in known][:k]
+        vote = neighbour_vote(np.array([s for s, _ in pairs]), [lab for _, lab in pairs], labels)
+        zs_p = np.array([zs.probs[label] for label in labels])
+        ranked = lambda p: dict(sorted(zip(labels, map(float, p)), key=lambda kv: -kv[1]))
+        return {"zero-shot": zs.probs, "neighbours": ranked(vote), "blend": ranked(late_fusion(zs_p, vote, alpha))}
+
+    def fusion_heads(self) -> tuple[dict, dict]:
+        """The fused heads trained for the current model, and their metadata (loaded once per model).
+
+        Raises:
+            ValueError: none were trained for this model; the message says how to train them.
+        """
+        if self._heads is None or self._heads[0] != self.encoder.key:
+            from mbm.fusion import load_heads
+            folder = FUSION_HEADS / self.encoder.name.replace(":", "-").replace("/", "-")
+            heads, meta = load_heads(folder) if (folder / "heads.json").is_file() else ({}, {})
+            if meta.get("backbone_key") != self.encoder.key:
+                raise ValueError(f"no fused image+text heads are trained for {self.encoder.name}: run "
+                                 f"`python -m mbm train-fusion --backbone {self.encoder.name}` (minutes on a CPU)")
+            self._heads = (self.encoder.key, heads, meta)
+        return self._heads[1], self._heads[2]
+
+    def classify_fused(self, image: Image.Image, question: str, strategy: str = "attention") -> dict[str, float]:
+        """Answer a question about an image with one fused head: `{answer: probability}`, best first."""
+        return self.fused_answers(image, question, (strategy,))[strategy]
+
+    def fused_answers(self, image: Image.Image, question: str,
+                      strategies: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
+        """`{strategy: {answer: probability}}` for the same input, so fusion can be compared with the baselines."""
+        import torch
+
+        from mbm.data.vqa import ANSWERS
+        from mbm.fusion import featurize
+        question = (question or "").strip()
+        if not question:
+            raise ValueError("type a question about the image, e.g. 'what shape is at the top left?'")
+        if len(question) > MAX_QUESTION_CHARS:
+            raise ValueError(f"that question is {len(question):,} characters; keep it under {MAX_QUESTION_CHARS}")
+        heads, _ = self.fusion_heads()
+        unknown = [s for s in strategies or () if s not in heads]
+        if unknown:
+            raise ValueError(f"unknown fusion strategy {unknown[0]!r}; choose from {sorted(heads)}")
+        feats = featurize(self.encoder, [image.convert("RGB")], [question])
+        out = {}
+        with torch.inference_mode():
+            for name in strategies or tuple(heads):
+                probs = torch.softmax(heads[name](feats)[0], dim=-1).tolist()
+                out[name] = dict(sorted(zip(ANSWERS, probs), key=lambda kv: -kv[1]))
+        return out

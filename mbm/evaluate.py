@@ -8,9 +8,11 @@ the prompt templates that `mbm.data.language` defines.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from mbm.classify import prototypes
+from mbm.classify import neighbour_vote, probabilities, prototypes
 from mbm.data.language import COLOUR_TEMPLATES, SHAPE_TEMPLATES, describe
 from mbm.data.shapes import COLOURS, SHAPES, make_scene, render
 from mbm.models import Encoder
@@ -58,3 +60,38 @@ def evaluate(encoder: Encoder, n_pairs: int = 1000, n_zero_shot: int = 500) -> d
 def _image_size(encoder: Encoder) -> int:
     size = getattr(encoder.model.visual, "image_size", 224)
     return size[0] if isinstance(size, (tuple, list)) else int(size)
+
+
+def late_fusion_study(engine, folder: Path, per_class: int = 20, n_queries: int = 300, k: int = 10,
+                      alphas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0), split: str = "heldout") -> dict:
+    """Zero-shot vs k-NN vote vs their blend, on single-object scenes labelled by shape.
+
+    A labelled gallery of `per_class` `val` scenes per shape is written to `folder/<shape>/` (the
+    folder-name convention of `Gallery.labels`); queries are single-object scenes of `split`.
+    Returns `{alpha: accuracy}` (alpha 1 is pure zero-shot, 0 pure k-NN) and the sizes used.
+    """
+    made = {s: 0 for s in SHAPES}
+    i = 0
+    while min(made.values()) < per_class:
+        scene = make_scene("val", 10_000 + i, n_objects=1)
+        shape = scene.objects[0].shape
+        if made[shape] < per_class:
+            (folder / shape).mkdir(parents=True, exist_ok=True)
+            render(scene, size=64).save(folder / shape / f"{i}.png")
+            made[shape] += 1
+        i += 1
+    gallery, _ = engine.open_gallery(folder, activate=False)
+    known = gallery.labels()
+    ids, vecs = gallery.image_matrix()
+    neighbours = np.array([known[i] for i in ids.tolist()])
+    enc = engine.encoder
+    scenes = [make_scene(split, 20_000 + q, n_objects=1) for q in range(n_queries)]
+    truth = np.array([SHAPES.index(s.objects[0].shape) for s in scenes])
+    queries = enc.encode_images([render(s, size=64) for s in scenes])  # (Q, D)
+    zs = probabilities(enc, queries, prototypes(enc, list(SHAPES), SHAPE_TEMPLATES))  # (Q, L)
+    sims = queries @ vecs.T  # (Q, N)
+    top = np.argsort(-sims, axis=1)[:, :k]  # (Q, k)
+    vote = np.stack([neighbour_vote(sims[q, top[q]], neighbours[top[q]].tolist(), list(SHAPES))
+                     for q in range(n_queries)])  # (Q, L)
+    accuracy = {a: float(((a * zs + (1 - a) * vote).argmax(1) == truth).mean()) for a in alphas}
+    return {"accuracy": accuracy, "gallery": len(gallery), "queries": n_queries, "k": k, "split": split}

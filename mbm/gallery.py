@@ -161,6 +161,12 @@ class Gallery:
                          "WHERE error IS NOT NULL ORDER BY path")
         return [Item(*r) for r in rows]
 
+    def labels(self) -> dict[int, str]:
+        """`{item id: label}` for images in a sub-folder, the folder name being the label (the ImageNet
+        convention: `root/cat/1.jpg` is a cat); images at the root carry no label."""
+        rows = self._all("SELECT id, path FROM items WHERE error IS NULL AND path LIKE '%/%'")
+        return {item_id: path.split("/", 1)[0] for item_id, path in rows}
+
     def file(self, item: Item) -> Path:
         return self.root / item.path
 

@@ -27,7 +27,7 @@ def test_page_names_the_serving_model(server):
 def test_every_user_facing_event_has_a_named_endpoint(client):
     named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/search", "/describe", "/search_items", "/more_like", "/classify", "/index_uploads",
-            "/use_server_gallery", "/gallery_info", "/load_model"} <= named
+            "/use_server_gallery", "/gallery_info", "/load_model", "/classify_fused"} <= named
 
 
 def test_search_finds_a_red_circle_first(client):
@@ -150,3 +150,14 @@ def test_a_local_folder_can_be_indexed_by_path(client, tmp_path):
 def test_a_bad_folder_path_gets_a_clear_message(client, path, message):
     with pytest.raises(AppError, match=message):
         client.predict(path, api_name="/index_folder")
+
+
+def test_a_question_about_an_image_gets_the_fused_answer_and_every_strategy(client):
+    scene = ROOT / "assets" / "examples" / "scene.png"  # a large brown circle at the top right, ...
+    label, table = client.predict(handle_file(str(scene)), "what shape is at the top right?", "attention",
+                                  api_name="/classify_fused")
+    assert label["label"] == "circle"
+    rows = {row[0]: row[1] for row in table["data"]}
+    assert set(rows) == {"concat", "gated", "attention", "image-only", "text-only"} and rows["attention"] == "circle"
+    with pytest.raises(AppError, match="type a question"):
+        client.predict(handle_file(str(scene)), "  ", "attention", api_name="/classify_fused")

@@ -1,0 +1,242 @@
+"""Fused image+text classifiers over a frozen CLIP backbone: the seed's model, with its fusion choices.
+
+Branches (the seed's per-modality features), all from a frozen image-text encoder plus the pixels:
+- image: the encoder's pooled image embedding `(D,)` and its token grid `(T, C)` (ResNet layer 3);
+- text: the encoder's embedding of the question `(D,)`;
+- colour: the image's colour channels at 6 x 6 `(108,)` through a small MLP (the seed's colour branch).
+Each is projected to a shared width `d`. Fusion strategies, by name (`STRATEGIES`):
+- `concat`: `H = Concat([H_I, H_W, H_C])`, then a hidden ReLU layer and `Y = Linear(H)`;
+- `gated`: the question's features gate each image/colour feature (`H_I * sigmoid(W H_W)`), then concat;
+- `attention`: the question attends over the image tokens and colour cells, then concat with the question;
+- `image-only`, `text-only`: baselines that see one modality.
+Why a hidden layer: with `Y = Linear(Concat(...))` alone the logits are a sum of an image-only and a
+question-only term, which cannot express "the answer depends on the image *given* the question".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from mbm.data.shapes import render
+from mbm.data.vqa import ANSWERS, QUESTION_TYPES, WORDS, Example, tokenize
+from mbm.models import Encoder
+
+log = logging.getLogger(__name__)
+STRATEGIES = ("concat", "gated", "attention", "image-only", "text-only")
+COLOUR_GRID = 6  # the colour branch sees the image at COLOUR_GRID x COLOUR_GRID pixels
+
+
+@dataclass
+class Features:
+    """Frozen-backbone features of a batch of (image, question) pairs, all float32 tensors."""
+    image: torch.Tensor  # (B, D) pooled image embedding
+    tokens: torch.Tensor  # (B, T, C) image token grid
+    colour: torch.Tensor  # (B, 3 * COLOUR_GRID**2) colour channels at low resolution, in [0, 1]
+    text: torch.Tensor  # (B, D) question embedding
+    words: torch.Tensor  # (B, MAX_WORDS) long: the question's word ids (mbm.data.vqa.tokenize)
+
+    def __getitem__(self, idx) -> Features:
+        return Features(self.image[idx], self.tokens[idx], self.colour[idx], self.text[idx], self.words[idx])
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+
+def colour_cells(images: list[Image.Image]) -> np.ndarray:
+    """`(B, 3 * COLOUR_GRID**2)` float32: each image's mean colour per cell of a COLOUR_GRID grid."""
+    small = [np.asarray(im.convert("RGB").resize((COLOUR_GRID,) * 2, Image.Resampling.BOX), np.float32)
+             for im in images]
+    return np.stack(small).reshape(len(images), -1) / 255.0
+
+
+def image_features(encoder: Encoder, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled embeddings `(B, D)` and layer-3 token grids `(B, T, C)` from one pass of a ResNet image tower."""
+    visual = encoder.model.visual
+    if not hasattr(visual, "layer3"):
+        raise ValueError(f"{encoder.name} has no ResNet image tower; the fusion heads need a ResNet CLIP "
+                         "(train them with `python -m mbm train-fusion` on such a model)")
+    grid = {}
+    hook = visual.layer3.register_forward_hook(lambda m, i, o: grid.setdefault("x", o))
+    try:
+        x = torch.stack([encoder.prepare(im) for im in images]).to(encoder.device)  # (B, 3, H, W)
+        with torch.inference_mode():
+            pooled = F.normalize(encoder.model.encode_image(x).float(), dim=-1)  # (B, D)
+    finally:
+        hook.remove()
+    tokens = grid["x"].float().flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, T, C)
+    return pooled.cpu(), tokens.cpu()
+
+
+def featurize(encoder: Encoder, images: list[Image.Image], questions: list[str]) -> Features:
+    """Features of (image, question) pairs; images may repeat (each is encoded once per call)."""
+    unique = {id(im): im for im in images}
+    order = {k: i for i, k in enumerate(unique)}
+    pooled, tokens = image_features(encoder, list(unique.values()))
+    colour = torch.from_numpy(colour_cells(list(unique.values())))
+    rows = torch.tensor([order[id(im)] for im in images])
+    texts = sorted(set(questions))
+    t = torch.from_numpy(encoder.encode_texts(texts))  # (Q, D)
+    q = torch.tensor([texts.index(s) for s in questions])
+    words = torch.tensor([tokenize(s) for s in questions], dtype=torch.long)
+    return Features(pooled[rows], tokens[rows], colour[rows], t[q], words)
+
+
+def featurize_examples(encoder: Encoder, examples: list[Example], image_size: int = 64,
+                       batch_scenes: int = 256) -> Features:
+    """Features of Shapes-VQA examples, rendering each scene once."""
+    parts = []
+    by_scene: dict[tuple[str, int], list[Example]] = {}
+    for ex in examples:
+        by_scene.setdefault((ex.split, ex.index), []).append(ex)
+    keys = list(by_scene)
+    for start in range(0, len(keys), batch_scenes):
+        chunk = keys[start:start + batch_scenes]
+        images = {k: render(by_scene[k][0].scene, size=image_size) for k in chunk}
+        pairs = [(images[k], ex.question) for k in chunk for ex in by_scene[k]]
+        parts.append(featurize(encoder, [p[0] for p in pairs], [p[1] for p in pairs]))
+    order = [ex for k in keys for ex in by_scene[k]]
+    assert len(order) == len(examples)
+    return Features(*(torch.cat([getattr(p, f) for p in parts]) for f in ("image", "tokens", "colour", "text",
+                                                                           "words")))
+
+
+def ordered(examples: list[Example]) -> list[Example]:
+    """Examples grouped by scene in first-seen order: the order `featurize_examples` returns features in."""
+    by_scene: dict[tuple[str, int], list[Example]] = {}
+    for ex in examples:
+        by_scene.setdefault((ex.split, ex.index), []).append(ex)
+    return [ex for group in by_scene.values() for ex in group]
+
+
+@dataclass
+class HeadConfig:
+    strategy: str = "concat"  # one of STRATEGIES
+    embed_dim: int = 128  # D of the backbone's embeddings
+    token_dim: int = 256  # C of the backbone's token grid
+    d: int = 128  # the shared width every branch is projected to
+    hidden: int = 256  # the layer between the fusion and the linear head
+    dropout: float = 0.1
+
+
+class FusionClassifier(nn.Module):
+    """Branches -> projections to `d` -> a fusion strategy -> hidden ReLU layer -> `Linear` over ANSWERS."""
+
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        if cfg.strategy not in STRATEGIES:
+            raise ValueError(f"unknown fusion strategy {cfg.strategy!r}; choose from {STRATEGIES}")
+        self.cfg, d, s = cfg, cfg.d, cfg.strategy
+        if s != "text-only":  # only the modules a strategy uses exist, so parameter counts are honest
+            self.image = nn.Sequential(nn.Linear(cfg.embed_dim, d), nn.GELU())
+            self.colour = nn.Sequential(nn.Linear(3 * COLOUR_GRID**2, d), nn.GELU(), nn.Linear(d, d), nn.GELU())
+        if s != "image-only":
+            self.text = nn.Sequential(nn.Linear(cfg.embed_dim, d), nn.GELU())
+            self.words = nn.EmbeddingBag(len(WORDS), d, mode="mean", padding_idx=0)  # learned question words
+        if s == "gated":
+            self.gate = nn.Linear(d, 2 * d)
+        if s == "attention":
+            self.tokens = nn.Linear(cfg.token_dim, d)
+            self.cells = nn.Linear(3, d)  # one colour cell as a token
+            self.cell_pos = nn.Parameter(torch.zeros(COLOUR_GRID**2, d))
+            self.query = nn.Linear(d, d)
+        width = {"concat": 3, "gated": 3, "attention": 2, "image-only": 2, "text-only": 1}[s] * d
+        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(width, cfg.hidden), nn.ReLU(),
+                                  nn.Linear(cfg.hidden, len(ANSWERS)))
+
+    def forward(self, f: Features) -> torch.Tensor:
+        """Logits `(B, len(ANSWERS))`."""
+        s = self.cfg.strategy
+        if s == "text-only":
+            return self.head(self._question(f))
+        h_i, h_c = self.image(f.image), self.colour(f.colour)  # (B, d) each
+        if s == "image-only":
+            return self.head(torch.cat([h_i, h_c], dim=-1))
+        h_w = self._question(f)
+        if s == "concat":
+            h = torch.cat([h_i, h_w, h_c], dim=-1)  # (B, 3d): the seed's H
+        elif s == "gated":
+            g_i, g_c = torch.sigmoid(self.gate(h_w)).chunk(2, dim=-1)  # (B, d) each, set by the question
+            h = torch.cat([h_i * g_i, h_w, h_c * g_c], dim=-1)
+        else:
+            h = torch.cat([self._attend(f, h_w), h_w], dim=-1)  # (B, 2d)
+        return self.head(h)
+
+    def _question(self, f: Features) -> torch.Tensor:
+        return self.text(f.text) + self.words(f.words)  # (B, d): frozen sentence embedding + learned words
+
+    def _attend(self, f: Features, h_w: torch.Tensor) -> torch.Tensor:
+        cells = f.colour.view(len(f), 3, COLOUR_GRID**2).transpose(1, 2)  # (B, 36, 3)
+        keys = torch.cat([self.tokens(f.tokens), self.cells(cells) + self.cell_pos], dim=1)  # (B, T + 36, d)
+        q = self.query(h_w).unsqueeze(1)  # (B, 1, d)
+        return F.scaled_dot_product_attention(q, keys, keys).squeeze(1)  # (B, d)
+
+
+def train_head(cfg: HeadConfig, feats: Features, labels: torch.Tensor, epochs: int = 12, batch_size: int = 256,
+               lr: float = 2e-3, seed: int = 0, on_epoch: Callable[[int, float], None] | None = None
+               ) -> FusionClassifier:
+    """Fit one head on precomputed features with AdamW and a cosine schedule."""
+    torch.manual_seed(seed)
+    model = FusionClassifier(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    steps = epochs * ((len(labels) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    for epoch in range(epochs):
+        model.train()
+        perm, total = torch.randperm(len(labels)), 0.0
+        for start in range(0, len(labels), batch_size):
+            idx = perm[start:start + batch_size]
+            loss = F.cross_entropy(model(feats[idx]), labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        if on_epoch:
+            on_epoch(epoch, total / len(labels))
+    return model.eval()
+
+
+@torch.inference_mode()
+def accuracy(model: FusionClassifier, feats: Features, examples: list[Example]) -> dict[str, float]:
+    """Accuracy overall and per question type; `examples` in the order of `feats`."""
+    pred = torch.cat([model(feats[i:i + 1024]).argmax(-1) for i in range(0, len(feats), 1024)])
+    right = (pred == torch.tensor([ex.label for ex in examples])).numpy()
+    types = np.array([ex.qtype for ex in examples])
+    return {"all": float(right.mean()), **{t: float(right[types == t].mean()) for t in QUESTION_TYPES}}
+
+
+def save_heads(heads: dict[str, FusionClassifier], folder: Path, backbone: str, extra: dict) -> Path:
+    """`folder/<strategy>.safetensors` per head and `folder/heads.json` with configs, backbone and metrics."""
+    from safetensors.torch import save_file
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, model in heads.items():
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / f"{name}.safetensors")
+    meta = {"backbone": backbone, "answers": list(ANSWERS), "created": time.strftime("%Y-%m-%d"),
+            "heads": {name: asdict(m.cfg) for name, m in heads.items()}, **extra}
+    (folder / "heads.json").write_text(json.dumps(meta, indent=2))
+    return folder / "heads.json"
+
+
+def load_heads(folder: Path) -> tuple[dict[str, FusionClassifier], dict]:
+    """The heads saved by `save_heads` (safetensors only) and their metadata."""
+    from safetensors.torch import load_file
+    meta = json.loads((folder / "heads.json").read_text())
+    if meta["answers"] != list(ANSWERS):
+        raise ValueError(f"{folder}: the heads were trained for another answer vocabulary; retrain them")
+    heads = {}
+    for name, cfg in meta["heads"].items():
+        model = FusionClassifier(HeadConfig(**cfg))
+        model.load_state_dict(load_file(folder / f"{name}.safetensors"))
+        heads[name] = model.eval()
+    return heads, meta

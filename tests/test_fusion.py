@@ -1,0 +1,132 @@
+"""Fused image+text heads: every strategy's shapes and gradients, learning, the shipped heads, the engine."""
+
+import json
+
+import pytest
+import torch
+
+from mbm.data.shapes import make_scene, render
+from mbm.data.vqa import ANSWERS, MAX_WORDS, examples
+from mbm.engine import FUSION_HEADS
+from mbm.fusion import (
+    STRATEGIES,
+    Features,
+    FusionClassifier,
+    HeadConfig,
+    accuracy,
+    featurize_examples,
+    ordered,
+    train_head,
+)
+
+SHIPPED = FUSION_HEADS / "mbm-shapes"
+
+
+def random_features(b: int = 5) -> Features:
+    return Features(torch.randn(b, 128), torch.randn(b, 16, 256), torch.rand(b, 108), torch.randn(b, 128),
+                    torch.randint(0, 10, (b, MAX_WORDS)))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_gives_logits_and_finite_gradients(strategy):
+    model = FusionClassifier(HeadConfig(strategy=strategy))
+    logits = model(random_features())
+    assert logits.shape == (5, len(ANSWERS))
+    logits.logsumexp(-1).sum().backward()
+    grads = [p.grad for p in model.head.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_an_unknown_strategy_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown fusion strategy 'sum'"):
+        FusionClassifier(HeadConfig(strategy="sum"))
+
+
+def test_a_short_training_run_beats_the_majority_answer(shapes_model):
+    train, val = ordered(examples("train", 300)), ordered(examples("val", 100))
+    feats, val_feats = featurize_examples(shapes_model, train), featurize_examples(shapes_model, val)
+    labels = torch.tensor([ex.label for ex in train])
+    majority = max(sum(ex.label == a for ex in val) for a in set(labels.tolist())) / len(val)
+    model = train_head(HeadConfig(strategy="attention"), feats, labels, epochs=4)
+    assert accuracy(model, val_feats, val)["all"] > majority + 0.15
+
+
+def test_the_shipped_heads_reproduce_their_recorded_accuracy(shapes_model):
+    from mbm.fusion import load_heads
+    heads, meta = load_heads(SHIPPED)
+    assert meta["backbone_key"] == shapes_model.key
+    n = meta["eval_scenes"]
+    data = ordered(examples("test", n))
+    feats = featurize_examples(shapes_model, data)
+    for name, head in heads.items():
+        assert accuracy(head, feats, data)["all"] == pytest.approx(meta["metrics"]["test"][name]["all"], abs=0.02)
+
+
+def test_the_recorded_table_meets_the_bar():
+    metrics = json.loads((SHIPPED / "heads.json").read_text())["metrics"]
+    fused = ("concat", "gated", "attention")
+    best = max(fused, key=lambda s: metrics["test"][s]["all"])
+    assert metrics["test"][best]["all"] >= 0.90 and metrics["heldout"][best]["all"] >= 0.80
+    for s in fused:
+        for baseline in ("image-only", "text-only"):
+            assert metrics["test"][s]["all"] >= metrics["test"][baseline]["all"] + 0.20
+
+
+def test_the_engine_answers_a_question_about_an_image(engine):
+    scene = make_scene("test", 7)  # a large brown circle at the top right, ...
+    image = render(scene, size=128)
+    answer = engine.classify_fused(image, "what shape is at the top right?")
+    assert next(iter(answer)) == "circle" and sum(answer.values()) == pytest.approx(1.0, abs=1e-4)
+    every = engine.fused_answers(image, "how many shapes are there?")
+    assert set(every) == set(STRATEGIES) and next(iter(every["attention"])) == "three"
+
+
+@pytest.mark.parametrize("question, strategy, message", [("", "attention", "type a question"),
+                                                         ("x" * 301, "attention", "keep it under"),
+                                                         ("what colour?", "sum", "unknown fusion strategy")])
+def test_bad_fused_input_is_a_clear_error(engine, question, strategy, message):
+    with pytest.raises(ValueError, match=message):
+        engine.classify_fused(render(make_scene("test", 1)), question, strategy)
+
+
+def test_a_model_without_trained_heads_points_to_train_fusion(shapes_model, tmp_path):
+    import copy
+
+    from mbm.engine import Engine, EngineConfig
+    other = copy.copy(shapes_model)
+    other.key = "ViT-B-32:laion2b_s34b_b79k#00000000"
+    other.name = "ViT-B-32:laion2b_s34b_b79k"
+    engine = Engine(EngineConfig(cache_dir=str(tmp_path)), encoder=other)
+    with pytest.raises(ValueError, match="train-fusion --backbone ViT-B-32:laion2b_s34b_b79k"):
+        engine.classify_fused(render(make_scene("test", 1)), "what colour is the circle?")
+
+
+def test_the_neighbour_vote_weights_closer_images_more():
+    import numpy as np
+
+    from mbm.classify import late_fusion, neighbour_vote
+    vote = neighbour_vote(np.array([0.9, 0.5, 0.5]), ["cat", "dog", "dog"], ["cat", "dog", "bird"], temperature=0.1)
+    assert vote[0] > vote[1] > vote[2] == 0 and vote.sum() == pytest.approx(1.0)
+    assert neighbour_vote(np.array([0.9]), ["fish"], ["cat", "dog"]).tolist() == [0.5, 0.5]
+    np.testing.assert_allclose(late_fusion(np.array([1.0, 0.0]), np.array([0.0, 1.0]), 0.25), [0.25, 0.75])
+    with pytest.raises(ValueError, match="alpha"):
+        late_fusion(np.array([1.0]), np.array([1.0]), 1.5)
+
+
+def test_late_fusion_on_a_labelled_gallery(engine, tmp_path):
+    for shape in ("circle", "star"):
+        (tmp_path / "labelled" / shape).mkdir(parents=True)
+    for i in range(12):
+        scene = make_scene("val", i, n_objects=1).replace_object(0, shape=("circle", "star")[i % 2])
+        render(scene, 64).save(tmp_path / "labelled" / scene.objects[0].shape / f"{i}.png")
+    gallery, _ = engine.open_gallery(tmp_path / "labelled", store=tmp_path / "store", activate=False)
+    assert sorted(set(gallery.labels().values())) == ["circle", "star"]
+    query = render(make_scene("test", 3, n_objects=1).replace_object(0, shape="star"), 64)
+    parts = engine.late_fusion(query, k=5, alpha=0.5, gallery=gallery)
+    assert set(parts) == {"zero-shot", "neighbours", "blend"}
+    assert next(iter(parts["blend"])) == "star" and sum(parts["blend"].values()) == pytest.approx(1.0)
+    (tmp_path / "flat").mkdir()
+    render(make_scene("val", 1), 64).save(tmp_path / "flat" / "one.png")
+    flat, _ = engine.open_gallery(tmp_path / "flat", store=tmp_path / "flat-store", activate=False)
+    with pytest.raises(ValueError, match="carry no labels"):
+        engine.late_fusion(query, ["circle", "star"], gallery=flat)  # no sub-folders, so no labels
