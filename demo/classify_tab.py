@@ -89,7 +89,8 @@ def _build_fused(page: Page, image: gr.Image) -> None:
     with gr.Row():
         with gr.Column():
             question = gr.Textbox(label="Question", value="what shape is at the top left?", elem_id="question")
-            strategy = gr.Dropdown(list(STRATEGIES), value="attention", label="Fusion strategy")
+            strategy = gr.Dropdown([*STRATEGIES, "seednet"], value="attention", label="Fusion strategy "
+                                   "(seednet: the seed's CNN + GRU trained from scratch)")
             ask = gr.Button("Answer", variant="primary")
         fused = gr.Label(label="Answer", num_top_classes=5, elem_id="fused-answer")
         table = gr.Dataframe(headers=["strategy", "answer", "probability"], elem_id="fused-table",

@@ -146,7 +146,32 @@ def _make_gallery(args) -> int:
     return 0
 
 
+def _train_seednet(args) -> int:
+    from tqdm import tqdm
+
+    from mbm.train.seednet import SeedNetConfig, evaluate_seednet, save_seednet, train_seednet
+    start = time.perf_counter()
+    with tqdm(total=100, unit="%", desc="train SeedNet") as bar:
+        def on_step(step: int, progress: float, loss: float) -> None:
+            bar.n = round(100 * progress)
+            bar.set_postfix(loss=f"{loss:.3f}", step=step, refresh=False)
+            bar.refresh()
+        model, history = train_seednet(SeedNetConfig(), minutes=args.minutes, seed=args.seed, on_step=on_step)
+    seconds = time.perf_counter() - start
+    metrics = {split: {"n_scenes": args.eval_scenes, **evaluate_seednet(model, split, args.eval_scenes)}
+               for split in ("test", "heldout")}
+    out = Path(args.out or "assets/fusion/seednet")
+    save_seednet(model, SeedNetConfig(), out, metrics=metrics,
+                 training={"steps": len(history), "seconds": round(seconds, 1), "seed": args.seed})
+    for split, m in metrics.items():
+        print(f"{split}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in m.items() if k != "n_scenes"))
+    print(f"saved SeedNet to {out} ({len(history)} steps in {seconds:.0f} s)")
+    return 0
+
+
 def _train_fusion(args) -> int:
+    if args.backbone == "seednet":
+        return _train_seednet(args)
     from mbm.fusion import STRATEGIES, save_heads
     from mbm.models import create_model
     from mbm.train.fusion import evaluate_fusion, fusion_table, train_fusion
@@ -292,7 +317,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("train-fusion", help="train fused image+text heads (Shapes-VQA) over a frozen backbone")
     p.add_argument("--strategy", default="all", help="concat, gated, attention, image-only, text-only, or all")
-    p.add_argument("--backbone", default="mbm-shapes", help="a ResNet CLIP spec (default mbm-shapes)")
+    p.add_argument("--backbone", default="mbm-shapes",
+                   help="a ResNet CLIP spec (default mbm-shapes), or seednet: the seed's CNN + GRU from scratch")
+    p.add_argument("--minutes", type=float, default=11.0, help="SeedNet's training budget (default 11)")
     p.add_argument("--scenes", type=int, default=6000, help="train scenes; every question of each is used")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--seed", type=int, default=0)

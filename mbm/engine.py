@@ -269,13 +269,36 @@ class Engine:
         if len(question) > MAX_QUESTION_CHARS:
             raise ValueError(f"that question is {len(question):,} characters; keep it under {MAX_QUESTION_CHARS}")
         heads, _ = self.fusion_heads()
-        unknown = [s for s in strategies or () if s not in heads]
+        seednet = self._seednet()
+        known = [*heads, *(["seednet"] if seednet else [])]
+        unknown = [s for s in strategies or () if s not in known]
         if unknown:
-            raise ValueError(f"unknown fusion strategy {unknown[0]!r}; choose from {sorted(heads)}")
+            raise ValueError(f"unknown fusion strategy {unknown[0]!r}; choose from {known}")
         feats = featurize(self.encoder, [image.convert("RGB")], [question])
         out = {}
         with torch.inference_mode():
-            for name in strategies or tuple(heads):
-                probs = torch.softmax(heads[name](feats)[0], dim=-1).tolist()
+            for name in strategies or known:
+                logits = seednet_logits(seednet, image, question) if name == "seednet" else heads[name](feats)[0]
+                probs = torch.softmax(logits, dim=-1).tolist()
                 out[name] = dict(sorted(zip(ANSWERS, probs), key=lambda kv: -kv[1]))
         return out
+
+    def _seednet(self):
+        """The shipped from-scratch SeedNet (no backbone needed), loaded once; None if it is not there."""
+        if not hasattr(self, "_seednet_model"):
+            from mbm.train.seednet import load_seednet
+            folder = FUSION_HEADS / "seednet"
+            self._seednet_model = load_seednet(folder) if (folder / "seednet.json").is_file() else None
+        return self._seednet_model
+
+
+def seednet_logits(model, image: Image.Image, question: str):
+    """SeedNet's logits `(len(ANSWERS),)` for any image: squashed to its input size, normalised like training."""
+    import torch
+
+    from mbm.data.vqa import tokenize
+    from mbm.train.seednet import MEAN, STD
+    size = model.cfg.image_size
+    arr = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), np.float32) / 255
+    x = (torch.from_numpy(arr).permute(2, 0, 1) - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+    return model(x.unsqueeze(0), torch.tensor([tokenize(question)]))[0]
