@@ -174,7 +174,7 @@ def _train_fusion(args) -> int:
         return _train_seednet(args)
     from mbm.fusion import STRATEGIES, save_heads
     from mbm.models import create_model
-    from mbm.train.fusion import evaluate_fusion, fusion_table, train_fusion
+    from mbm.train.fusion import evaluate_fusion, fusion_table, train_fusion, write_fusion_card
     encoder = create_model(args.backbone, device=args.device or "cpu")
     strategies = STRATEGIES if args.strategy == "all" else tuple(args.strategy.split(","))
     start = time.perf_counter()
@@ -185,6 +185,7 @@ def _train_fusion(args) -> int:
     save_heads(heads, out, backbone=args.backbone, extra={
         "backbone_key": encoder.key, "train_scenes": args.scenes, "epochs": args.epochs, "seed": args.seed,
         "train_seconds": round(seconds, 1), "eval_scenes": args.eval_scenes, "metrics": metrics})
+    write_fusion_card(out, json.loads((out / "heads.json").read_text()))
     print(fusion_table(metrics))
     print(f"saved {len(heads)} heads to {out} (trained in {seconds:.0f} s)")
     return 0
@@ -193,13 +194,14 @@ def _train_fusion(args) -> int:
 def _eval_fusion(args) -> int:
     from mbm.fusion import load_heads
     from mbm.models import create_model
-    from mbm.train.fusion import evaluate_fusion, fusion_table
+    from mbm.train.fusion import evaluate_fusion, fusion_table, write_fusion_card
     heads, meta = load_heads(Path(args.heads))
     encoder = create_model(meta["backbone"], device=args.device or "cpu")
     metrics = evaluate_fusion(encoder, heads, n_scenes=args.scenes)
     if args.record:  # keep the measured table with the heads (e.g. latency re-measured on a quiet machine)
         meta.update(metrics=metrics, eval_scenes=args.scenes)
         (Path(args.heads) / "heads.json").write_text(json.dumps(meta, indent=2))
+        write_fusion_card(Path(args.heads), meta)
     print(json.dumps(metrics, indent=2) if args.json else fusion_table(metrics))
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -85,3 +86,26 @@ def fusion_table(metrics: dict) -> str:
             lines.append(f"| {name} | {label} | {cells} | {metrics['params'][name]:,} | "
                          f"{metrics['latency_ms'][name]:.1f} ms |")
     return "\n".join(lines)
+
+
+def write_fusion_card(folder: Path, meta: dict) -> Path:
+    """`folder/MODEL_CARD.md`: what the heads are, how they were trained, and their measured table."""
+    text = f"""# Fused image+text heads over `{meta['backbone']}` (Shapes-VQA)
+
+Heads that answer questions about an image (`mbm.fusion.FusionClassifier`, one per strategy) over the frozen
+`{meta['backbone']}` encoders (`{meta.get('backbone_key', '')}`), trained by
+`python -m mbm train-fusion --backbone {meta['backbone']}` on every question of {meta.get('train_scenes')} `train`
+scenes for {meta.get('epochs')} epochs (seed {meta.get('seed')}). Answers: {len(meta['answers'])} words.
+Weights: one safetensors file per strategy; configs and metrics in `heads.json`.
+
+Measured by `python -m mbm eval-fusion --heads {folder.as_posix()} --record`: every question of
+{meta.get('eval_scenes')} scenes per split; `held-out combinations` scenes each hold a colour-shape pair never
+seen in training. Latency is one image and question end to end (both encoders, then the head) on the CPU.
+
+{fusion_table(meta['metrics'])}
+
+`image-only` and `text-only` are the baselines: each sees one modality, so neither can answer.
+"""
+    path = folder / "MODEL_CARD.md"
+    path.write_text(text)
+    return path
