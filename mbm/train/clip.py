@@ -28,6 +28,7 @@ import torch
 
 from mbm.data.language import captions
 from mbm.data.shapes import COLOURS, HELD_OUT, SHAPES, Scene, make_scene, render
+from mbm.train._loop import background_batches, cosine_lr
 
 log = logging.getLogger(__name__)
 LOG_SCALE_MAX = math.log(100.0)  # CLIP clamps its temperature at 100; open_clip's ClipLoss does not
@@ -144,23 +145,13 @@ def _pixels(scenes: list[Scene], size: int, mean: torch.Tensor, std: torch.Tenso
 
 
 def _batches(cfg: TrainConfig, tokenizer, mean, std, stop: threading.Event) -> queue.Queue:
-    """Render batches on a helper thread so the model rarely waits for PIL."""
-    q: queue.Queue = queue.Queue(maxsize=4)
     rng = random.Random(f"train-batches/{cfg.seed}")
     size = cfg.model_cfg["vision_cfg"]["image_size"]
 
-    def work():
-        while not stop.is_set():
-            scenes, texts = make_batch(rng, cfg.batch_size, cfg.group_fraction, cfg.group_size)
-            item = (_pixels(scenes, size, mean, std), tokenizer(texts), grid_labels(scenes))
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
-    threading.Thread(target=work, daemon=True, name="mbm-batches").start()
-    return q
+    def make():
+        scenes, texts = make_batch(rng, cfg.batch_size, cfg.group_fraction, cfg.group_size)
+        return _pixels(scenes, size, mean, std), tokenizer(texts), grid_labels(scenes)
+    return background_batches(make, stop, "mbm-batches")
 
 
 def build_model(cfg: TrainConfig):
@@ -184,9 +175,7 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
 
 def lr_at(progress: float, cfg: TrainConfig) -> float:
     """Linear warm-up, then cosine decay to zero; `progress` runs from 0 to 1."""
-    if progress < cfg.warmup:
-        return cfg.lr * progress / cfg.warmup
-    return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(1.0, (progress - cfg.warmup) / (1 - cfg.warmup))))
+    return cosine_lr(progress, cfg.lr, cfg.warmup)
 
 
 def aux_weight_at(progress: float, cfg: TrainConfig) -> float:

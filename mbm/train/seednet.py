@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import queue
 import random
 import threading
@@ -37,6 +36,7 @@ from torch import nn
 from mbm.data.language import questions
 from mbm.data.shapes import Scene, make_scene, render
 from mbm.data.vqa import ANSWER_INDEX, ANSWERS, MAX_WORDS, QUESTION_TYPES, WORDS, examples, tokenize
+from mbm.train._loop import background_batches, cosine_lr
 
 log = logging.getLogger(__name__)
 MEAN = (0.52, 0.51, 0.51)  # per-channel mean of rendered train scenes, RGB in [0, 1]
@@ -143,28 +143,14 @@ def _pick(rng: random.Random, items: list, k: int) -> list:
 
 
 def _batches(seed: int, batch_size: int, size: int, per_scene: int, stop: threading.Event) -> queue.Queue:
-    """Render batches on a helper thread, in a fixed order for a seed, so the model rarely waits for PIL."""
-    q: queue.Queue = queue.Queue(maxsize=4)
+    """Batches in a fixed order for a seed, rendered on a helper thread."""
     rng = random.Random(f"seednet-batches/{seed}")
-
-    def work():
-        while not stop.is_set():
-            item = make_batch(rng, batch_size, size, per_scene)
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
-    threading.Thread(target=work, daemon=True, name="seednet-batches").start()
-    return q
+    return background_batches(lambda: make_batch(rng, batch_size, size, per_scene), stop, "seednet-batches")
 
 
 def lr_at(progress: float, lr: float, warmup: float = 0.03) -> float:
     """Linear warm-up over `warmup` of the run, then cosine decay to zero; `progress` runs from 0 to 1."""
-    if progress < warmup:
-        return lr * progress / warmup
-    return 0.5 * lr * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
+    return cosine_lr(progress, lr, warmup)
 
 
 def _optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
