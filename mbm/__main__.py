@@ -178,7 +178,8 @@ def _train_fusion(args) -> int:
     encoder = create_model(args.backbone, device=args.device or "cpu")
     strategies = STRATEGIES if args.strategy == "all" else tuple(args.strategy.split(","))
     start = time.perf_counter()
-    heads = train_fusion(encoder, strategies, n_scenes=args.scenes, epochs=args.epochs, seed=args.seed)
+    heads = train_fusion(encoder, strategies, n_scenes=args.scenes, epochs=args.epochs, seed=args.seed,
+                         log=lambda line: print(line, flush=True))
     seconds = time.perf_counter() - start
     metrics = evaluate_fusion(encoder, heads, n_scenes=args.eval_scenes)
     out = Path(args.out or f"assets/fusion/{args.backbone.replace(':', '-').replace('/', '-')}")

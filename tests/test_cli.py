@@ -106,3 +106,19 @@ def test_classify_prints_probabilities(tmp_path):
     assert list(probs)[0] == "blue star" and set(probs) == {"blue star", "red circle", "green square"}
     bad = run("classify", str(tmp_path / "missing.png"), "--labels", "a", "b")
     assert bad.returncode == 2 and "missing.png" in bad.stderr
+
+
+def test_train_fusion_then_eval_fusion(tmp_path):
+    out = tmp_path / "heads"
+    trained = run("train-fusion", "--strategy", "concat,text-only", "--scenes", "60", "--epochs", "2",
+                  "--eval-scenes", "10", "--out", str(out))
+    assert trained.returncode == 0, trained.stderr
+    assert "epoch 2/2" in trained.stdout and "| concat | i.i.d. test |" in trained.stdout
+    assert {"concat.safetensors", "text-only.safetensors", "heads.json", "MODEL_CARD.md"} <= {p.name for p in
+                                                                                               out.iterdir()}
+    evaluated = run("eval-fusion", "--heads", str(out), "--scenes", "10", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads(evaluated.stdout)
+    assert set(metrics["test"]) == {"concat", "text-only"} and 0 <= metrics["heldout"]["concat"]["all"] <= 1
+    bad = run("train-fusion", "--strategy", "sum", "--scenes", "5", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "unknown fusion strategy 'sum'" in bad.stderr

@@ -43,7 +43,8 @@ def train_fusion(encoder: Encoder, strategies: tuple[str, ...] = STRATEGIES, n_s
     for name in strategies:
         t0 = time.perf_counter()
         cfg = HeadConfig(strategy=name, embed_dim=feats.image.shape[1], token_dim=feats.tokens.shape[2])
-        heads[name] = train_head(cfg, feats, labels, epochs=epochs, seed=seed)
+        report = lambda e, loss, name=name: log(f"  {name}: epoch {e + 1}/{epochs}, loss {loss:.3f}")
+        heads[name] = train_head(cfg, feats, labels, epochs=epochs, seed=seed, on_epoch=report)
         log(f"trained {name} in {time.perf_counter() - t0:.0f} s")
     return heads
 
