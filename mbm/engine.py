@@ -125,8 +125,11 @@ class Engine:
         root = Path(root).expanduser().resolve()
         gallery = self.galleries.get(root)
         if gallery is None or gallery.encoder is not self.encoder:
+            stale = gallery
             gallery = Gallery(root, self.encoder, store or self.store_for(root), factory=self.config.index_factory)
             self.galleries[root] = gallery
+            if stale is not None and stale is not self._gallery:  # opened for an earlier model
+                stale.close()
         report = gallery.sync(progress=progress)
         if activate:
             self._gallery = gallery
