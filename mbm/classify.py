@@ -31,7 +31,11 @@ def prompts(label: str, templates: tuple[str, ...] | list[str] = DEFAULT_TEMPLAT
 def prototypes(encoder: Encoder, labels: list[str], templates=DEFAULT_TEMPLATES) -> np.ndarray:
     """`(L, D)` float32 unit rows: the averaged template embedding of each label."""
     texts = [p for label in labels for p in prompts(label, templates)]
-    emb = encoder.encode_texts(texts).reshape(len(labels), len(templates), -1)  # (L, T, D)
+    return _ensemble(encoder.encode_texts(texts).reshape(len(labels), len(templates), -1))
+
+
+def _ensemble(emb: np.ndarray) -> np.ndarray:
+    """`(L, T, D)` template embeddings -> `(L, D)` unit prototypes: their mean, normalised again."""
     proto = emb.mean(axis=1)
     return proto / np.linalg.norm(proto, axis=1, keepdims=True)
 
@@ -64,13 +68,13 @@ def clean_labels(labels: list[str]) -> list[str]:
     return cleaned
 
 
-def zero_shot(encoder: Encoder, image: Image.Image, labels: list[str],
+def zero_shot(encoder: Encoder, image: Image.Image | np.ndarray, labels: list[str],
               templates: list[str] | tuple[str, ...] | None = None) -> ZeroShot:
     """Classify one image among `labels` with prompt-ensembled class prototypes.
 
     Args:
         encoder: the image-text model.
-        image: a PIL image (any mode).
+        image: a PIL image (any mode), or its `(D,)` embedding from this encoder.
         labels: two or more class names; blanks and duplicates are dropped.
         templates: prompt templates with "{}" where the label goes (default `DEFAULT_TEMPLATES`).
     Returns:
@@ -87,9 +91,8 @@ def zero_shot(encoder: Encoder, image: Image.Image, labels: list[str],
         warnings.warn(f"{len(truncated)} prompt(s) exceed the model's {encoder.context_length}-token context and "
                       f"were truncated, e.g. {truncated[0][:80]!r}", UserWarning, stacklevel=2)
     emb = encoder.encode_texts(texts).reshape(len(labels), len(templates), -1)  # (L, T, D)
-    image_emb = encoder.encode_images([image])  # (1, D)
-    protos = emb.mean(axis=1)
-    protos /= np.linalg.norm(protos, axis=1, keepdims=True)
+    image_emb = image[None] if isinstance(image, np.ndarray) else encoder.encode_images([image])  # (1, D)
+    protos = _ensemble(emb)
     ranked = lambda p: dict(sorted(zip(labels, map(float, p)), key=lambda kv: -kv[1]))
     per_template = {t: ranked(probabilities(encoder, image_emb, emb[:, j])[0]) for j, t in enumerate(templates)}
     return ZeroShot(ranked(probabilities(encoder, image_emb, protos)[0]), per_template, truncated)

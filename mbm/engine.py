@@ -191,8 +191,7 @@ class Engine:
         with the query embedded once."""
         gallery = gallery or self.gallery
         vec = query_vector(self.encoder, self.query(text, image, image_weight), gallery)
-        _, vecs = gallery.image_matrix()
-        return search(gallery, vec, k=k, threshold=threshold), vecs @ vec
+        return search(gallery, vec, k=k, threshold=threshold), gallery.image_matrix()[1] @ vec
 
     def more_like(self, item_id: int, k: int = 10, threshold: float | None = None,
                   gallery: Gallery | None = None) -> list[Hit]:
@@ -203,7 +202,8 @@ class Engine:
     def scores(self, text: str | None = None, image: Image.Image | str | Path | None = None,
                image_weight: float = 1.0, gallery: Gallery | None = None) -> np.ndarray:
         """The query's cosine to every searchable image of the gallery, `(N,)`: for histograms."""
-        return self.search_with_scores(text, image, image_weight, k=1, gallery=gallery)[1]
+        gallery = gallery or self.gallery
+        return gallery.image_matrix()[1] @ query_vector(self.encoder, self.query(text, image, image_weight), gallery)
 
     def describe(self, image: Image.Image | str | Path, texts: list[str] | None = None, k: int = 10,
                  gallery: Gallery | None = None) -> list[tuple[str, float]]:
@@ -212,7 +212,8 @@ class Engine:
         return rank_texts(self.encoder, image, texts=texts, gallery=bank, k=k)
 
     # ---------------------------------------------------------------- classifiers
-    def zero_shot(self, image: Image.Image, labels: list[str], templates: list[str] | None = None) -> ZeroShot:
+    def zero_shot(self, image: Image.Image | np.ndarray, labels: list[str],
+                  templates: list[str] | None = None) -> ZeroShot:
         """Zero-shot classification of one image among labels (see `mbm.classify.zero_shot`)."""
         return zero_shot(self.encoder, image, labels, templates)
 
@@ -229,9 +230,9 @@ class Engine:
         labels = labels or sorted(set(known.values()))
         if not known:
             raise ValueError("this gallery's images carry no labels: put them in one sub-folder per label")
-        zs = self.zero_shot(image, labels, templates)
+        vec = self.encoder.encode_images([image])[0]  # (D,), for both parts
+        zs = self.zero_shot(vec, labels, templates)
         labels = list(zs.probs)  # cleaned, in the ensemble's order
-        vec = self.encoder.encode_images([image])[0]
         scores, ids = gallery.index.search(vec, min(len(gallery), 4 * k))
         pairs = [(s, known[i]) for s, i in zip(scores[0], ids[0]) if i in known][:k]
         vote = neighbour_vote(np.array([s for s, _ in pairs]), [lab for _, lab in pairs], labels)
