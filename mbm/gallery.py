@@ -233,7 +233,7 @@ class Gallery:
         return index
 
     def _build_index(self, path: Path) -> Index:
-        ids, vecs = self.vectors("image")
+        ids, vecs = self.image_matrix()  # the same read later serves score histograms
         index = Index.build(vecs, ids, factory=self.factory) if len(ids) else Index(self.encoder.embed_dim)
         path.parent.mkdir(parents=True, exist_ok=True)
         index.save(path)
@@ -307,7 +307,8 @@ class Gallery:
                 report.removed += 1
             if report.added or report.changed or report.renamed or report.removed:
                 self._bump(db)
-        self._drop_orphan_thumbnails()
+        if report.removed or report.changed:  # only then can a thumbnail lose its file; skip the glob otherwise
+            self._drop_orphan_thumbnails()
 
     def _add(self, db, path, size, mtime, caption, missing, report) -> None:
         same_size = [r for r in missing.values() if r[2] == size and r[4]]
