@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -87,36 +87,34 @@ def featurize(encoder: Encoder, images: list[Image.Image], questions: list[str])
     rows = torch.tensor([order[id(im)] for im in images])
     texts = sorted(set(questions))
     t = torch.from_numpy(encoder.encode_texts(texts))  # (Q, D)
-    q = torch.tensor([texts.index(s) for s in questions])
+    where = {text: i for i, text in enumerate(texts)}
+    q = torch.tensor([where[s] for s in questions])
     words = torch.tensor([tokenize(s) for s in questions], dtype=torch.long)
     return Features(pooled[rows], tokens[rows], colour[rows], t[q], words)
 
 
 def featurize_examples(encoder: Encoder, examples: list[Example], image_size: int = 64,
                        batch_scenes: int = 256) -> Features:
-    """Features of Shapes-VQA examples, rendering each scene once."""
+    """Features of Shapes-VQA examples in the order of `ordered(examples)`, rendering each scene once."""
+    groups = list(_by_scene(examples).values())
     parts = []
-    by_scene: dict[tuple[str, int], list[Example]] = {}
-    for ex in examples:
-        by_scene.setdefault((ex.split, ex.index), []).append(ex)
-    keys = list(by_scene)
-    for start in range(0, len(keys), batch_scenes):
-        chunk = keys[start:start + batch_scenes]
-        images = {k: render(by_scene[k][0].scene, size=image_size) for k in chunk}
-        pairs = [(images[k], ex.question) for k in chunk for ex in by_scene[k]]
-        parts.append(featurize(encoder, [p[0] for p in pairs], [p[1] for p in pairs]))
-    order = [ex for k in keys for ex in by_scene[k]]
-    assert len(order) == len(examples)
-    return Features(*(torch.cat([getattr(p, f) for p in parts]) for f in ("image", "tokens", "colour", "text",
-                                                                           "words")))
+    for start in range(0, len(groups), batch_scenes):
+        pairs = [(render(group[0].scene, size=image_size), group) for group in groups[start:start + batch_scenes]]
+        images = [image for image, group in pairs for _ in group]
+        parts.append(featurize(encoder, images, [ex.question for _, group in pairs for ex in group]))
+    return Features(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Features)))
 
 
 def ordered(examples: list[Example]) -> list[Example]:
     """Examples grouped by scene in first-seen order: the order `featurize_examples` returns features in."""
-    by_scene: dict[tuple[str, int], list[Example]] = {}
+    return [ex for group in _by_scene(examples).values() for ex in group]
+
+
+def _by_scene(examples: list[Example]) -> dict[tuple[str, int], list[Example]]:
+    groups: dict[tuple[str, int], list[Example]] = {}
     for ex in examples:
-        by_scene.setdefault((ex.split, ex.index), []).append(ex)
-    return [ex for group in by_scene.values() for ex in group]
+        groups.setdefault((ex.split, ex.index), []).append(ex)
+    return groups
 
 
 @dataclass
