@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -17,9 +18,22 @@ def _models(args) -> int:
     return 0
 
 
+@contextmanager
+def _training_bar(desc: str, steps: int = 0):
+    """A tqdm bar fed by a training loop's `on_step(step, progress, loss)`: in steps when the run counts them,
+    else in percent of its time budget."""
+    from tqdm import tqdm
+    total = steps or 100
+    with tqdm(total=total, unit="step" if steps else "%", desc=desc) as bar:
+        def on_step(step: int, progress: float, loss: float) -> None:
+            bar.n = step if steps else round(progress * total)
+            bar.set_postfix(loss=f"{loss:.3f}", step=step, refresh=False)
+            bar.refresh()
+        yield on_step
+
+
 def _train_clip(args) -> int:
     import torch
-    from tqdm import tqdm
 
     from mbm.evaluate import evaluate
     from mbm.models import create_model
@@ -29,12 +43,7 @@ def _train_clip(args) -> int:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       aux_weight=args.aux_weight, aux_until=args.aux_until)
-    total = args.steps or 1000
-    with tqdm(total=total, unit="%" if not args.steps else "step", desc="train-clip") as bar:
-        def on_step(step: int, progress: float, loss: float) -> None:
-            bar.n = step if args.steps else round(progress * total)
-            bar.set_postfix(loss=f"{loss:.3f}", step=step, refresh=False)
-            bar.refresh()
+    with _training_bar("train-clip", args.steps) as on_step:
         model, history = train(cfg, on_step=on_step)
     out = save(model, cfg, Path(args.out))
     encoder = create_model(str(out), device="cpu")
@@ -147,15 +156,9 @@ def _make_gallery(args) -> int:
 
 
 def _train_seednet(args) -> int:
-    from tqdm import tqdm
-
     from mbm.train.seednet import SeedNetConfig, evaluate_seednet, save_seednet, train_seednet
     start = time.perf_counter()
-    with tqdm(total=100, unit="%", desc="train SeedNet") as bar:
-        def on_step(step: int, progress: float, loss: float) -> None:
-            bar.n = round(100 * progress)
-            bar.set_postfix(loss=f"{loss:.3f}", step=step, refresh=False)
-            bar.refresh()
+    with _training_bar("train SeedNet") as on_step:
         model, history = train_seednet(SeedNetConfig(), minutes=args.minutes, seed=args.seed, on_step=on_step)
     seconds = time.perf_counter() - start
     metrics = {split: {"n_scenes": args.eval_scenes, **evaluate_seednet(model, split, args.eval_scenes)}
