@@ -57,8 +57,9 @@ def build(page: Page, choice: gr.State) -> None:
         text = _check(text, image)
         gallery = page.gallery(choice)
         start = time.perf_counter()
-        hits, scores = page.engine.search_with_scores(text or None, image, weight, int(k), threshold, gallery)
-        ranked = page.engine.describe(image, k=10, gallery=gallery) if image is not None else []
+        vec = page.engine.embed_image(image) if image is not None else None  # once, for search and captions
+        hits, scores = page.engine.search_with_scores(text or None, vec, weight, int(k), threshold, gallery)
+        ranked = page.engine.describe(vec, k=10, gallery=gallery) if vec is not None else []
         took = (time.perf_counter() - start) * 1000
         kind = "text+image" if text and image is not None else "text" if text else "image"
         note = (f"**{len(hits)}** of {len(scores)} images ({kind} query) in **{took:.0f} ms**"

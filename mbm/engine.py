@@ -165,9 +165,14 @@ class Engine:
         return self.open_gallery(root, store=store, progress=progress, activate=False)[0]
 
     # ---------------------------------------------------------------- search
-    def query(self, text: str | None = None, image: Image.Image | str | Path | None = None,
+    def embed_image(self, image: Image.Image) -> np.ndarray:
+        """`(D,)` unit embedding of an image, to hand to several calls (search, describe) that would each embed it."""
+        return self.encoder.encode_images([image])[0]
+
+    def query(self, text: str | None = None, image: Image.Image | str | Path | np.ndarray | None = None,
               image_weight: float = 1.0, item: int | None = None) -> list[Term]:
-        """Terms from what a person gave: query text (with the string syntax), an image, a gallery item."""
+        """Terms from what a person gave: query text (with the string syntax), an image (or its embedding),
+        a gallery item."""
         terms = parse_query(text) if text and text.strip() else []
         if image is not None:
             terms.append(Term(image_weight, "image", image))
@@ -184,7 +189,7 @@ class Engine:
         terms = self.query(text, image, image_weight)  # bad input fails before the gallery is opened
         return search(gallery or self.gallery, terms, k=k, threshold=threshold)
 
-    def search_with_scores(self, text: str | None = None, image: Image.Image | str | Path | None = None,
+    def search_with_scores(self, text: str | None = None, image: Image.Image | str | Path | np.ndarray | None = None,
                            image_weight: float = 1.0, k: int = 10, threshold: float | None = None,
                            gallery: Gallery | None = None) -> tuple[list[Hit], np.ndarray]:
         """`search`, plus the query's cosine to every image of the gallery `(N,)` (for a score histogram),
@@ -205,7 +210,7 @@ class Engine:
         gallery = gallery or self.gallery
         return gallery.image_matrix()[1] @ query_vector(self.encoder, self.query(text, image, image_weight), gallery)
 
-    def describe(self, image: Image.Image | str | Path, texts: list[str] | None = None, k: int = 10,
+    def describe(self, image: Image.Image | str | Path | np.ndarray, texts: list[str] | None = None, k: int = 10,
                  gallery: Gallery | None = None) -> list[tuple[str, float]]:
         """image->text: the given texts, or else the gallery's captions, ranked for an image."""
         bank = None if texts is not None else gallery or self.gallery

@@ -37,7 +37,7 @@ class Term:
     """One part of a query: `weight` times the embedding of a text, an image or a gallery item."""
     weight: float
     kind: str  # "text" | "image" | "item"
-    value: object  # str for text, a path or PIL image for image, an int id for item
+    value: object  # str for text; a path, PIL image or `(D,)` embedding for image; an int id for item
 
     def __post_init__(self):
         if self.kind not in ("text", "image", "item"):
@@ -130,6 +130,8 @@ def _embed(encoder: Encoder, term: Term, gallery: Gallery | None) -> np.ndarray:
     if term.kind == "text":
         return encoder.encode_texts([term.value])[0]
     if term.kind == "image":
+        if isinstance(term.value, np.ndarray):  # already embedded by this encoder
+            return term.value
         image = term.value if isinstance(term.value, Image.Image) else load_image(term.value)
         return encoder.encode_images([image])[0]
     if gallery is None:
