@@ -17,10 +17,22 @@ import numpy as np
 from PIL import Image
 
 from mbm.classify import ZeroShot, zero_shot
+from mbm.explore import (
+    EmbeddingMap,
+    IndexComparison,
+    PromptLab,
+    SimilarityMatrix,
+    approximate_index,
+    compare_indexes,
+    embedding_map,
+    prompt_lab,
+    similarity_matrix,
+)
 from mbm.gallery import Gallery, Progress, SyncReport
 from mbm.models import Encoder, WeightsUnavailableError, create_model, default_model
 from mbm.models._registry import ASSETS, EMBEDDED
 from mbm.search import Hit, Term, parse_query, query_vector, rank_texts, search
+from mbm.trace import PipelineTrace, pipeline_trace
 
 log = logging.getLogger(__name__)
 BUILTIN_GALLERY = ASSETS / "gallery"
@@ -291,6 +303,42 @@ class Engine:
                 probs = torch.softmax(logits, dim=-1).tolist()
                 out[name] = dict(sorted(zip(ANSWERS, probs), key=lambda kv: -kv[1]))
         return out
+
+    # ---------------------------------------------------------------- explore (see mbm.explore)
+    def embedding_map(self, text: str | None = None, image: Image.Image | str | Path | np.ndarray | None = None,
+                      k: int = 10, method: str = "pca", gallery: Gallery | None = None) -> EmbeddingMap:
+        """The gallery's images and captions in 2-D, with the query (if any) and its top-k hits on the map."""
+        gallery = gallery or self.gallery
+        if not (text and text.strip()) and image is None:  # no query: just the two clouds
+            return embedding_map(gallery, method=method)
+        vec = query_vector(self.encoder, self.query(text, image), gallery)
+        hits = search(gallery, vec, k=k)
+        return embedding_map(gallery, vec, [h.id for h in hits], method=method)
+
+    def similarity_matrix(self, n: int = 8, seed: int = 0, softmax: bool = False,
+                          gallery: Gallery | None = None) -> SimilarityMatrix:
+        """`n` sampled images x their captions: cosine and per-row softmax (see `mbm.explore.similarity_matrix`)."""
+        return similarity_matrix(gallery or self.gallery, n=n, seed=seed, softmax=softmax)
+
+    def compare_indexes(self, text: str | None = None, image: Image.Image | str | Path | np.ndarray | None = None,
+                        k: int = 10, kind: str = "ivf", knob: int = 1,
+                        gallery: Gallery | None = None) -> IndexComparison:
+        """One query on the exact index and on an approximate one ("ivf": knob is nprobe; "hnsw": efSearch)."""
+        approximate_index(kind, 0)  # an unknown kind fails before the query is embedded
+        gallery = gallery or self.gallery
+        vec = query_vector(self.encoder, self.query(text, image), gallery)
+        return compare_indexes(gallery, vec, k=k, kind=kind, knob=knob)
+
+    def prompt_lab(self, image: Image.Image | np.ndarray, labels: list[str],
+                   templates: list[str] | None = None) -> PromptLab:
+        """Zero-shot per template and ensembled, with every prompt's tokens (see `mbm.explore.prompt_lab`)."""
+        if image is None:
+            raise ValueError("give an image to classify")
+        return prompt_lab(self.encoder, image, labels, templates)
+
+    def pipeline_trace(self, image: Image.Image, text: str) -> PipelineTrace:
+        """The live output of each stage, pre-processing to fused answer, for one image and one text."""
+        return pipeline_trace(self, image, text)
 
     def _seednet(self):
         """The shipped from-scratch SeedNet (no backbone needed), loaded once; None if it is not there."""

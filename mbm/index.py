@@ -157,6 +157,11 @@ class Index:
         return x
 
     def _train(self, x: np.ndarray) -> None:
+        ivf = faiss.try_extract_index_ivf(self._inner())
+        if ivf is not None:  # k-means with few points per list is fine for small galleries; say it once, in the log
+            ivf.cp.min_points_per_centroid = 1
+            if len(x) < 39 * ivf.nlist:
+                log.info("training %s on %d vectors: under 39 per list, its lists will be uneven", self.factory, len(x))
         try:
             self._index.train(x)
         except RuntimeError as e:

@@ -88,6 +88,29 @@ class Encoder:
             return len(inner(text)["input_ids"])
         return None
 
+    def tokens(self, text: str) -> list[str]:
+        """The tokens the model sees for `text`, start and end markers included, cut at `context_length` the
+        way its tokenizer cuts (open_clip keeps the start marker, the first `context_length - 2` tokens and the
+        end marker). Spelled as the vocabulary spells them, bytes decoded: "</w>" closes a word, so
+        "a red circle" is `["<start_of_text>", "a</w>", "red</w>", "circle</w>", "<end_of_text>"]`.
+        [] if the tokenizer cannot say."""
+        tok = self.tokenizer
+        if isinstance(getattr(tok, "decoder", None), dict):  # open_clip's SimpleTokenizer (byte-level BPE)
+            ids = tok([text])[0].tolist()  # (context_length,), zero-padded after the end marker
+            ids = ids[:ids.index(tok.eot_token_id) + 1] if tok.eot_token_id in ids else ids
+            def readable(token: str) -> str:  # "Ã©</w>" -> "é</w>": the BPE's bytes decoded; markers stay
+                word, end = (token[:-4], "</w>") if token.endswith("</w>") else (token, "")
+                if not all(c in tok.byte_decoder for c in word):
+                    return token
+                return bytes(tok.byte_decoder[c] for c in word).decode("utf-8", errors="replace") + end
+            return [readable(tok.decoder[i]) for i in ids]
+        inner = getattr(tok, "tokenizer", None)  # open_clip's HFTokenizer wraps a transformers one
+        if hasattr(inner, "convert_ids_to_tokens"):
+            clean = getattr(tok, "clean_fn", lambda s: s)
+            ids = inner(clean(text), max_length=self.context_length, truncation=True)["input_ids"]
+            return inner.convert_ids_to_tokens(ids)
+        return []
+
     def _batched(self, items: Sequence, batch_size: int, run: Callable) -> np.ndarray:
         out = np.empty((0, self.embed_dim), np.float32)
         parts = []
