@@ -186,17 +186,21 @@ def aux_weight_at(progress: float, cfg: TrainConfig) -> float:
 
 
 def train(cfg: TrainConfig, on_step: Callable[[int, float, float], None] | None = None,
-          should_stop: Callable[[], bool] | None = None):
+          should_stop: Callable[[], bool] | None = None, on_start: Callable[[torch.nn.Module], None] | None = None):
     """Train a fresh model; returns `(model, history)` where history holds `(step, seconds, loss)`.
 
     Args:
         cfg: the run's settings; `steps` > 0 fixes the number of steps, else `minutes` bounds the time.
         on_step: called after each step with (step, progress 0-1, loss); a terminal bar or a page hooks in here.
         should_stop: polled each step; return True to end early (the page's cancel button).
+        on_start: called once with the fresh model before the first step; live training keeps it to evaluate
+            between steps (it must leave the model in train mode).
     """
     from open_clip import ClipLoss
     model, tokenizer, mean, std = build_model(cfg)
     model.train()
+    if on_start:
+        on_start(model)
     probe = GridProbe(cfg.model_cfg["embed_dim"])
     opt, loss_fn = _optimizer(torch.nn.ModuleList([model, probe]), cfg), ClipLoss()
     stop = threading.Event()
