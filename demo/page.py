@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import gradio as gr
 
-from demo import classify_tab, gallery_tab, model_tab, search_tab
+from demo import classify_tab, explore_tab, gallery_tab, learn_tab, model_tab, search_tab
 from demo.common import Page
 from mbm.engine import Engine
 
 ABOUT = """mbm embeds images and texts into one space with a CLIP-style model and searches them with FAISS.
 **Search** finds images for text or for another image and ranks captions for an image; **Classify** turns labels
-into prompts and picks the closest; **Gallery** lets you search your own images; **Model** shows what is serving."""
+into prompts and picks the closest; **Explore** shows why: where images and texts land, how they match, what
+approximate search and prompt wording change; **Gallery** lets you search your own images; **Learn** trains a small
+model in front of you and walks through the pipeline; **Model** shows what is serving."""
 
 
 def build_demo(engine: Engine, allow_folders: bool = False) -> gr.Blocks:
@@ -27,13 +29,17 @@ def build_demo(engine: Engine, allow_folders: bool = False) -> gr.Blocks:
         header = gr.Markdown(page.header(), elem_id="header")
         gr.Markdown(ABOUT)
         choice = gr.State(None)  # this visitor's gallery: None = the server's, else {"root", "store"}
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Search", id="search"):
                 search_tab.build(page, choice)
             with gr.Tab("Classify", id="classify"):
                 classify_tab.build(page)
+            with gr.Tab("Explore", id="explore") as explore:
+                explore_tab.build(page, choice, explore)
             with gr.Tab("Gallery", id="gallery"):
                 gallery_tab.build(page, choice, demo)
+            with gr.Tab("Learn", id="learn"):
+                learn_tab.build(page, demo, tabs)
             with gr.Tab("Model", id="model"):
                 model_tab.build(page, header)
     return demo

@@ -69,3 +69,10 @@ def server(tmp_path_factory):
     yield Server(url, cache, log)
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture()
+def client(server):
+    """A fresh gradio_client visitor of the app (its own session)."""
+    from gradio_client import Client
+    return Client(server.url, verbose=False)

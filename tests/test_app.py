@@ -14,11 +14,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = sorted((ROOT / "assets" / "gallery" / "photos").glob("*.jpg"))
 
 
-@pytest.fixture()
-def client(server):
-    return Client(server.url, verbose=False)
-
-
 def test_page_names_the_serving_model(server):
     html = urllib.request.urlopen(server.url, timeout=10).read().decode()
     assert "mbm-shapes" in html

@@ -97,3 +97,104 @@ def test_uploads_are_indexed_and_removed_when_the_page_closes(page, server):
     while any(p.exists() for p in mine) and time.time() < deadline:
         time.sleep(0.2)
     assert not any(p.exists() for p in mine), "the session's uploads outlived the page"
+
+
+# ---------------------------------------------------------------- Explore: each view opens, draws and reacts
+def _open_explore(page):
+    page.get_by_role("tab", name="Explore").click()
+    expect(page.locator("#embedding-map svg.mbm-map circle").first).to_be_attached(timeout=30_000)
+
+
+def test_the_embedding_map_draws_both_clouds_and_follows_the_query(page):
+    _open_explore(page)
+    the_map = page.locator("#embedding-map svg.mbm-map")
+    assert the_map.locator("g.pt[data-kind=image]").count() > 300
+    assert the_map.locator("g.pt[data-kind=caption]").count() > 300
+    expect(the_map.locator("g.query")).to_contain_text("a red circle")
+    expect(page.locator("#modality-gap")).to_contain_text("its own caption")
+    box = page.locator("#map-query textarea, #map-query input").first
+    box.fill("a green star")
+    box.press("Enter")
+    expect(the_map.locator("g.query")).to_contain_text("a green star", timeout=20_000)
+    hits = the_map.locator("g.pt circle.hit")
+    assert hits.count() == 10
+    assert page.errors == []
+
+
+def test_the_similarity_matrix_draws_and_switches_to_softmax(page):
+    _open_explore(page)
+    cells = page.locator("#similarity-matrix svg.mbm-heat rect.cell")
+    expect(cells.first).to_be_attached(timeout=30_000)
+    assert cells.count() == 64  # 8 images x 8 captions
+    expect(page.locator("#similarity-matrix")).to_contain_text("cosine")
+    page.locator("#matrix-softmax input[type=checkbox]").check()
+    expect(page.get_by_text("softmax over each row")).to_be_visible(timeout=20_000)
+    assert page.errors == []
+
+
+def test_exact_and_approximate_search_side_by_side(page):
+    _open_explore(page)
+    note = page.locator("#index-note")
+    expect(note).to_contain_text("recall@10", timeout=30_000)
+    expect(note).to_contain_text("nprobe = 1")
+    expect(page.locator("#index-exact img").first).to_be_visible()
+    assert page.locator("#index-exact img").count() == 10
+    page.locator("#index-kind").get_by_text("hnsw").click()
+    expect(note).to_contain_text("efSearch", timeout=20_000)
+    assert page.errors == []
+
+
+def test_the_prompt_lab_shows_every_template_and_reacts_to_new_labels(page):
+    _open_explore(page)
+    table = page.locator("#prompt-table svg.mbm-heat")
+    expect(table).to_contain_text("a photo of a {}.", timeout=30_000)
+    expect(table).to_contain_text("ensemble")
+    expect(page.locator("#prompt-tokens")).to_contain_text("start_of_text")
+    labels = page.locator("#lab-labels textarea, #lab-labels input").first
+    labels.fill("circle, square, heart")
+    labels.press("Enter")
+    expect(table).to_contain_text("heart", timeout=20_000)
+    assert page.errors == []
+
+
+# ---------------------------------------------------------------- Learn
+def test_training_live_streams_the_loss_and_then_searches_with_the_new_model(page):
+    page.get_by_role("tab", name="Learn").click()
+    seconds = page.locator("#train-seconds input[type=number]")
+    seconds.fill("30")
+    seconds.press("Enter")
+    page.locator("#train").click()
+    expect(page.locator("#loss-curve svg.mbm-curve polyline")).to_be_attached(timeout=60_000)
+    expect(page.locator("#train-snapshot svg.mbm-heat rect.cell").first).to_be_attached(timeout=60_000)
+    expect(page.locator("#train-status")).to_contain_text("done", timeout=90_000)
+    page.locator("#compare").click()
+    expect(page.locator("#compare-yours img").first).to_be_visible(timeout=30_000)
+    assert page.locator("#compare-yours img").count() == 8
+    assert page.locator("#compare-shipped img").count() == 8
+    assert page.errors == []
+
+
+def test_training_can_be_stopped(page):
+    page.get_by_role("tab", name="Learn").click()
+    page.locator("#train").click()
+    expect(page.locator("#train-status")).to_contain_text("step", timeout=60_000)
+    page.locator("#stop-training").click()
+    expect(page.locator("#train-status")).to_contain_text("Stopped", timeout=30_000)
+    page.locator("#compare").click()
+    expect(page.get_by_text("Train your model first")).to_be_visible(timeout=20_000)
+    assert page.errors == []
+
+
+def test_the_walkthrough_shows_every_stage_and_follows_a_new_text(page):
+    page.get_by_role("tab", name="Learn").click()
+    page.locator("#trace-run").click()
+    expect(page.locator("#trace-seen img")).to_be_visible(timeout=30_000)
+    expect(page.locator("#trace-tokens")).to_contain_text("top")
+    assert page.locator("#trace-vectors svg.mbm-vector").count() == 2
+    expect(page.locator("#trace-colours svg.mbm-cells rect").first).to_be_attached()
+    expect(page.locator("#trace-answer")).to_contain_text("attention")
+    text = page.locator("#trace-text textarea, #trace-text input").first
+    text.fill("a purple heart")
+    page.locator("#trace-run").click()
+    expect(page.locator("#trace-tokens")).to_contain_text("heart", timeout=20_000)
+    assert page.errors == []

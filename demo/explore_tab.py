@@ -1,0 +1,199 @@
+"""The Explore tab: the views a teacher projects to show *why* the model behaves as it does.
+
+An embedding map (images and captions in 2-D, the query and its hits on it, the modality gap in numbers),
+the similarity matrix of the CLIP paper, exact against approximate search, and a prompt lab. Every number
+comes from `mbm.explore` through the engine; this module only draws.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from demo.charts import heatmap_svg, map_svg, thumb_uri
+from demo.classify_tab import EXAMPLES, MAX_LABELS, parse_labels, parse_templates
+from demo.common import Page, friendly
+from demo.search_tab import MAX_QUERY_CHARS
+from mbm.classify import DEFAULT_TEMPLATES
+from mbm.explore import (
+    INDEX_KINDS,
+    METHODS,
+    EmbeddingMap,
+    IndexComparison,
+    PromptLab,
+    SimilarityMatrix,
+    available_methods,
+)
+
+DEFAULT_QUERY = "a red circle"
+LAB_LABELS = "red, green, blue, yellow"
+
+
+def _text(text: str | None, image=None) -> str | None:
+    text = (text or "").strip()
+    if not text and image is None:
+        raise gr.Error("Type a query (or drop an image) to place it on the map.")
+    if len(text) > MAX_QUERY_CHARS:
+        raise gr.Error(f"That query is {len(text):,} characters long; keep it under {MAX_QUERY_CHARS:,}.")
+    return text or None
+
+
+# ---------------------------------------------------------------- drawing
+def draw_map(m: EmbeddingMap, label: str) -> tuple[str, str]:
+    thumbs = {p.id: thumb_uri(str(p.thumbnail), 56) for p in m.points if p.kind == "image" and p.thumbnail}
+    svg = map_svg([(p.x, p.y) for p in m.points], [p.kind for p in m.points], [p.id for p in m.points],
+                  [p.caption for p in m.points], thumbs, set(m.hits), m.query, label)
+    g = m.gap
+    axes = (f" The two axes hold {m.explained[0]:.0%} and {m.explained[1]:.0%} of the variance."
+            if m.explained else "")
+    words = (f"**Modality gap** over {g.n} image-caption pairs: an image and **its own caption** have mean cosine "
+             f"**{g.matched:.3f}**; an image and **another item's caption** {g.random:.3f}. The two clouds' centres "
+             f"are {g.centroid_distance:.3f} apart (on the unit sphere).{axes} Hover a point to see it and the "
+             f"line to its partner.")
+    return svg, words
+
+
+def draw_matrix(s: SimilarityMatrix) -> tuple[str, str]:
+    values = s.probs if s.softmax else s.cosine
+    rows = [f"image #{i}" for i in s.images]
+    images = [thumb_uri(str(t)) if t else "" for t in s.thumbnails]
+    svg = heatmap_svg(values, rows, s.captions, row_images=images if all(images) else None,
+                      lo=0.0 if s.softmax else None, hi=1.0 if s.softmax else None, diagonal=True,
+                      what="probability" if s.softmax else "cosine", css_class="mbm-heat similarity")
+    shown = (f"softmax over each row of {s.logit_scale:.1f} × cosine (the model's learned temperature "
+             f"T = {1 / s.logit_scale:.3f})" if s.softmax else "raw cosines")
+    return svg, (f"**{s.diagonal_hits} of {len(s.images)}** images score their own caption highest (the outlined "
+                 f"diagonal). Showing {shown}.")
+
+
+def draw_comparison(c: IndexComparison, k: int) -> tuple[list, list, str]:
+    exact_ids = {i for i, _ in c.exact}
+    def tiles(rows, mark):
+        out = []
+        for rank, (i, score) in enumerate(rows, 1):
+            thumb = c.thumbnails.get(i)
+            if thumb:
+                flag = "✗ not in the exact top-k · " if mark and i not in exact_ids else ""
+                out.append((Image.open(thumb), f"{flag}{rank}. {score:.3f} · {c.captions.get(i, '')}"))
+        return out
+    words = (f"Top-{k}: the approximate index (`{c.factory}`, **{c.knob_name} = {c.knob}** of {c.knob_max}) found "
+             f"**{c.overlap} of {len(c.exact)}** of the exact results: **recall@{k} = {c.recall:.0%}**. "
+             f"Median search time: exact **{c.exact_ms:.3f} ms**, approximate **{c.approx_ms:.3f} ms**. "
+             f"Raise {c.knob_name} to trade speed for recall.")
+    return tiles(c.exact, False), tiles(c.approx, True), words
+
+
+def draw_lab(lab: PromptLab) -> tuple[str, list[list], str]:
+    rows = [*lab.templates, "average of the prompts (ensemble)"]
+    svg = heatmap_svg(np.vstack([lab.table, lab.ensemble[None]]), rows, lab.labels, lo=0.0, hi=1.0,
+                      what="probability", css_class="mbm-heat prompts")
+    tokens = [[info.text, info.n_tokens, " ".join(info.tokens), "cut short" if info.truncated else ""]
+              for row in lab.prompts for info in row]
+    warn = ""
+    if lab.truncated:
+        warn = (f"⚠️ {len(lab.truncated)} prompts are longer than the model's {lab.context_length} tokens, so it saw "
+                f"them cut short: {', '.join(repr(t[:60]) for t in lab.truncated[:3])}.")
+    best = lab.labels[int(lab.ensemble.argmax())]
+    return svg, tokens, warn or f"The ensemble says **{best}** ({lab.ensemble.max():.0%})."
+
+
+# ---------------------------------------------------------------- the tab
+def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
+    engine = page.engine
+    gr.Markdown("### 1. The embedding map: where images and captions land")
+    with gr.Row():
+        map_text = gr.Textbox(label="Query", value=DEFAULT_QUERY, elem_id="map-query", scale=3)
+        map_k = gr.Slider(1, 30, value=10, step=1, label="Hits to mark (k)", elem_id="map-k", scale=2)
+        method = gr.Radio(list(METHODS), value="pca", label="Projection", scale=1, elem_id="map-method",
+                          info=None if "umap" in available_methods() else "UMAP needs: pip install umap-learn")
+    the_map = gr.HTML(elem_id="embedding-map")
+    gap = gr.Markdown(elem_id="modality-gap")
+
+    gr.Markdown("### 2. The similarity matrix: images × their captions")
+    with gr.Row():
+        n = gr.Slider(2, 16, value=8, step=1, label="Pairs (N)", elem_id="matrix-n")
+        seed = gr.Number(value=0, precision=0, label="Sample", minimum=0, elem_id="matrix-seed")
+        softmax = gr.Checkbox(label="Softmax per row (with the model's temperature)", elem_id="matrix-softmax")
+    matrix = gr.HTML(elem_id="similarity-matrix")
+    matrix_note = gr.Markdown()
+
+    gr.Markdown("### 3. Exact and approximate search, side by side")
+    with gr.Row():
+        index_text = gr.Textbox(label="Query", value="a blue square", elem_id="index-query", scale=3)
+        index_k = gr.Slider(1, 30, value=10, step=1, label="k", scale=1)
+        kind = gr.Radio(list(INDEX_KINDS), value="ivf", label="Approximate index", elem_id="index-kind", scale=1)
+        knob = gr.Slider(1, 64, value=1, step=1, label="nprobe (IVF lists scanned)", elem_id="index-knob", scale=2)
+    index_note = gr.Markdown(elem_id="index-note")
+    with gr.Row():
+        exact = gr.Gallery(label="Exact (every vector compared)", columns=5, height=280, allow_preview=False,
+                           elem_id="index-exact")
+        approx = gr.Gallery(label="Approximate", columns=5, height=280, allow_preview=False, elem_id="index-approx")
+
+    gr.Markdown("### 4. Prompt lab: what each prompt template says")
+    with gr.Row():
+        lab_image = gr.Image(type="pil", label="Image", height=200, value=str(EXAMPLES / "red-circle.png"),
+                             elem_id="lab-image")
+        with gr.Column(scale=2):
+            lab_labels = gr.Textbox(label="Labels", value=LAB_LABELS, elem_id="lab-labels")
+            lab_templates = gr.Textbox(label="Templates ({} is the label)", value="\n".join(DEFAULT_TEMPLATES),
+                                       lines=4, elem_id="lab-templates")
+    lab_table = gr.HTML(elem_id="prompt-table")
+    lab_warn = gr.Markdown(elem_id="prompt-warning")
+    lab_tokens = gr.Dataframe(headers=["prompt", "tokens", "what the model sees", ""], wrap=True,
+                              label="Tokens of every prompt", elem_id="prompt-tokens")
+
+    @friendly
+    def show_map(text, k, method, choice):
+        text = _text(text)
+        m = engine.embedding_map(text, k=int(k), method=method, gallery=page.gallery(choice))
+        return draw_map(m, text)
+
+    @friendly
+    def show_matrix(n, seed, softmax, choice):
+        return draw_matrix(engine.similarity_matrix(int(n), int(seed or 0), bool(softmax), page.gallery(choice)))
+
+    @friendly
+    def show_indexes(text, k, kind, knob, choice):
+        text = _text(text)
+        c = engine.compare_indexes(text, k=int(k), kind=kind, knob=int(knob), gallery=page.gallery(choice))
+        label = f"{c.knob_name} ({'IVF lists scanned' if kind == 'ivf' else 'HNSW candidates kept'})"
+        return (*draw_comparison(c, int(k)), gr.Slider(maximum=c.knob_max, value=c.knob, label=label))
+
+    @friendly
+    def show_lab(image, labels_text, templates_text):
+        if image is None:
+            raise gr.Error("Drop an image into the prompt lab first.")
+        labels = parse_labels(labels_text)
+        if not 2 <= len(labels) <= MAX_LABELS:
+            raise gr.Error(f"Give between 2 and {MAX_LABELS} labels, separated by commas.")
+        with warnings.catch_warnings():  # the lab lists truncated prompts itself
+            warnings.simplefilter("ignore", UserWarning)
+            return draw_lab(engine.prompt_lab(image, labels, parse_templates(templates_text)))
+
+    map_in, matrix_in = [map_text, map_k, method, choice], [n, seed, softmax, choice]
+    index_in, lab_in = [index_text, index_k, kind, knob, choice], [lab_image, lab_labels, lab_templates]
+    map_out, matrix_out = [the_map, gap], [matrix, matrix_note]
+    index_out, lab_out = [exact, approx, index_note, knob], [lab_table, lab_tokens, lab_warn]
+    views = ((show_map, map_in, map_out, (map_text.submit, map_k.release, method.change), "embedding_map"),
+             (show_matrix, matrix_in, matrix_out, (n.release, seed.change, softmax.change), "similarity_matrix"),
+             (show_indexes, index_in, index_out, (index_text.submit, index_k.release, knob.release),
+              "compare_indexes"),
+             (show_lab, lab_in, lab_out, (lab_labels.submit, lab_templates.blur, lab_image.change), "prompt_lab"))
+    for fn, inputs, outputs, triggers, name in views:
+        triggers[0](fn, inputs, outputs, api_name=name)  # a named endpoint too, for gradio_client
+        for trigger in triggers[1:]:
+            trigger(fn, inputs, outputs, api_visibility="private")
+    kind.change(lambda kind, text, k, choice: show_indexes(text, k, kind, 1, choice),  # a new index: knob from 1
+                [kind, index_text, index_k, choice], index_out, api_visibility="private")
+
+    def draw_all(text, k, method, choice, n, seed, softmax, index_text, index_k, kind, knob, image, labels, templates):
+        """Every view at once when the tab opens: one round trip instead of four queued events."""
+        return (*show_map(text, k, method, choice), *show_matrix(n, seed, softmax, choice),
+                *show_indexes(index_text, index_k, kind, knob, choice),
+                *(show_lab(image, labels, templates) if image is not None else (gr.skip(),) * 3))
+
+    tab.select(draw_all, [*map_in, *matrix_in[:3], *index_in[:4], *lab_in],
+               [*map_out, *matrix_out, *index_out, *lab_out], api_visibility="private")
