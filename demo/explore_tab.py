@@ -47,12 +47,15 @@ def draw_map(m: EmbeddingMap, label: str) -> tuple[str, str]:
     svg = map_svg([(p.x, p.y) for p in m.points], [p.kind for p in m.points], [p.id for p in m.points],
                   [p.caption for p in m.points], thumbs, set(m.hits), m.query, label)
     g = m.gap
+    shown = len({p.id for p in m.points})
+    sample = f" The map shows {shown:,} of the {m.items:,} items (a fixed sample and every hit)." \
+        if shown < m.items else ""
     axes = (f" The two axes hold {m.explained[0]:.0%} and {m.explained[1]:.0%} of the variance."
             if m.explained else "")
     words = (f"**Modality gap** over {g.n} image-caption pairs: an image and **its own caption** have mean cosine "
              f"**{g.matched:.3f}**; an image and **another item's caption** {g.random:.3f}. The two clouds' centres "
              f"are {g.centroid_distance:.3f} apart (on the unit sphere).{axes} Hover a point to see it and the "
-             f"line to its partner.")
+             f"line to its partner.{sample}")
     return svg, words
 
 

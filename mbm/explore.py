@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 METHODS = ("pca", "umap")
 INDEX_KINDS = {"ivf": "nprobe", "hnsw": "efSearch"}  # kind -> the name of its speed/recall knob
+MAP_MAX_ITEMS = 1000  # points a page can draw and hover smoothly: 2,000 (images + captions) and 1,000 thumbnails
 HNSW_M = 8  # few links per node, so a small efSearch visibly loses recall even on a gallery of hundreds
 MIN_PAIRS, MAX_PAIRS = 2, 32  # the similarity matrix's N: fewer says nothing, more is unreadable
 
@@ -111,12 +112,13 @@ class ModalityGap:
 
 @dataclass
 class EmbeddingMap:
-    points: list[MapPoint]  # every image, then every caption
+    points: list[MapPoint]  # every image, then every caption (of a fixed sample, hits included, in big galleries)
     query: tuple[float, float] | None  # where the query lands; None without a query
     hits: list[int]  # item ids of the query's hits, best first
     method: str  # "pca" | "umap"
     explained: tuple[float, float] | None  # variance ratio of each PCA axis; None for UMAP
     gap: ModalityGap
+    items: int = 0  # items in the gallery (fitted and measured), of which `points` shows a sample when it is more
 
 
 @dataclass
@@ -172,7 +174,7 @@ def modality_gap(image_ids: np.ndarray, images: np.ndarray, caption_ids: np.ndar
 
 
 def embedding_map(gallery: Gallery, query_vec: np.ndarray | None = None, hit_ids=(),
-                  method: str = "pca") -> EmbeddingMap:
+                  method: str = "pca", max_items: int = MAP_MAX_ITEMS) -> EmbeddingMap:
     """The gallery's images and captions in one 2-D map, with an optional query point and its hits.
 
     Args:
@@ -180,15 +182,27 @@ def embedding_map(gallery: Gallery, query_vec: np.ndarray | None = None, hit_ids
         query_vec: a `(D,)` query embedding to place on the map (projected with the same fit).
         hit_ids: item ids of the query's hits, best first; their image points get a `rank`.
         method: "pca" (see `pca_2d`) or "umap" (needs `pip install umap-learn`; the first fit takes seconds).
+        max_items: items whose points are returned (a fixed sample, plus every hit) when the gallery is bigger;
+            the fit and the gap always use every item.
     """
     fit = _CACHE.get(_key(gallery, f"map:{_check_method(method)}"), lambda: _fit_map(gallery, method))
     ranks = {int(i): r for r, i in enumerate(hit_ids, 1)}
-    points = [replace(p, rank=ranks[p.id]) if p.kind == "image" and p.id in ranks else p for p in fit.points]
+    every = sorted({p.id for p in fit.points})
+    shown = _sample_ids(every, max_items) | set(ranks)
+    points = [replace(p, rank=ranks[p.id]) if p.kind == "image" and p.id in ranks else p
+              for p in fit.points if p.id in shown]
     query = None
     if query_vec is not None:
         x, y = fit.project(np.asarray(query_vec, np.float32).reshape(1, -1))[0]
         query = (float(x), float(y))
-    return EmbeddingMap(points, query, list(ranks), method, fit.explained, fit.gap)
+    return EmbeddingMap(points, query, list(ranks), method, fit.explained, fit.gap, len(every))
+
+
+def _sample_ids(ids: list[int], n: int) -> set[int]:
+    """All of `ids` if there are at most `n`, else a fixed random `n` of them (the same for every query)."""
+    if len(ids) <= n:
+        return set(ids)
+    return set(np.random.default_rng(0).choice(ids, size=n, replace=False).tolist())
 
 
 def _check_method(method: str) -> str:

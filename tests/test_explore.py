@@ -290,3 +290,15 @@ def test_the_trace_without_fused_heads_says_why(shapes_model, scene):
 def test_the_trace_needs_an_image_and_a_text(engine, scene, image, text):
     with pytest.raises(ValueError, match="give an image and type a text"):
         engine.pipeline_trace(scene if image == "scene" else image, text)
+
+
+def test_a_big_gallery_maps_a_fixed_sample_of_items_and_always_its_hits(engine):
+    ids, _ = engine.gallery.image_matrix()
+    hits = [int(i) for i in ids[-3:]]
+    first = explore.embedding_map(engine.gallery, hit_ids=hits, max_items=50)
+    again = explore.embedding_map(engine.gallery, hit_ids=hits[:1], max_items=50)
+    shown = {p.id for p in first.points}
+    assert len(shown) <= 53 and set(hits) <= shown and first.items == len(ids) > 50
+    assert {p.id for p in again.points} - set(hits) == shown - set(hits)  # the same sample for every query
+    kinds = [p.kind for p in first.points]
+    assert kinds.count("image") == kinds.count("caption") == len(shown)
