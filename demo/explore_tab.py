@@ -7,6 +7,7 @@ comes from `mbm.explore` through the engine; this module only draws.
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import gradio as gr
@@ -28,6 +29,7 @@ from mbm.explore import (
     available_methods,
 )
 
+log = logging.getLogger(__name__)
 DEFAULT_QUERY = "a red circle"
 LAB_LABELS = "red, green, blue, yellow"
 
@@ -52,8 +54,9 @@ def draw_map(m: EmbeddingMap, label: str) -> tuple[str, str]:
         if shown < m.items else ""
     axes = (f" The two axes hold {m.explained[0]:.0%} and {m.explained[1]:.0%} of the variance."
             if m.explained else "")
+    other = "n/a (one pair)" if np.isnan(g.random) else f"{g.random:.3f}"
     words = (f"**Modality gap** over {g.n} image-caption pairs: an image and **its own caption** have mean cosine "
-             f"**{g.matched:.3f}**; an image and **another item's caption** {g.random:.3f}. The two clouds' centres "
+             f"**{g.matched:.3f}**; an image and **another item's caption** {other}. The two clouds' centres "
              f"are {g.centroid_distance:.3f} apart (on the unit sphere).{axes} Hover a point to see it and the "
              f"line to its partner.{sample}")
     return svg, words
@@ -101,6 +104,19 @@ def draw_lab(lab: PromptLab) -> tuple[str, list[list], str]:
                 f"them cut short: {', '.join(repr(t[:60]) for t in lab.truncated[:3])}.")
     best = lab.labels[int(lab.ensemble.argmax())]
     return svg, tokens, warn or f"The ensemble says **{best}** ({lab.ensemble.max():.0%})."
+
+
+def _or_note(fn, args: tuple, n_outputs: int, note: int) -> tuple:
+    """`fn(*args)`, or why not in output `note` with the other outputs left as they are: one view that cannot be
+    drawn must not blank the other three."""
+    try:
+        return fn(*args)
+    except gr.Error as e:
+        message = e.message
+    except Exception:  # a bug: logged in full for the host, a short line for the class
+        log.exception("drawing %s failed", fn.__name__)
+        message = "This view could not be drawn (the server log says why); the others are fine."
+    return tuple(f"**{message}**" if i == note else gr.skip() for i in range(n_outputs))
 
 
 # ---------------------------------------------------------------- the tab
@@ -163,7 +179,9 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
         text = _text(text)
         c = engine.compare_indexes(text, k=int(k), kind=kind, knob=int(knob), gallery=page.gallery(choice))
         label = f"{c.knob_name} ({'IVF lists scanned' if kind == 'ivf' else 'HNSW candidates kept'})"
-        return (*draw_comparison(c, int(k)), gr.Slider(maximum=c.knob_max, value=c.knob, label=label))
+        # a slider needs min < max: with one IVF list (a tiny gallery) there is nothing to turn
+        knob = gr.Slider(maximum=max(c.knob_max, 2), value=c.knob, label=label, interactive=c.knob_max > 1)
+        return (*draw_comparison(c, int(k)), knob)
 
     @friendly
     def show_lab(image, labels_text, templates_text):
@@ -193,10 +211,12 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
                 [kind, index_text, index_k, choice], index_out, api_visibility="private")
 
     def draw_all(text, k, method, choice, n, seed, softmax, index_text, index_k, kind, knob, image, labels, templates):
-        """Every view at once when the tab opens: one round trip instead of four queued events."""
-        return (*show_map(text, k, method, choice), *show_matrix(n, seed, softmax, choice),
-                *show_indexes(index_text, index_k, kind, knob, choice),
-                *(show_lab(image, labels, templates) if image is not None else (gr.skip(),) * 3))
+        """Every view at once when the tab opens: one round trip instead of four queued events. A view that cannot
+        be drawn (say, a visitor's gallery of one image has no pairs for a matrix) says why in its own note."""
+        return (*_or_note(show_map, (text, k, method, choice), 2, 1),
+                *_or_note(show_matrix, (n, seed, softmax, choice), 2, 1),
+                *_or_note(show_indexes, (index_text, index_k, kind, knob, choice), 4, 2),
+                *_or_note(show_lab, (image, labels, templates), 3, 2))
 
     tab.select(draw_all, [*map_in, *matrix_in[:3], *index_in[:4], *lab_in],
                [*map_out, *matrix_out, *index_out, *lab_out], api_visibility="private")

@@ -157,6 +157,22 @@ def test_the_prompt_lab_shows_every_template_and_reacts_to_new_labels(page):
     assert page.errors == []
 
 
+def test_explore_on_a_gallery_of_one_image_draws_what_it_can_and_says_why_not_the_rest(page):
+    page.get_by_role("tab", name="Gallery").click()
+    photo = ROOT / "assets" / "gallery" / "photos" / "coffee.jpg"
+    page.locator("#uploads input[type=file]").set_input_files(str(photo))
+    page.get_by_role("button", name="Index my uploads").click()
+    expect(page.get_by_text("1 searchable images")).to_be_visible(timeout=30_000)
+    _open_explore(page)
+    the_map = page.locator("#embedding-map svg.mbm-map")
+    assert the_map.locator("g.pt[data-kind=image]").count() == 1
+    assert the_map.locator("g.pt[data-kind=caption]").count() == 1
+    expect(page.get_by_text("no captions to pair")).to_be_visible(timeout=20_000)
+    expect(page.locator("#index-note")).to_contain_text("recall@")
+    assert "Traceback" not in page.content()
+    assert page.errors == []
+
+
 # ---------------------------------------------------------------- Learn
 def test_training_live_streams_the_loss_and_then_searches_with_the_new_model(page):
     page.get_by_role("tab", name="Learn").click()
