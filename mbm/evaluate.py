@@ -25,21 +25,31 @@ def recall_at(sims: np.ndarray, same: np.ndarray, ks=(1, 5)) -> dict[int, float]
     return {k: float(hits[:, :k].any(axis=1).mean()) for k in ks}
 
 
-def retrieval(encoder: Encoder, split: str = "test", n: int = 1000, size: int = 0) -> dict[str, float]:
-    """Text->image and image->text R@1/R@5 over `n` scenes of a split."""
-    size = size or _image_size(encoder)
+def caption_pairs(split: str = "test", n: int = 1000) -> tuple[list, list[str]]:
+    """Scenes `0..n-1` of a split and their canonical captions: the pairs `retrieval` ranks."""
     scenes = [make_scene(split, i) for i in range(n)]
-    texts = [describe(s) for s in scenes]
-    img = encoder.encode_images([render(s, size) for s in scenes])
-    txt = encoder.encode_texts(texts)
+    return scenes, [describe(s) for s in scenes]
+
+
+def pair_recall(img: np.ndarray, txt: np.ndarray, texts: list[str]) -> dict[str, float]:
+    """Text->image and image->text R@1/R@5 of `(N, D)` image and caption embeddings of N pairs; any image
+    whose caption equals the query's counts as a hit."""
     same = np.array(texts)[:, None] == np.array(texts)[None, :]  # (N, N), symmetric
     t2i, i2t = recall_at(txt @ img.T, same), recall_at(img @ txt.T, same)
     return {"t2i_r1": t2i[1], "t2i_r5": t2i[5], "i2t_r1": i2t[1], "i2t_r5": i2t[5]}
 
 
+def retrieval(encoder: Encoder, split: str = "test", n: int = 1000, size: int = 0) -> dict[str, float]:
+    """Text->image and image->text R@1/R@5 over `n` scenes of a split."""
+    size = size or encoder.image_size
+    scenes, texts = caption_pairs(split, n)
+    img = encoder.encode_images([render(s, size) for s in scenes])
+    return pair_recall(img, encoder.encode_texts(texts), texts)
+
+
 def zero_shot(encoder: Encoder, split: str = "test", n: int = 500, size: int = 0) -> dict[str, float]:
     """Accuracy of zero-shot colour and shape classification on single-object scenes."""
-    size = size or _image_size(encoder)
+    size = size or encoder.image_size
     scenes = [make_scene(split, 10_000_000 + i, n_objects=1) for i in range(n)]
     img = encoder.encode_images([render(s, size) for s in scenes])
     out = {}
@@ -55,11 +65,6 @@ def evaluate(encoder: Encoder, n_pairs: int = 1000, n_zero_shot: int = 500) -> d
     """The full report: retrieval and zero-shot on the i.i.d. test split and on held-out combinations."""
     return {split: {**retrieval(encoder, split, n_pairs), **zero_shot(encoder, split, n_zero_shot)}
             for split in ("test", "heldout")}
-
-
-def _image_size(encoder: Encoder) -> int:
-    size = getattr(encoder.model.visual, "image_size", 224)
-    return size[0] if isinstance(size, (tuple, list)) else int(size)
 
 
 def late_fusion_study(engine, folder: Path, per_class: int = 20, n_queries: int = 300, k: int = 10,

@@ -37,22 +37,20 @@ class _HeldOut:
         self.pixels = _pixels(scenes, model_cfg["vision_cfg"]["image_size"], mean, std)  # (N, 3, H, W)
         context = model_cfg["text_cfg"]["context_length"]
         self.tokens = open_clip.SimpleTokenizer(context_length=context)(self.texts)  # (N, context)
-        self.same = np.array(self.texts)[:, None] == np.array(self.texts)[None, :]  # (N, N): the same caption is a hit
         self.snap = snapshot_indices(self.texts)
 
     def __call__(self, model) -> dict:
         import torch
 
-        from mbm.evaluate import recall_at
+        from mbm.evaluate import pair_recall
         was_training = model.training
         model.eval()
         with torch.inference_mode():
             img = model.encode_image(self.pixels, normalize=True).numpy()  # (N, D)
             txt = model.encode_text(self.tokens, normalize=True).numpy()  # (N, D)
         model.train(was_training)
-        t2i, i2t = recall_at(txt @ img.T, self.same), recall_at(img @ txt.T, self.same)
         snap = img[self.snap] @ txt[self.snap].T  # (n, n): images x captions
-        return {"recall": {"t2i_r1": t2i[1], "t2i_r5": t2i[5], "i2t_r1": i2t[1], "i2t_r5": i2t[5]},
+        return {"recall": pair_recall(img, txt, self.texts),
                 "snapshot": np.round(snap, 4).tolist(), "snapshot_captions": [self.texts[i] for i in self.snap]}
 
 

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mbm.data.images import ImageError, load_image
-from mbm.data.language import describe
-from mbm.data.shapes import Scene, make_scene
+from mbm.data.shapes import Scene
+from mbm.evaluate import caption_pairs
 from mbm.models import Encoder
 from mbm.search import Hit, parse_query, query_vector
 from mbm.train.clip import TrainConfig, default_model_cfg
@@ -70,8 +70,7 @@ def live_config(seconds: float, seed: int = 0) -> TrainConfig:
 
 def heldout_sample(n: int = HELDOUT_N) -> tuple[list[Scene], list[str]]:
     """The held-out scenes (`test` split, never trained on) and their canonical captions."""
-    scenes = [make_scene("test", i) for i in range(n)]
-    return scenes, [describe(s) for s in scenes]
+    return caption_pairs("test", n)
 
 
 def snapshot_indices(texts: list[str], n: int = SNAPSHOT_N) -> list[int]:
