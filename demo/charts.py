@@ -57,16 +57,21 @@ def ramp(t: float) -> str:
     return "#" + "".join(f"{round(x + (y - x) * f):02x}" for x, y in zip(a, b))
 
 
+def image_uri(image: Image.Image, fmt: str = "JPEG") -> str:
+    """An image as a data URI, so an SVG can show it without opening a file route."""
+    buf = io.BytesIO()
+    image.save(buf, fmt, **({"quality": 75} if fmt == "JPEG" else {}))
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 @functools.lru_cache(maxsize=4096)
 def thumb_uri(path: str, size: int = 64) -> str:
-    """A small JPEG of an image file as a data URI, so an SVG can show it without opening a file route."""
+    """A small JPEG of an image file as a data URI (see `image_uri`)."""
     with Image.open(path) as im:
         im.draft("RGB", (size, size))
         im = im.convert("RGB")
         im.thumbnail((size, size))
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=75)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+        return image_uri(im)
 
 
 def _short(text: str, n: int) -> str:

@@ -17,7 +17,7 @@ from PIL import Image
 from demo.charts import heatmap_svg, map_svg, thumb_uri
 from demo.classify_tab import EXAMPLES, MAX_LABELS, parse_labels, parse_templates
 from demo.common import Page, friendly
-from demo.search_tab import MAX_QUERY_CHARS
+from demo.search_tab import check_query
 from mbm.classify import DEFAULT_TEMPLATES
 from mbm.explore import (
     INDEX_KINDS,
@@ -34,13 +34,8 @@ DEFAULT_QUERY = "a red circle"
 LAB_LABELS = "red, green, blue, yellow"
 
 
-def _text(text: str | None, image=None) -> str | None:
-    text = (text or "").strip()
-    if not text and image is None:
-        raise gr.Error("Type a query (or drop an image) to place it on the map.")
-    if len(text) > MAX_QUERY_CHARS:
-        raise gr.Error(f"That query is {len(text):,} characters long; keep it under {MAX_QUERY_CHARS:,}.")
-    return text or None
+def _text(text: str | None) -> str:
+    return check_query(text, None, missing="Type a query (or drop an image) to place it on the map.")
 
 
 # ---------------------------------------------------------------- drawing

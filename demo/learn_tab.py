@@ -7,19 +7,17 @@ visitor's `gr.State`: nothing is written to disk, and it is gone when the page c
 
 from __future__ import annotations
 
-import base64
 import functools
-import io
 import logging
 import threading
 
 import gradio as gr
 from PIL import Image
 
-from demo.charts import cells_svg, curve_svg, heatmap_svg, vector_svg
+from demo.charts import cells_svg, curve_svg, heatmap_svg, image_uri, vector_svg
 from demo.classify_tab import EXAMPLES
 from demo.common import Page, friendly
-from demo.search_tab import MAX_QUERY_CHARS, _tiles
+from demo.search_tab import MAX_QUERY_CHARS, _tiles, check_query
 from mbm.data.shapes import render
 from mbm.engine import BUILTIN_GALLERY
 from mbm.train.live import (
@@ -50,12 +48,7 @@ def _status(update, seconds: float) -> str:
 def _snapshot_images() -> list[str]:
     """The held-out scenes of the training snapshot's rows, as small pictures (the same ones every run)."""
     scenes, texts = heldout_sample()
-    out = []
-    for i in snapshot_indices(texts):
-        buf = io.BytesIO()
-        render(scenes[i], 64).save(buf, "PNG")
-        out.append("data:image/png;base64," + base64.b64encode(buf.getvalue()).decode())
-    return out
+    return [image_uri(render(scenes[i], 64), "PNG") for i in snapshot_indices(texts)]
 
 
 def _updates(run: LiveTraining):
@@ -136,9 +129,7 @@ def build_training(page: Page, demo: gr.Blocks) -> None:
 
     @friendly
     def compare(text: str, mine: dict | None):
-        text = (text or "").strip()
-        if not text:
-            raise gr.Error("Type what to look for, e.g. 'a red circle'.")
+        text = check_query(text, None, missing="Type what to look for, e.g. 'a red circle'.")
         if not mine:
             raise gr.Error("Train your model first (press Train above), then compare.")
         gallery = page.engine.gallery_at(BUILTIN_GALLERY)

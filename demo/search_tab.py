@@ -25,10 +25,13 @@ def _tiles(hits: list[Hit]) -> list[tuple[Image.Image, str]]:
     return tiles
 
 
-def _check(text: str | None, image: Image.Image | None) -> str:
+def check_query(text: str | None, image: Image.Image | None,
+                missing: str = "Type what you are looking for, or drop an image, then press Search.") -> str:
+    """The query text, stripped; a gr.Error saying `missing` when there is neither text nor image, or when the
+    text is too long."""
     text = (text or "").strip()
     if not text and image is None:
-        raise gr.Error("Type what you are looking for, or drop an image, then press Search.")
+        raise gr.Error(missing)
     if len(text) > MAX_QUERY_CHARS:
         raise gr.Error(f"That query is {len(text):,} characters long; keep it under {MAX_QUERY_CHARS:,}.")
     return text
@@ -54,7 +57,7 @@ def build(page: Page, choice: gr.State) -> None:
 
     @friendly
     def search(text, image, weight, k, threshold, choice):
-        text = _check(text, image)
+        text = check_query(text, image)
         gallery = page.gallery(choice)
         start = time.perf_counter()
         vec = page.engine.embed_image(image) if image is not None else None  # once, for search and captions
@@ -102,7 +105,7 @@ def build(page: Page, choice: gr.State) -> None:
     @friendly
     def search_items(text: str, k: int = 12, threshold: float = -1.0) -> list[dict]:
         """text->image in the server's gallery as JSON rows: id, file (inside the gallery), caption, score."""
-        return _rows(page.engine.search(_check(text, None), k=int(k), threshold=threshold))
+        return _rows(page.engine.search(check_query(text, None), k=int(k), threshold=threshold))
 
     @friendly
     def more_like(item_id: int, k: int = 12, threshold: float = -1.0) -> list[dict]:
