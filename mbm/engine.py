@@ -29,7 +29,7 @@ from mbm.explore import (
     similarity_matrix,
 )
 from mbm.gallery import Gallery, Progress, SyncReport
-from mbm.models import Encoder, WeightsUnavailableError, create_model, default_model
+from mbm.models import Encoder, WeightsUnavailableError, create_model, default_cache_dir, default_model
 from mbm.models._registry import ASSETS, EMBEDDED
 from mbm.search import Hit, Term, parse_query, query_vector, rank_texts, search
 from mbm.trace import PipelineTrace, pipeline_trace
@@ -46,12 +46,13 @@ class EngineConfig:
     gallery: str | None = None  # a folder of images to serve; None serves the built-in sample gallery
     cache_dir: str | None = None  # stores (SQLite, FAISS, thumbnails) of galleries; default ~/.cache/mbm
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: str = "auto"  # auto | fp32 | fp16 | bf16 (half precisions need CUDA)
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16 (fp16 needs CUDA; bf16 CUDA or a CPU with bf16 instructions)
     index_factory: str | None = None  # a FAISS factory string; None picks exact or HNSW by gallery size
     on_space: bool = False  # running as a Hugging Face Space (SPACE_ID is set): public, hub reachable
+    backend: str = "torch"  # torch | onnx (ONNX Runtime; its exported files live under cache_path() / "onnx")
 
     ENV = {"model": "MBM_MODEL", "gallery": "MBM_GALLERY", "cache_dir": "MBM_CACHE", "device": "MBM_DEVICE",
-           "precision": "MBM_PRECISION", "index_factory": "MBM_INDEX"}
+           "precision": "MBM_PRECISION", "index_factory": "MBM_INDEX", "backend": "MBM_BACKEND"}
 
     @classmethod
     def from_env(cls, environ: dict | None = None, **overrides) -> EngineConfig:
@@ -65,8 +66,12 @@ class EngineConfig:
     def cache_path(self) -> Path:
         if self.cache_dir:
             return Path(self.cache_dir).expanduser()
-        xdg = os.environ.get("XDG_CACHE_HOME")  # the one place besides from_env: the XDG convention
-        return (Path(xdg) if xdg else Path.home() / ".cache") / "mbm"
+        return default_cache_dir()
+
+    def create_model(self, spec: str) -> Encoder:
+        """`create_model(spec)` with these settings (device, precision, backend; the onnx files in the cache)."""
+        return create_model(spec, self.device, self.precision, backend=self.backend,
+                            cache_dir=self.cache_path() / "onnx")
 
 
 class Engine:
@@ -93,14 +98,14 @@ class Engine:
         """The configured model; an unnamed default that cannot load (say, a Space gone offline) falls back."""
         cfg = self.config
         if cfg.model is not None:
-            return create_model(cfg.model, cfg.device, cfg.precision)
+            return cfg.create_model(cfg.model)
         spec = default_model(cfg.on_space)
         try:
-            encoder = create_model(spec, cfg.device, cfg.precision)
+            encoder = cfg.create_model(spec)
         except WeightsUnavailableError as e:
             log.warning("falling back to %s: %s", EMBEDDED, e)
             self.notice = f"{spec} could not be loaded here, so the embedded {EMBEDDED} model is serving."
-            spec, encoder = EMBEDDED, create_model(EMBEDDED, cfg.device, cfg.precision)
+            spec, encoder = EMBEDDED, cfg.create_model(EMBEDDED)
         cfg.model = spec
         return encoder
 
@@ -157,7 +162,7 @@ class Engine:
         """Switch models; open galleries are re-synced (embeddings of every model stay in their stores).
 
         The current model stays if the new one cannot be created (the error propagates)."""
-        encoder = create_model(spec, self.config.device, self.config.precision)
+        encoder = self.config.create_model(spec)
         active = self._gallery
         self.encoder, self.config.model, self.notice = encoder, spec, ""
         for root in list(self.galleries):  # reopened (and synced for the new model) when next used

@@ -3,6 +3,7 @@
 from mbm.models._factory import (
     WeightsUnavailableError,
     create_model,
+    default_cache_dir,
     default_model,
     is_cached,
     resolve_device,
@@ -11,5 +12,5 @@ from mbm.models._factory import (
 from mbm.models._registry import KNOWN_MODELS, list_models
 from mbm.models.encoder import Encoder
 
-__all__ = ["Encoder", "KNOWN_MODELS", "WeightsUnavailableError", "create_model", "default_model", "is_cached",
-           "list_models", "resolve_device", "resolve_precision"]
+__all__ = ["Encoder", "KNOWN_MODELS", "WeightsUnavailableError", "create_model", "default_cache_dir", "default_model",
+           "is_cached", "list_models", "resolve_device", "resolve_precision"]

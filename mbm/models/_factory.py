@@ -1,14 +1,16 @@
-"""`create_model(spec, device, precision)`: every kind of spec becomes an `Encoder`.
+"""`create_model(spec, device, precision, backend=...)`: every kind of spec becomes an `Encoder`.
 
-Device and precision are resolved once here; model classes, transforms and tokenizers are
-open_clip's own. Weights are read as safetensors or with `torch.load(weights_only=True)`
-(open_clip's loader), never by unpickling arbitrary objects.
+Device, precision and the fast paths (issue 7: bf16 on a CPU that has it, channels_last, the ONNX Runtime
+backend) are resolved once here; model classes, transforms and tokenizers are open_clip's own.
+Weights are read as safetensors or with `torch.load(weights_only=True)` (open_clip's loader), never by
+unpickling arbitrary objects.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import platform
 from pathlib import Path
 
 import torch
@@ -18,6 +20,7 @@ from mbm.models.encoder import Encoder
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+BACKENDS = ("torch", "onnx")
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
@@ -36,31 +39,72 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` is fp16 autocast on CUDA and fp32 elsewhere; half precisions are CUDA-only."""
+def cpu_has_bf16() -> bool:
+    """True where the CPU computes in bf16 itself: x86 with AVX512-BF16 or AMX, ARM with BF16 (oneDNN's check).
+    (Plain AVX-512 can run bf16 too, converting every value, which is no faster than fp32.)"""
+    try:
+        if platform.machine().lower() in ("x86_64", "amd64", "i686", "x86"):
+            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # private helpers of torch; a build without them has no say
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device, backend: str = "torch") -> str:
+    """`auto` is fp16 autocast on CUDA and fp32 elsewhere; fp16 needs CUDA, bf16 CUDA or a CPU with bf16
+    instructions; the ONNX backend runs fp32. bf16 on the CPU is opt-in: 3-4x fp32 for a ViT-B-32 with AMX, but
+    scores move by up to ~3e-3, enough to reorder near-ties, and then rankings would differ from CPU to CPU."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
+    if backend == "onnx":
+        if precision not in ("auto", "fp32"):
+            raise ValueError(f"the onnx backend runs fp32, not {precision!r}; use precision 'auto' or 'fp32'")
+        return "fp32"
     if precision == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
+    if precision == "bf16" and device.type == "cpu":
+        if not cpu_has_bf16():
+            raise ValueError("precision 'bf16' on the CPU needs bf16 instructions (AVX512-BF16 or AMX on x86, "
+                             "BF16 on ARM), which this CPU lacks; use 'fp32'")
+        return precision
     if precision != "fp32" and device.type != "cuda":
-        raise ValueError(f"precision {precision!r} needs a CUDA device, got {device.type!r}; use 'fp32'")
+        raise ValueError(f"precision {precision!r} needs a CUDA device, got {device.type!r}; use 'fp32'"
+                         + (" (or 'bf16')" if device.type == "cpu" and cpu_has_bf16() else ""))
     return precision
 
 
-def create_model(spec: str = EMBEDDED, device: str | torch.device = "auto", precision: str = "auto") -> Encoder:
+def default_cache_dir() -> Path:
+    """mbm's cache folder when none is configured: ~/.cache/mbm, or mbm under $XDG_CACHE_HOME (the XDG convention)."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "mbm"
+
+
+def create_model(spec: str = EMBEDDED, device: str | torch.device = "auto", precision: str = "auto", *,
+                 backend: str = "torch", channels_last: bool | None = None,
+                 cache_dir: str | Path | None = None) -> Encoder:
     """Create an encoder from a spec (see `mbm.models._registry` for the kinds of spec).
 
     Args:
         spec: "mbm-shapes", an open_clip "ARCH:TAG", "ARCH:/path/to/weights", or a local path.
         device: "auto", "cpu", "cuda", "cuda:1", "mps".
-        precision: "auto", "fp32", "fp16" or "bf16" (autocast; the half ones need CUDA).
+        precision: "auto", "fp32", "fp16" or "bf16" (autocast on CUDA; bf16 also on a CPU with bf16 instructions).
+        backend: "torch", or "onnx": both towers exported once to ONNX (under `cache_dir`) and run by
+            onnxruntime (`pip install onnxruntime onnx onnxscript`); the torch model stays for what needs it.
+        channels_last: NHWC image tower; None: on for convolutional towers on the CPU.
+        cache_dir: the onnx backend's files; default `default_cache_dir() / "onnx"`.
 
     Raises:
-        ValueError: the spec names no model mbm can find.
+        ValueError: the spec names no model mbm can find, or the settings cannot go together.
         WeightsUnavailableError: an open_clip tag whose weights are not cached while the hub is unreachable.
+        ImportError: the onnx backend without onnxruntime (the message says what to install).
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
     dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    prec = resolve_precision(precision, dev, backend)
+    if backend == "onnx":
+        from mbm.models._onnx import need
+        need("onnxruntime", "run the model")  # before loading anything: the error people can act on first
     kind = classify_spec(spec)
     if kind == "embedded":
         model, preprocess, tokenizer = _from_dir(embedded_dir(), dev)
@@ -71,8 +115,13 @@ def create_model(spec: str = EMBEDDED, device: str | torch.device = "auto", prec
     else:
         raise ValueError(f"unknown model {spec!r}; choose from {list_models()}, "
                          "any open_clip ARCH:TAG, or the path of a local checkpoint")
-    log.info("loaded %s on %s (%s)", spec, dev, prec)
-    return Encoder(model, preprocess, tokenizer, name=spec, device=dev, precision=prec)
+    encoder = Encoder(model, preprocess, tokenizer, name=spec, device=dev, precision=prec,
+                      channels_last=channels_last)
+    if backend == "onnx":
+        from mbm.models._onnx import onnx_runner
+        encoder.use_runner(onnx_runner(encoder, cache_dir or default_cache_dir() / "onnx"), backend="onnx")
+    log.info("loaded %r (%s)", encoder, encoder.runner.what if encoder.runner else "plain torch")
+    return encoder
 
 
 def _from_dir(folder: Path, device: torch.device):
