@@ -126,6 +126,12 @@ class Engine:
                                                               progress=self._progress)
         return self._gallery
 
+    def _or_active(self, gallery: Gallery | None) -> Gallery:
+        """`gallery`, or the active one when None. Not `gallery or self.gallery`: that asks SQLite for the
+        gallery's length (a COUNT over every vector: 25 ms a query at 100k items) and would swap an empty
+        gallery for the active one."""
+        return self.gallery if gallery is None else gallery
+
     def store_for(self, root: str | Path) -> Path:
         """Where a gallery's store lives: under the cache, so image folders (and assets/) stay untouched."""
         root = Path(root).expanduser().resolve()
@@ -204,33 +210,33 @@ class Engine:
                gallery: Gallery | None = None) -> list[Hit]:
         """text->image and image->image (or both, weighted), best first, in `gallery` (default: the active one)."""
         terms = self.query(text, image, image_weight)  # bad input fails before the gallery is opened
-        return search(gallery or self.gallery, terms, k=k, threshold=threshold)
+        return search(self._or_active(gallery), terms, k=k, threshold=threshold)
 
     def search_with_scores(self, text: str | None = None, image: Image.Image | str | Path | np.ndarray | None = None,
                            image_weight: float = 1.0, k: int = 10, threshold: float | None = None,
                            gallery: Gallery | None = None) -> tuple[list[Hit], np.ndarray]:
         """`search`, plus the query's cosine to every image of the gallery `(N,)` (for a score histogram),
         with the query embedded once."""
-        gallery = gallery or self.gallery
+        gallery = self._or_active(gallery)
         vec = query_vector(self.encoder, self.query(text, image, image_weight), gallery)
         return search(gallery, vec, k=k, threshold=threshold), gallery.image_matrix()[1] @ vec
 
     def more_like(self, item_id: int, k: int = 10, threshold: float | None = None,
                   gallery: Gallery | None = None) -> list[Hit]:
         """The images closest to a gallery item, the item itself left out."""
-        return search(gallery or self.gallery, [Term(1.0, "item", int(item_id))], k=k, threshold=threshold,
+        return search(self._or_active(gallery), [Term(1.0, "item", int(item_id))], k=k, threshold=threshold,
                       exclude=(int(item_id),))
 
     def scores(self, text: str | None = None, image: Image.Image | str | Path | None = None,
                image_weight: float = 1.0, gallery: Gallery | None = None) -> np.ndarray:
         """The query's cosine to every searchable image of the gallery, `(N,)`: for histograms."""
-        gallery = gallery or self.gallery
+        gallery = self._or_active(gallery)
         return gallery.image_matrix()[1] @ query_vector(self.encoder, self.query(text, image, image_weight), gallery)
 
     def describe(self, image: Image.Image | str | Path | np.ndarray, texts: list[str] | None = None, k: int = 10,
                  gallery: Gallery | None = None) -> list[tuple[str, float]]:
         """image->text: the given texts, or else the gallery's captions, ranked for an image."""
-        bank = None if texts is not None else gallery or self.gallery
+        bank = None if texts is not None else self._or_active(gallery)
         return rank_texts(self.encoder, image, texts=texts, gallery=bank, k=k)
 
     # ---------------------------------------------------------------- classifiers
@@ -247,7 +253,7 @@ class Engine:
         "blend": ..}`, each `{label: probability}` best first, so the parts can be compared with the whole.
         """
         from mbm.classify import late_fusion, neighbour_vote
-        gallery = gallery or self.gallery
+        gallery = self._or_active(gallery)
         known = gallery.labels()
         labels = labels or sorted(set(known.values()))
         if not known:
@@ -313,7 +319,7 @@ class Engine:
     def embedding_map(self, text: str | None = None, image: Image.Image | str | Path | np.ndarray | None = None,
                       k: int = 10, method: str = "pca", gallery: Gallery | None = None) -> EmbeddingMap:
         """The gallery's images and captions in 2-D, with the query (if any) and its top-k hits on the map."""
-        gallery = gallery or self.gallery
+        gallery = self._or_active(gallery)
         if not (text and text.strip()) and image is None:  # no query: just the two clouds
             return embedding_map(gallery, method=method)
         vec = query_vector(self.encoder, self.query(text, image), gallery)
@@ -323,14 +329,14 @@ class Engine:
     def similarity_matrix(self, n: int = 8, seed: int = 0, softmax: bool = False,
                           gallery: Gallery | None = None) -> SimilarityMatrix:
         """`n` sampled images x their captions: cosine and per-row softmax (see `mbm.explore.similarity_matrix`)."""
-        return similarity_matrix(gallery or self.gallery, n=n, seed=seed, softmax=softmax)
+        return similarity_matrix(self._or_active(gallery), n=n, seed=seed, softmax=softmax)
 
     def compare_indexes(self, text: str | None = None, image: Image.Image | str | Path | np.ndarray | None = None,
                         k: int = 10, kind: str = "ivf", knob: int = 1,
                         gallery: Gallery | None = None) -> IndexComparison:
         """One query on the exact index and on an approximate one ("ivf": knob is nprobe; "hnsw": efSearch)."""
         approximate_index(kind, 0)  # an unknown kind fails before the query is embedded
-        gallery = gallery or self.gallery
+        gallery = self._or_active(gallery)
         vec = query_vector(self.encoder, self.query(text, image), gallery)
         return compare_indexes(gallery, vec, k=k, kind=kind, knob=knob)
 

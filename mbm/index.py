@@ -31,8 +31,34 @@ HNSW_FACTORY = "HNSW32,Flat"  # M=32 links per node; ",Flat" keeps full vectors,
 # default 40 and spend on efSearch, with margin over the 0.95 bar. Random high-dimensional vectors are
 # HNSW's worst case (at 100k the same settings give ~0.91); real embeddings are clustered and do far
 # better, so callers who measured their own data can lower it with `set_search_params(ef_search=...)`.
+# At 1M x 128 (benchmarks/bench_query.py, real mbm-shapes text queries, efConstruction 40, build 165 s):
+#   embedding-like vectors (a Gaussian with the covariance of real image embeddings):
+#       efSearch 256 -> 0.958, 512 -> 0.983, 1024 -> 0.995, 2048 -> 0.998 (11 ms a query)
+#   random unit vectors (the worst case): efSearch 2048 -> 0.77 (build 377 s)
+# So the defaults meet the 0.95 bar at 1M on embedding-like data with margin; 512 would too, but 512-d
+# models' real embeddings could not be measured offline, and a page query costs more elsewhere at 1M.
 HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 2048
+
+
+# Below this many queries a search runs on one OpenMP thread (faiss's own BLAS threshold is 20). faiss splits
+# one query's exact scan across its threads; the scan is bound by memory bandwidth, so a second thread gains
+# little, and whenever the other core is busy (the text encoder, a second request, a sync) the split waits a
+# scheduler tick for it. Measured on 2 busy cores, one query over 100k x 128: 24 ms p50 on 2 threads, 4-6 ms
+# on 1; over 1M: 88-144 ms against 56-59 ms (benchmarks/bench_query.py). HNSW and IVF already search one
+# query on one thread. The setting is per calling thread, so concurrent searches do not disturb each other.
+FEW_QUERIES = 20
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Run faiss on one OpenMP thread in the calling thread (OpenMP's thread count is per thread)."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 class IndexFileError(RuntimeError):
@@ -198,7 +224,8 @@ class Index:
         ids = np.full((len(q), k), -1, dtype="int64")
         kk = min(int(k), self.ntotal)  # faiss pads with -1 itself, but asking for less keeps HNSW's ef small
         if kk:
-            scores[:, :kk], ids[:, :kk] = self._index.search(q, kk)
+            with _one_thread() if len(q) < FEW_QUERIES else contextlib.nullcontext():
+                scores[:, :kk], ids[:, :kk] = self._index.search(q, kk)
             scores[ids < 0] = -np.inf  # faiss marks missing results with -FLT_MAX for inner product
         return scores, ids
 
