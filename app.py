@@ -2,19 +2,24 @@
 
 Settings: flags, else `MBM_*` environment variables (see `mbm.engine.EngineConfig`); host and port
 also follow Gradio's own `GRADIO_SERVER_NAME` / `GRADIO_SERVER_PORT`, which Spaces set.
+
+Start-up, on the embedded model: importing Gradio, then PyTorch and open_clip, is most of it; the log line
+"page served in ..." says where the seconds went (`benchmarks/bench_page.py` reads it).
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
+import time
 
-from demo import build_demo
-from mbm.engine import Engine, EngineConfig
-from mbm.sessions import sweep_sessions
+START = time.perf_counter()  # before the heavy imports, so the start-up log line counts them
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
 
 LOOPBACK = {None, "127.0.0.1", "localhost", "::1"}
+log = logging.getLogger("mbm")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,16 +31,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("MBM_PORT", 0)) or None,
                         help="port (default 7860, or the next free one)")
     parser.add_argument("--share", action="store_true", help="also serve through a public Gradio link")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # before the heavy imports: `--help` and a bad flag answer at once
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mbm").setLevel(logging.INFO)
-    engine = Engine(EngineConfig.from_env(model=args.model, gallery=args.gallery))
+    log.setLevel(logging.INFO)
+    marks = [("python", START)]
+    from demo import build_demo  # Gradio, then mbm and PyTorch (the page's modules import the engine's)
+    from mbm.engine import Engine, EngineConfig
+    from mbm.sessions import sweep_sessions
+    marks.append(("imports", time.perf_counter()))
+    engine = Engine(EngineConfig.from_env(model=args.model, gallery=args.gallery))  # open_clip, the weights
+    marks.append(("model", time.perf_counter()))
     swept = sweep_sessions(engine.config.cache_path(), max_age_s=0)  # sessions of an earlier process are orphans
-    logging.getLogger("mbm").info("gallery ready: %s; %d stale session folders removed", engine.gallery, swept)
+    log.info("gallery ready: %s; %d stale session folders removed", engine.gallery, swept)
+    marks.append(("gallery", time.perf_counter()))
     local = args.host in LOOPBACK and not args.share and not engine.config.on_space
     demo = build_demo(engine, allow_folders=local)
-    demo.queue(default_concurrency_limit=2, max_size=64).launch(server_name=args.host, server_port=args.port,
-                                                                share=args.share)
+    demo.queue(default_concurrency_limit=2, max_size=64)
+    marks.append(("page", time.perf_counter()))
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True)
+    marks.append(("server", time.perf_counter()))
+    log.info("page served in %.2f s since app.py started (%s; CPU time %.2f s)", marks[-1][1] - START,
+             ", ".join(f"{name} {t - marks[i][1]:.2f} s" for i, (name, t) in enumerate(marks[1:])),
+             time.process_time())
+    if not getattr(sys, "ps1", sys.flags.interactive):  # as launch() itself: a script keeps serving, a REPL goes on
+        demo.block_thread()
 
 
 if __name__ == "__main__":

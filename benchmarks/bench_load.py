@@ -1,6 +1,9 @@
 """How long `create_model("mbm-shapes")` takes in a fresh process, offline (issue 2's bar: < 3 s).
 
 Each repeat starts a new Python, so imports (torch, open_clip) are counted as a user would feel them.
+A second fresh process per repeat takes the imports apart: torch, then `torch._dynamo` (which torchvision
+imports at its top, for `torchvision.ops`), torchvision, open_clip, then building the model; these are the
+seconds `python app.py` spends on the model before the page can answer (see benchmarks/bench_page.py).
 Run: python benchmarks/bench_load.py [--repeats 7]
 """
 
@@ -27,6 +30,26 @@ m.encode_texts(["a red circle"])
 t3 = time.perf_counter()
 print(json.dumps({"import": t1 - t0, "create": t2 - t1, "first_query": t3 - t2, "total": t3 - t0}))
 """
+PARTS = """
+import time, json
+marks = [time.perf_counter()]
+import torch
+marks.append(time.perf_counter())
+import torch._dynamo
+marks.append(time.perf_counter())
+import torchvision
+marks.append(time.perf_counter())
+import open_clip
+marks.append(time.perf_counter())
+from mbm.models import create_model
+create_model("mbm-shapes", device="cpu")
+marks.append(time.perf_counter())
+names = ["torch", "torch._dynamo", "torchvision", "open_clip", "create_model"]
+print(json.dumps({n: b - a for n, a, b in zip(names, marks, marks[1:])}))
+"""
+PART_NAMES = {"torch": "import torch", "torch._dynamo": "+ torch._dynamo (torchvision.ops imports it)",
+              "torchvision": "+ torchvision", "open_clip": "+ open_clip (and timm)",
+              "create_model": "+ mbm.models, create_model (build, weights)"}
 
 
 def main() -> None:
@@ -34,14 +57,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    runs = [json.loads(subprocess.run([sys.executable, "-c", CHILD], cwd=ROOT, env=env, check=True,
-                                      capture_output=True, text=True).stdout.strip().splitlines()[-1])
-            for _ in range(args.repeats)]
+    child = lambda code: json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
+                                                    capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    runs, parts = [], []
+    for _ in range(args.repeats):  # interleaved, so that both see the same load
+        runs.append(child(CHILD))
+        parts.append(child(PARTS))
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU threads, Python {platform.python_version()}")
     for key in ("import", "create", "first_query", "total"):
         values = [r[key] for r in runs]
         print(f"{key:12} median {statistics.median(values):.2f} s  "
               f"(min {min(values):.2f}, max {max(values):.2f}, n={len(values)})")
+    print("\nthe same, import by import (another fresh process each repeat):")
+    for key, what in PART_NAMES.items():
+        values = [r[key] for r in parts]
+        print(f"{what:46} median {statistics.median(values):.2f} s  (min {min(values):.2f}, max {max(values):.2f})")
 
 
 if __name__ == "__main__":

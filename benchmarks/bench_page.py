@@ -1,19 +1,28 @@
 """Start-up and Search latency of the page, as a visitor meets them.
 
-    python benchmarks/bench_page.py [--starts 3] [--queries 50] [--model mbm-shapes]
+    python benchmarks/bench_page.py [--starts 5] [--queries 50] [--model mbm-shapes] [--baseline DIR]
 
 Cold start: `python app.py` in a fresh process until the page answers HTTP and then until its first
-`/search` answers, with the gallery store already cached (`warm cache`, the usual case) and, once, with an
-empty cache (the very first start, which indexes the built-in gallery). Then `/search` through
-`gradio_client` for `--queries` text queries: p50/p95 of the round trip, without and with the client
-downloading the result images (it fetches them one request at a time; a browser fetches them in parallel).
+`/search` answers through `gradio_client` (a new client: it reads the page's API first, as a script does),
+with the gallery store already cached (the usual case; median of `--starts`) and, once, with an empty cache
+(the very first start, which indexes the built-in gallery). The app's own log line ("page served in ...")
+gives the breakdown: imports, model, gallery, page (building the Blocks), server (launch).
+
+`--baseline DIR` also starts `DIR/app.py` (another checkout, e.g. `git archive <commit> | tar -x -C DIR`),
+interleaved with this one start by start, so that both are measured under the same load; each gets its own
+cache. Then `/search` through `gradio_client` for `--queries` text queries: p50/p95 of the round trip,
+without and with the client downloading the result images (it fetches them one request at a time; a
+browser fetches them in parallel).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import platform
+import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -26,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 QUERIES = [f"a {c} {s}" for c in ("red", "blue", "green", "yellow", "purple") for s in
            ("circle", "square", "triangle", "star", "hexagon", "cross", "diamond", "heart", "shape", "thing")]
+SERVED = re.compile(r"page served in ([\d.]+) s since app.py started \((.*?)(?:; CPU time ([\d.]+) s)?\)")
+PHASE = re.compile(r"(\w+) ([\d.]+) s")
 
 
 def free_port() -> int:
@@ -34,15 +45,48 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(cache: Path, model: str) -> tuple[subprocess.Popen, str, float, float]:
-    """Start the app; returns (process, url, seconds to HTTP 200, seconds to the first /search answer)."""
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in ("torch", "open_clip_torch", "gradio"))
+    return f"{cpu}, {os.cpu_count()} CPU threads, Python {platform.python_version()}, {versions}"
+
+
+def load() -> str:
+    try:
+        return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "load average unknown"
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, all threads) a process has used so far; None where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def start(root: Path, cache: Path, model: str) -> tuple[subprocess.Popen, str, dict]:
+    """Start `root/app.py`; returns (process, url, {"http": s, "cpu": s, "search": s, "phases": {..} or None}),
+    where "http" is the seconds to the page's HTTP 200, "cpu" the CPU seconds app.py had used by then (less
+    sensitive to other load on the machine than the wall clock) and "search" the seconds to the first /search
+    answer."""
     from gradio_client import Client
     port = free_port()
+    log = cache / "app.log"
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--model", model], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "MBM_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
-                                 "GRADIO_ANALYTICS_ENABLED": "False"})
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--model", model], cwd=root,
+                                stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, "MBM_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
+                                     "GRADIO_ANALYTICS_ENABLED": "False"})
     url = f"http://127.0.0.1:{port}/"
     while True:
         try:
@@ -50,30 +94,78 @@ def start(cache: Path, model: str) -> tuple[subprocess.Popen, str, float, float]
             break
         except OSError:
             if proc.poll() is not None:
-                raise SystemExit("app.py exited during start-up") from None
+                raise SystemExit(f"{root}/app.py exited during start-up:\n{log.read_text()}") from None
             time.sleep(0.05)
     t_http = time.perf_counter() - t0
+    cpu = cpu_seconds(proc.pid)
     Client(url, verbose=False).predict("a red circle", None, 1.0, 12, 0.0, api_name="/search")
-    return proc, url, t_http, time.perf_counter() - t0
+    t_search = time.perf_counter() - t0
+    served = None
+    for _ in range(50):  # the log line follows launch(), which returns just after the server answers
+        served = SERVED.search(log.read_text())
+        if served or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    phases = None
+    if served:
+        phases = {"in process": float(served[1]), **{k: float(v) for k, v in PHASE.findall(served[2])}}
+        if served[3]:
+            phases["CPU time"] = float(served[3])  # of app.py, all threads: near "in process" when not contended
+    return proc, url, {"http": t_http, "cpu": cpu, "search": t_search, "phases": phases}
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def spread(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def report(name: str, runs: list[dict]) -> None:
+    first, warm = runs[0], runs[1:]
+    print(f"| {name}: first ever (empty cache: indexes the gallery) | {first['http']:.2f} | {spread([first['cpu']])} "
+          f"| {first['search']:.2f} |")
+    print(f"| {name}: cached gallery, median of {len(warm)} (min-max) | {spread([r['http'] for r in warm])} | "
+          f"{spread([r['cpu'] for r in warm])} | {spread([r['search'] for r in warm])} |")
+
+
+def breakdown(name: str, runs: list[dict]) -> None:
+    phases = [r["phases"] for r in runs[1:] if r["phases"]]
+    if not phases:
+        print(f"- {name}: no breakdown (its app.py does not log one)")
+        return
+    keys = list(phases[0])
+    print(f"- {name}, median of {len(phases)} cached starts: "
+          + ", ".join(f"{k} {statistics.median(p[k] for p in phases if k in p):.2f} s" for k in keys))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--starts", type=int, default=5, help="starts with the cached gallery, per checkout")
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--model", default="mbm-shapes")
+    parser.add_argument("--baseline", type=Path, default=None, help="another checkout to start, interleaved")
     args = parser.parse_args()
     from gradio_client import Client
-    cache = Path(tempfile.mkdtemp(prefix="mbm-bench-page-"))
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"model {args.model}\n")
-    rows = []
-    for i in range(args.starts + 1):  # the first start has an empty cache
-        proc, url, t_http, t_search = start(cache, args.model)
-        rows.append((i == 0, t_http, t_search))
-        if i < args.starts:
-            proc.terminate()
-            proc.wait(timeout=30)
+    # "this" starts last in each round, so that its final start can stay up for the latency part
+    roots = {**({"baseline": args.baseline.resolve()} if args.baseline else {}), "this": ROOT}
+    caches = {name: Path(tempfile.mkdtemp(prefix=f"mbm-bench-page-{name}-")) for name in roots}
+    print(f"machine: {machine()}; model {args.model}")
+    print(f"before: {load()}\n")
+    runs: dict[str, list[dict]] = {name: [] for name in roots}
+    for i in range(args.starts + 1):  # the first start of each has an empty cache
+        for name, root in roots.items():
+            proc, url, run = start(root, caches[name], args.model)
+            runs[name].append(run)
+            if not (i == args.starts and name == "this"):
+                stop(proc)
     lat = {}
     for download in (False, True):  # the answer alone, and with the 12 result images fetched one by one
         client, lat[download] = Client(url, verbose=False, download_files=download), []
@@ -81,18 +173,29 @@ def main() -> None:
             t = time.perf_counter()
             client.predict(q, None, 1.0, 12, 0.0, api_name="/search")
             lat[download].append((time.perf_counter() - t) * 1000)
-    proc.terminate()
-    proc.wait(timeout=30)
-    warm = [r for r in rows if not r[0]]
-    print("| start | page answers HTTP (s) | first /search answered (s) |\n|---|---:|---:|")
-    print(f"| first ever (empty cache: indexes the gallery) | {rows[0][1]:.2f} | {rows[0][2]:.2f} |")
-    print(f"| cached gallery, median of {len(warm)} | {statistics.median(r[1] for r in warm):.2f} | "
-          f"{statistics.median(r[2] for r in warm):.2f} |")
+    stop(proc)
+    print("| start | page answers HTTP (s) | app.py's CPU time by then (s) | first /search answered (s) |\n"
+          "|---|---:|---:|---:|")
+    for name in reversed(roots):
+        report(name, runs[name])
+    print("\nWhere a start goes (the app's own log line; 'in process' is from app.py's first line to the server "
+          "answering, so the HTTP time above adds the interpreter's own start):")
+    for name in reversed(roots):
+        breakdown(name, runs[name])
+    if args.baseline:
+        med = lambda name, key: statistics.median(r[key] for r in runs[name][1:] if r[key] is not None)
+        ratios = [f"{what} {med('baseline', key) / med('this', key):.2f}x" for key, what in
+                  (("http", "page answers HTTP"), ("search", "first /search answered"), ("cpu", "CPU time"))
+                  if all(r[key] is not None for r in runs["baseline"][1:] + runs["this"][1:])]
+        print(f"- baseline / this, medians of the cached starts: {', '.join(ratios)}")
     print(f"\n/search through gradio_client, {args.queries} text queries, k=12, built-in gallery:")
     for download, ms in lat.items():
         ms.sort()
         what = "answer and the 12 result images downloaded" if download else "answer (download_files=False)"
         print(f"- {what}: p50 {statistics.median(ms):.0f} ms, p95 {ms[int(0.95 * (len(ms) - 1))]:.0f} ms")
+    print(f"\nafter: {load()}")
+    for cache in caches.values():
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 if __name__ == "__main__":
