@@ -93,15 +93,15 @@ def matmul_peak(device: torch.device, sizes=(1024, 2048, 4096), runs: int = 10) 
     return max(rates.values()), ", ".join(f"{n}: {r:.1f}" for n, r in rates.items())
 
 
-def load(name: str, device: torch.device) -> Encoder:
+def load(name: str, device: torch.device, precision: str = "auto") -> Encoder:
     """mbm's specs (`mbm-shapes`, `ARCH:TAG`) through `create_model`; a bare open_clip architecture
     (`ViT-B-32`) randomly initialised, so nothing is downloaded."""
     if name == "mbm-shapes" or ":" in name:
-        return create_model(name, device=device)
+        return create_model(name, device=device, precision=precision)
     import open_clip
     model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, device=device)
     return Encoder(model, preprocess, open_clip.get_tokenizer(name), name=f"{name} (random init)",
-                   device=device, precision=resolve_precision("auto", device))
+                   device=device, precision=resolve_precision(precision, device))
 
 
 def gflop_per_sample(enc: Encoder, tokens: torch.Tensor) -> tuple[float, float]:

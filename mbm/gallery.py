@@ -251,13 +251,15 @@ class Gallery:
         return hashlib.sha1(f"{self.encoder.key}|{self.factory}".encode()).hexdigest()[:12]
 
     # ---------------------------------------------------------------- sync
-    def sync(self, progress: Progress | None = None, batch_size: int = 64, workers: int | None = None) -> SyncReport:
+    def sync(self, progress: Progress | None = None, batch_size: int | None = None,
+             workers: int | None = None) -> SyncReport:
         """Bring the store up to date with the folder, then embed what the current model lacks.
 
         Args:
             progress: called as `progress(done, total, what)` after each batch (tqdm, gr.Progress, ...).
-            batch_size: images per encoder call and per committed transaction.
-            workers: threads decoding images beside the model (default: the CPU count, at most 8).
+            batch_size: images per encoder call and per committed transaction (default: the encoder's
+                fastest, `Encoder.image_batch`).
+            workers: threads decoding images (default: the CPU count, at most 8).
         Returns:
             A `SyncReport`; unreadable files are in `skipped`, recorded with their error, never fatal.
         """
@@ -265,7 +267,8 @@ class Gallery:
         report = SyncReport()
         with self._sync_lock:  # one sync at a time; searches go on between its committed batches
             self._reconcile(self._scan(), report)
-            self._encode_images(report, progress, batch_size, workers or min(8, os.cpu_count() or 2))
+            self._encode_images(report, progress, batch_size or self.encoder.image_batch,
+                                workers or min(8, os.cpu_count() or 2))
             self._encode_captions(report, progress)
             report.skipped = [(i.path, i.error) for i in self.errors()]
             self.index  # noqa: B018 - build and save it now, not during the first query
@@ -348,10 +351,17 @@ class Gallery:
                          "(SELECT item_id FROM vectors WHERE model=? AND kind='image') ORDER BY id",
                          (self.encoder.key,))
         draft = max(THUMB_SIZE, self.encoder.image_size)
+        decode = lambda row: self._decode(row, draft)
         done = 0
         with ThreadPoolExecutor(workers, thread_name_prefix="mbm-decode") as pool:
-            decoded = _prefetch(pool, lambda row: self._decode(row, draft), todo, ahead=batch_size + 2 * workers)
-            for batch in _chunks(decoded, batch_size):
+            if self.encoder.device.type == "cpu":
+                # The model and the decoders need the same cores: taking turns, each with every core, beats
+                # running both at once, where torch's threads and the decoders preempt each other
+                # (1.5x for mbm-shapes on 2 cores; docs/BENCHMARKS.md).
+                batches = (list(pool.map(decode, rows)) for rows in _chunks(todo, batch_size))
+            else:  # the model runs on its own device: decode the next batch while it encodes this one
+                batches = _chunks(_prefetch(pool, decode, todo, ahead=batch_size + 2 * workers), batch_size)
+            for batch in batches:
                 self._store_batch(batch, report)
                 done += len(batch)
                 if progress:
@@ -377,7 +387,7 @@ class Gallery:
 
     def _store_batch(self, batch: list[dict], report: SyncReport) -> None:
         good = [d for d in batch if "error" not in d]
-        vecs = self.encoder.encode_pixels(_stack([d["pixels"] for d in good])) if good else []
+        vecs = self.encoder.encode_pixels(_stack([d["pixels"] for d in good]), len(good)) if good else []
         with self._transaction() as db:
             for d, v in zip(good, vecs):
                 db.execute("UPDATE items SET sha256=?, width=?, height=?, error=NULL WHERE id=?",
