@@ -144,3 +144,14 @@ def test_image_to_text_finds_each_scene_s_own_caption_first(engine):
     scenes = sorted((engine.gallery.root / "scenes").glob("scene-*.png"))
     own = [engine.describe(str(p), k=1)[0][0] == p.with_suffix(".txt").read_text().strip() for p in scenes]
     assert len(own) == 300 and sum(own) / len(own) >= 0.9  # measured: 98.3%
+
+
+def test_an_empty_gallery_given_explicitly_is_searched_not_swapped_for_the_active_one(engine, tmp_path):
+    """`Engine.search(gallery=g)` with an empty `g` finds nothing in `g`; it must not fall back to the active
+    gallery (a visitor who uploaded only broken files would otherwise see the server's images)."""
+    (tmp_path / "photos").mkdir()
+    empty = engine.gallery_at(tmp_path / "photos", store=tmp_path / "store")
+    assert len(empty) == 0 and len(engine.gallery) > 0
+    assert engine.search("a red circle", k=5, gallery=empty) == []
+    assert engine.scores("a red circle", gallery=empty).shape == (0,)
+    assert len(engine.search("a red circle", k=5)) == 5  # the active gallery is still what a None means
