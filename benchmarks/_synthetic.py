@@ -45,18 +45,22 @@ from mbm.models import Encoder
 KINDS = ("isotropic", "embedding-like")
 
 
-def machine() -> str:
-    """One line: CPU model, cores, and the versions and thread counts of what does the math."""
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, or what `platform` says where that file does not exist."""
     try:
-        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """One line: CPU model, cores, and the versions and thread counts of what does the math."""
     import faiss
     import torch
-    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()}, Python {platform.python_version()}, "
+    return (f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}, Python {platform.python_version()}, "
             f"torch {torch.__version__} ({torch.get_num_threads()} threads), faiss {faiss.__version__} "
             f"({faiss.omp_get_max_threads()} threads), numpy {np.__version__}")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from benchmarks.bench_sync import machine  # noqa: E402
+from benchmarks._synthetic import machine  # noqa: E402
 from mbm.engine import Engine, EngineConfig  # noqa: E402
 from mbm.evaluate import retrieval  # noqa: E402
 from mbm.train.live import HELDOUT_N, LIVE_MAX_SECONDS, LiveTraining, embed_gallery, search_with  # noqa: E402

@@ -32,6 +32,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _synthetic import cpu_name  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 QUERIES = [f"a {c} {s}" for c in ("red", "blue", "green", "yellow", "purple") for s in
            ("circle", "square", "triangle", "star", "hexagon", "cross", "diamond", "heart", "shape", "thing")]
@@ -46,15 +50,9 @@ def free_port() -> int:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    """CPU, threads and versions, without importing torch here (this process only measures the app's)."""
     versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in ("torch", "open_clip_torch", "gradio"))
-    return f"{cpu}, {os.cpu_count()} CPU threads, Python {platform.python_version()}, {versions}"
+    return f"{cpu_name()}, {os.cpu_count()} CPU threads, Python {platform.python_version()}, {versions}"
 
 
 def load() -> str:

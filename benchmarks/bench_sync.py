@@ -38,7 +38,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_encoder import cpu_facts, load, time_runs  # noqa: E402
+from _synthetic import machine  # noqa: E402
+from bench_encoder import load, time_runs  # noqa: E402
 
 from mbm.data.shapes import COLOURS, SHAPES, make_scene, render  # noqa: E402
 from mbm.engine import Engine, EngineConfig  # noqa: E402
@@ -164,8 +165,7 @@ def main() -> None:
         folder = work / "photos"
         shutil.copytree(source, folder)
         mb = sum(p.stat().st_size for p in folder.glob("*.jpg")) / 2**20
-        print(f"machine: {cpu_facts()['name']}, {os.cpu_count()} cores, torch {torch.__version__} "
-              f"({torch.get_num_threads()} threads), device {device}; load average {os.getloadavg()[0]:.2f}")
+        print(f"machine: {machine()}; device {device}; load average {os.getloadavg()[0]:.2f}")
         print(f"folder: {args.n} JPEGs, {mb:.0f} MB (made in {made:.0f} s); images/s\n")
         print("| model | encoder ceiling | input ceiling | combined ceiling | naive loop | sync(), images | "
               "of encoder | of combined | x naive | sync(), all |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
