@@ -1,5 +1,6 @@
-"""What the benchmarks share: the machine line, synthetic unit vectors, synthetic galleries of N items,
-and models with random weights (`model_spec("ViT-B-32", folder)`: the real size, no download).
+"""What the benchmarks share: the machine line, starting and stopping `app.py`, synthetic unit vectors,
+synthetic galleries of N items, and models with random weights (`model_spec("ViT-B-32", folder)`: the real
+size, no download).
 
 Vectors (`unit_vectors(kind, n, ...)`), two kinds:
 - `isotropic`: uniform on the sphere. Every direction carries the same variance, so the intrinsic
@@ -31,6 +32,11 @@ import hashlib
 import io
 import os
 import platform
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +49,49 @@ from mbm.gallery import THUMB_SIZE, Gallery
 from mbm.models import Encoder
 
 KINDS = ("isotropic", "embedding-like")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(args: list[str], cache: Path, log: Path, root: Path = ROOT,
+              timeout: float = 900) -> tuple[subprocess.Popen, str, float]:
+    """`python root/app.py ARGS` on a free port, offline, its stores under `cache` and its output in `log`
+    (rewritten), with no `MBM_*` setting of this shell leaking in; waits until the page answers HTTP.
+    Returns the process, the page's URL and the seconds from the launch to the answer."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MBM_")}
+    env.update(MBM_CACHE=str(cache), HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    t0 = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *args], cwd=root, stdout=out,
+                                stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return proc, url, time.perf_counter() - t0
+        except OSError:
+            if proc.poll() is not None or time.perf_counter() - t0 > timeout:
+                stop_app(proc)
+                why = "exited during start-up" if proc.returncode else f"did not answer within {timeout:.0f} s"
+                raise SystemExit(f"{root}/app.py {why}:\n{log.read_text(errors='replace')[-3000:]}") from None
+            time.sleep(0.05)
+
+
+def stop_app(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def cpu_name() -> str:

@@ -21,15 +21,11 @@ initialised (seeded; the real one's size), saved as safetensors in the work fold
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _synthetic import machine, make_gallery, model_spec, unit_vectors  # noqa: E402
+from _synthetic import machine, make_gallery, model_spec, start_app, stop_app, unit_vectors  # noqa: E402
 
 QUERIES = ("a red circle", "a photo of a blue star.", "two shapes: a green square and a yellow heart",
            "something purple.", "a large white cross at the bottom")
@@ -55,12 +51,6 @@ class Row:
     search_ms: float
     sync: str = ""  # the app's own log line of its start-up sync
 
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def memory_mb(pid: int) -> dict[str, float]:
@@ -91,30 +81,9 @@ def synthetic_gallery(work: Path, cache: Path, spec: str, items: int) -> Path:
 def run_app(spec: str, gallery: Path | None, cache: Path, searches: int, timeout: float, log: Path) -> Row:
     """Start the app, wait for the page, search, read its memory, stop it."""
     from gradio_client import Client
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MBM_")}
-    env.update(MBM_CACHE=str(cache), HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
-    cmd = [sys.executable, "app.py", "--port", str(port), "--model", spec]
-    if gallery is not None:
-        cmd += ["--gallery", str(gallery)]
-    offset = log.stat().st_size if log.is_file() else 0
-    t0 = time.perf_counter()
-    with open(log, "a") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/"
+    proc, url, start_s = start_app(["--model", spec, *(["--gallery", str(gallery)] if gallery else [])], cache, log,
+                                   timeout=timeout)
     try:
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise SystemExit(f"app.py exited during start-up:\n{log.read_text()[-3000:]}") from None
-                if time.perf_counter() - t0 > timeout:
-                    raise SystemExit(f"app.py did not answer within {timeout:.0f} s:\n{log.read_text()[-3000:]}") \
-                        from None
-                time.sleep(0.2)
-        start_s = time.perf_counter() - t0
         rss_start = memory_mb(proc.pid)["VmRSS"]
         client = Client(url, verbose=False, download_files=False)
         lat = []
@@ -126,15 +95,8 @@ def run_app(spec: str, gallery: Path | None, cache: Path, searches: int, timeout
             client.predict(q, 12, 0.0, api_name="/search_items")
         mem = memory_mb(proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    with open(log, errors="replace") as f:
-        f.seek(offset)
-        synced = [line.strip() for line in f if "synced" in line]
+        stop_app(proc)
+    synced = [line.strip() for line in log.read_text(errors="replace").splitlines() if "synced" in line]
     return Row(spec, "", 0, start_s, rss_start, mem["VmHWM"], mem["VmRSS"],
                statistics.median(lat) if lat else float("nan"), synced[0] if synced else "(no sync line logged)")
 

@@ -23,30 +23,22 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _synthetic import cpu_name  # noqa: E402
+from _synthetic import cpu_name, start_app, stop_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERIES = [f"a {c} {s}" for c in ("red", "blue", "green", "yellow", "purple") for s in
            ("circle", "square", "triangle", "star", "hexagon", "cross", "diamond", "heart", "shape", "thing")]
 SERVED = re.compile(r"page served in ([\d.]+) s since app.py started \((.*?)(?:; CPU time ([\d.]+) s)?\)")
 PHASE = re.compile(r"(\w+) ([\d.]+) s")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def machine() -> str:
@@ -77,27 +69,12 @@ def start(root: Path, cache: Path, model: str) -> tuple[subprocess.Popen, str, d
     sensitive to other load on the machine than the wall clock) and "search" the seconds to the first /search
     answer."""
     from gradio_client import Client
-    port = free_port()
     log = cache / "app.log"
-    t0 = time.perf_counter()
-    with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--model", model], cwd=root,
-                                stdout=subprocess.DEVNULL, stderr=err,
-                                env={**os.environ, "MBM_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
-                                     "GRADIO_ANALYTICS_ENABLED": "False"})
-    url = f"http://127.0.0.1:{port}/"
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise SystemExit(f"{root}/app.py exited during start-up:\n{log.read_text()}") from None
-            time.sleep(0.05)
-    t_http = time.perf_counter() - t0
+    proc, url, t_http = start_app(["--model", model], cache, log, root=root)
     cpu = cpu_seconds(proc.pid)
+    t0 = time.perf_counter()
     Client(url, verbose=False).predict("a red circle", None, 1.0, 12, 0.0, api_name="/search")
-    t_search = time.perf_counter() - t0
+    t_search = t_http + time.perf_counter() - t0
     served = None
     for _ in range(50):  # the log line follows launch(), which returns just after the server answers
         served = SERVED.search(log.read_text())
@@ -110,11 +87,6 @@ def start(root: Path, cache: Path, model: str) -> tuple[subprocess.Popen, str, d
         if served[3]:
             phases["CPU time"] = float(served[3])  # of app.py, all threads: near "in process" when not contended
     return proc, url, {"http": t_http, "cpu": cpu, "search": t_search, "phases": phases}
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 def spread(values: list[float | None]) -> str:
@@ -163,7 +135,7 @@ def main() -> None:
             proc, url, run = start(root, caches[name], args.model)
             runs[name].append(run)
             if not (i == args.starts and name == "this"):
-                stop(proc)
+                stop_app(proc)
     lat = {}
     for download in (False, True):  # the answer alone, and with the 12 result images fetched one by one
         client, lat[download] = Client(url, verbose=False, download_files=download), []
@@ -171,7 +143,7 @@ def main() -> None:
             t = time.perf_counter()
             client.predict(q, None, 1.0, 12, 0.0, api_name="/search")
             lat[download].append((time.perf_counter() - t) * 1000)
-    stop(proc)
+    stop_app(proc)
     print("| start | page answers HTTP (s) | app.py's CPU time by then (s) | first /search answered (s) |\n"
           "|---|---:|---:|---:|")
     for name in reversed(roots):
