@@ -230,21 +230,32 @@ def report(cells: list[Cell], peak: float | None, mm: float, extras: bool) -> li
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def timing_parser(doc: str, repeats: int, batches: str) -> argparse.ArgumentParser:
+    """The options every encoder-timing benchmark takes (this one and bench_fastpaths.py)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--models", default="mbm-shapes,ViT-B-32")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--repeats", type=int, default=20, help="most timed runs per cell")
+    parser.add_argument("--repeats", type=int, default=repeats, help="most timed runs per cell")
     parser.add_argument("--cell-seconds", type=float, default=3.0, help="stop a cell's runs after this (min 3 runs)")
-    parser.add_argument("--batches", default="1,2,4,8,16,32,64")
+    parser.add_argument("--batches", default=batches)
     parser.add_argument("--fma-units", type=int, default=2, help="FMA units per core for the theoretical peak")
     parser.add_argument("--ghz", type=float, help="clock for the theoretical peak (default: what the OS reports)")
-    parser.add_argument("--extras", action="store_true", help="channels_last and oneDNN-off columns for images")
+    return parser
+
+
+def parse_timing(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, torch.device]:
+    """Parsed options (batches as ints) and the device, with torch's threads set as asked."""
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    return args, resolve_device(args.device)
+
+
+def main() -> None:
+    parser = timing_parser(__doc__, repeats=20, batches="1,2,4,8,16,32,64")
+    parser.add_argument("--extras", action="store_true", help="channels_last and oneDNN-off columns for images")
+    args, device = parse_timing(parser)
 
     facts = cpu_facts()
     print(f"machine: {facts['name']}, {os.cpu_count()} cores, torch {torch.__version__} "

@@ -47,12 +47,14 @@ from bench_encoder import (  # noqa: E402
     inputs,
     load,
     matmul_peak,
+    parse_timing,
     share,
     sync,
     theoretical_peak,
+    timing_parser,
 )
 
-from mbm.models import Encoder, resolve_device  # noqa: E402  (bench_encoder put the checkout on sys.path)
+from mbm.models import Encoder  # noqa: E402  (bench_encoder put the checkout on sys.path)
 from mbm.models._factory import cpu_has_bf16  # noqa: E402
 from mbm.models.encoder import Runner  # noqa: E402
 
@@ -193,23 +195,12 @@ def report(cells: list[Cell], gflop: dict, peak: float | None) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="mbm-shapes,ViT-B-32")
+    parser = timing_parser(__doc__, repeats=10, batches="1,16,64")
     parser.add_argument("--paths", default=",".join(PATHS))
-    parser.add_argument("--batches", default="1,16,64")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--repeats", type=int, default=10, help="most timed rounds per cell")
-    parser.add_argument("--cell-seconds", type=float, default=3.0, help="stop a cell's rounds after this (min 3)")
-    parser.add_argument("--fma-units", type=int, default=2, help="FMA units per core for the theoretical peak")
-    parser.add_argument("--ghz", type=float, help="clock for the theoretical peak (default: what the OS reports)")
     parser.add_argument("--onnx-cache", type=Path, help="where the ONNX files go (default: a temp folder, so "
                         "the export is timed)")
-    args = parser.parse_args()
-    args.batches = [int(b) for b in args.batches.split(",")]
+    args, device = parse_timing(parser)
     args.paths = args.paths.split(",")
-    torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
     facts = cpu_facts()
     print(f"machine: {facts['name']}, {os.cpu_count()} cores, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), bf16 instructions {cpu_has_bf16()}, "
