@@ -229,12 +229,15 @@ def save_heads(heads: dict[str, FusionClassifier], folder: Path, backbone: str, 
 def load_heads(folder: Path) -> tuple[dict[str, FusionClassifier], dict]:
     """The heads saved by `save_heads` (safetensors only) and their metadata."""
     from safetensors.torch import load_file
+
+    from mbm.models._factory import reading_weights
     meta = json.loads((folder / "heads.json").read_text())
     if meta["answers"] != list(ANSWERS):
         raise ValueError(f"{folder}: the heads were trained for another answer vocabulary; retrain them")
     heads = {}
     for name, cfg in meta["heads"].items():
         model = FusionClassifier(HeadConfig(**cfg))
-        model.load_state_dict(load_file(folder / f"{name}.safetensors"))
+        with reading_weights(folder / f"{name}.safetensors"):
+            model.load_state_dict(load_file(folder / f"{name}.safetensors"))
         heads[name] = model.eval()
     return heads, meta

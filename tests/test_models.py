@@ -15,7 +15,14 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from mbm.data.shapes import make_scene, render
-from mbm.models import WeightsUnavailableError, create_model, list_models, resolve_device, resolve_precision
+from mbm.models import (
+    WeightsFileError,
+    WeightsUnavailableError,
+    create_model,
+    list_models,
+    resolve_device,
+    resolve_precision,
+)
 from mbm.train.clip import TrainConfig, default_model_cfg, save, train
 
 TINY = {  # a tiny open_clip ViT: builds in milliseconds, never downloads
@@ -138,7 +145,7 @@ class _Payload:
 def test_a_pickled_payload_is_refused(tiny_arch, tmp_path):
     evil = tmp_path / "evil.pt"
     evil.write_bytes(pickle.dumps({"state_dict": _Payload()}))
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+    with pytest.raises(WeightsFileError, match=f"refused to load {evil}: it holds Python objects.*Weights only load"):
         create_model(f"mbm-tiny-test:{evil}", device="cpu")
 
 

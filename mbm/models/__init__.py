@@ -1,6 +1,7 @@
 """Models: one table of known specs and one factory; see `create_model`."""
 
 from mbm.models._factory import (
+    WeightsFileError,
     WeightsUnavailableError,
     create_model,
     default_cache_dir,
@@ -12,5 +13,5 @@ from mbm.models._factory import (
 from mbm.models._registry import KNOWN_MODELS, list_models
 from mbm.models.encoder import Encoder
 
-__all__ = ["Encoder", "KNOWN_MODELS", "WeightsUnavailableError", "create_model", "default_cache_dir", "default_model",
-           "is_cached", "list_models", "resolve_device", "resolve_precision"]
+__all__ = ["Encoder", "KNOWN_MODELS", "WeightsFileError", "WeightsUnavailableError", "create_model",
+           "default_cache_dir", "default_model", "is_cached", "list_models", "resolve_device", "resolve_precision"]

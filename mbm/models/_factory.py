@@ -8,9 +8,12 @@ unpickling arbitrary objects.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import pickle
 import platform
+import zipfile
 from pathlib import Path
 
 import torch
@@ -26,6 +29,39 @@ WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights are neither in the local cache nor downloadable right now."""
+
+
+class WeightsFileError(ValueError):
+    """A weights file that is there but cannot be used: truncated, damaged, not weights, for another architecture,
+    or a pickle holding more than plain tensors (refused: unpickling runs code). The message names the file."""
+
+
+@contextlib.contextmanager
+def reading_weights(path: Path):
+    """`with reading_weights(path): load(...)`: whatever a damaged or hostile weights file makes the loaders raise
+    becomes a `WeightsFileError` naming the file."""
+    from safetensors import SafetensorError
+    try:
+        yield
+    except WeightsUnavailableError:
+        raise
+    except pickle.UnpicklingError as e:
+        raise WeightsFileError(f"refused to load {path}: it holds Python objects, not only weights, and unpickling "
+                               "them could run code (torch.load with weights_only=True said: "
+                               f"{_first_line(e)}). Use a .safetensors file.") from e
+    except (SafetensorError, RuntimeError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise WeightsFileError(f"cannot load the weights in {path}: the file is truncated, damaged or not the "
+                               f"weights of this model ({type(e).__name__}: {_first_line(e)}). Copy or download "
+                               "it again.") from e
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+def _weights_in(folder: Path) -> Path:
+    """The weights file open_clip reads from a model folder (the folder itself if there is none)."""
+    return next((p for p in sorted(folder.iterdir()) if p.suffix in WEIGHT_SUFFIXES), folder)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -96,6 +132,7 @@ def create_model(spec: str = EMBEDDED, device: str | torch.device = "auto", prec
     Raises:
         ValueError: the spec names no model mbm can find, or the settings cannot go together.
         WeightsUnavailableError: an open_clip tag whose weights are not cached while the hub is unreachable.
+        WeightsFileError: the weights file is damaged, or a pickle that is more than weights (the message names it).
         ImportError: the onnx backend without onnxruntime (the message says what to install).
     """
     if backend not in BACKENDS:
@@ -130,7 +167,8 @@ def _from_dir(folder: Path, device: torch.device):
     if not (folder / "open_clip_config.json").is_file():
         raise FileNotFoundError(f"{folder} has no open_clip_config.json; a model folder needs one beside its weights")
     name = f"local-dir:{folder}"
-    model, _, preprocess = open_clip.create_model_and_transforms(name, device=device, require_pretrained=True)
+    with reading_weights(_weights_in(folder)):
+        model, _, preprocess = open_clip.create_model_and_transforms(name, device=device, require_pretrained=True)
     return model, preprocess, open_clip.get_tokenizer(name)
 
 
@@ -146,7 +184,8 @@ def _from_path(path: Path, device: torch.device):
         raise FileNotFoundError(f"no open_clip_config.json beside {path}; "
                                 "for a checkpoint of a known architecture use ARCH:/path/to/weights")
     model, _, preprocess = open_clip.create_model_and_transforms(name, load_weights=False)
-    open_clip.load_checkpoint(model, str(path), weights_only=True)
+    with reading_weights(path):
+        open_clip.load_checkpoint(model, str(path), weights_only=True)
     return model.to(device), preprocess, open_clip.get_tokenizer(name)
 
 
@@ -163,7 +202,7 @@ def _from_open_clip(spec: str, device: torch.device):
                          f"choose from {open_clip.list_pretrained_tags_by_model(arch)} or give a weights file")
     if pretrained_cfg:
         try:  # a cache hit returns at once; a miss tries the hub
-            download_pretrained(pretrained_cfg)
+            weights = Path(download_pretrained(pretrained_cfg) or tag)
         except Exception as e:  # noqa: BLE001 - offline, DNS, HTTP, missing cache: one message for people
             raise WeightsUnavailableError(
                 f"cannot load {spec!r}: its weights are not in the local cache and the model hub is unreachable "
@@ -171,7 +210,9 @@ def _from_open_clip(spec: str, device: torch.device):
                 "the embedded model that works offline.") from e
     else:
         tag = str(Path(tag).expanduser())
-    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag, device=device)
+        weights = Path(tag)
+    with reading_weights(weights):
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=tag, device=device)
     return model, preprocess, open_clip.get_tokenizer(arch)
 
 
