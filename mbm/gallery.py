@@ -13,6 +13,7 @@ any moment resumes where it stopped, with nothing lost and nothing twice. Origin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -41,6 +42,7 @@ from mbm.models import Encoder
 
 log = logging.getLogger(__name__)
 THUMB_SIZE = 256
+BUSY_TIMEOUT_S = 10.0  # how long a write waits for another process's write to the same store before giving up
 Progress = Callable[[int, int, str], None]  # (done, total, what) -> None
 
 SCHEMA = """
@@ -64,6 +66,10 @@ CREATE TABLE IF NOT EXISTS vectors (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+class GalleryLockedError(RuntimeError):
+    """Another process holds the gallery's database for writing (say, a second `mbm index` of the same folder)."""
 
 
 @dataclass(frozen=True)
@@ -105,10 +111,12 @@ class Gallery:
         store: where SQLite, indexes and thumbnails live (default `root/.mbm`); use another folder
             when the image folder is read-only or shared.
         factory: a FAISS factory string to override the automatic choice (see `mbm.index`).
+        busy_timeout_s: how long a write waits while another process writes to the same store, before
+            `GalleryLockedError`. Reads never wait: SQLite's write-ahead log lets them go on.
     """
 
     def __init__(self, root: str | os.PathLike, encoder: Encoder, store: str | os.PathLike | None = None,
-                 factory: str | None = None):
+                 factory: str | None = None, busy_timeout_s: float = BUSY_TIMEOUT_S):
         self.root = Path(root).expanduser().resolve()
         if not self.root.is_dir():
             kind = "a file, not a folder" if self.root.exists() else "missing"
@@ -120,11 +128,12 @@ class Gallery:
             Index(encoder.embed_dim, factory)  # a bad factory string fails now, not after a long sync
         self._lock = threading.RLock()  # one connection, shared by the page's worker threads
         self._sync_lock = threading.Lock()
-        self._db = sqlite3.connect(self.store / "gallery.sqlite", timeout=30, check_same_thread=False,
+        self._db = sqlite3.connect(self.store / "gallery.sqlite", timeout=busy_timeout_s, check_same_thread=False,
                                    isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(SCHEMA)
+        with self._locked_is_clear():
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(SCHEMA)
         self._index: Index | None = None
         self._matrix: tuple[int, np.ndarray, np.ndarray] | None = None  # (generation, ids, vectors)
 
@@ -266,20 +275,30 @@ class Gallery:
         start = time.perf_counter()
         report = SyncReport()
         with self._sync_lock:  # one sync at a time; searches go on between its committed batches
-            self._reconcile(self._scan(), report)
+            found, unreadable = self._scan()
+            self._reconcile(found, unreadable, report)
             self._encode_images(report, progress, batch_size or self.encoder.image_batch,
                                 workers or min(8, os.cpu_count() or 2))
             self._encode_captions(report, progress)
-            report.skipped = [(i.path, i.error) for i in self.errors()]
+            report.skipped = [*unreadable.items(), *((i.path, i.error) for i in self.errors())]
             self.index  # noqa: B018 - build and save it now, not during the first query
         report.seconds = time.perf_counter() - start
         log.info("synced %s: %s", self.root, report.summary())
         return report
 
-    def _scan(self) -> dict[str, tuple[int, int, str]]:
-        """`{relative path: (size, mtime_ns, caption)}` of the image files under the root."""
-        found = {}
-        for folder, dirs, files in os.walk(self.root):  # symlinked folders are not followed: no loops
+    def _scan(self) -> tuple[dict[str, tuple[int, int, str]], dict[str, str]]:
+        """`{relative path: (size, mtime_ns, caption)}` of the image files under the root, and `{relative path: why}`
+        of the files that could not be read and the sub-folders (ending in "/") that could not be listed.
+
+        Raises:
+            NotADirectoryError: the root is gone (an unplugged drive): nothing in the store is touched.
+            PermissionError: the root cannot be listed.
+        """
+        if not self.root.is_dir():
+            raise NotADirectoryError(f"gallery folder {self.root} is missing; nothing was changed")
+        found, unreadable, failed = {}, {}, []
+        # symlinked folders are not followed (no loops); a folder that cannot be listed is reported, not skipped quietly
+        for folder, dirs, files in os.walk(self.root, onerror=failed.append):
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(folder, d) != self.store)
             for name in files:
                 path = Path(folder, name)
@@ -287,17 +306,26 @@ class Gallery:
                     continue
                 try:
                     st = path.stat()
-                except OSError as e:  # vanished or unreadable while we looked
+                except OSError as e:  # unreadable, a symlink loop, or gone while we looked: kept as it was
                     log.warning("skipping %s: %s", path, e)
+                    unreadable[path.relative_to(self.root).as_posix()] = f"cannot be read ({e.strerror or e})"
                     continue
                 caption = read_sidecar_caption(path) or caption_from_filename(path)
                 found[path.relative_to(self.root).as_posix()] = (st.st_size, st.st_mtime_ns, caption)
-        return found
+        for e in failed:
+            if Path(e.filename) == self.root:
+                raise PermissionError(f"cannot list the gallery folder {self.root}: {e.strerror}; nothing was changed")
+            log.warning("cannot list %s: %s", e.filename, e.strerror)
+            sub = Path(e.filename).relative_to(self.root).as_posix() + "/"
+            unreadable[sub] = f"folder cannot be read ({e.strerror})"
+        return found, unreadable
 
-    def _reconcile(self, found: dict[str, tuple[int, int, str]], report: SyncReport) -> None:
-        """One transaction: rows for new files, stale embeddings dropped, renames kept, deletions applied."""
+    def _reconcile(self, found: dict[str, tuple[int, int, str]], unreadable: dict[str, str],
+                   report: SyncReport) -> None:
+        """One transaction: rows for new files, stale embeddings dropped, renames kept, deletions applied. Files that
+        could not be read, or lie in a folder that could not be listed, are kept as they were (unreadable: not gone)."""
         rows = {r[1]: r for r in self._all("SELECT id, path, size, mtime_ns, sha256, caption FROM items")}
-        missing = {p: r for p, r in rows.items() if p not in found}
+        missing = {p: r for p, r in rows.items() if p not in found and not p.startswith(tuple(unreadable))}
         with self._transaction() as db:
             for path, (size, mtime, caption) in found.items():
                 row = rows.get(path)
@@ -434,7 +462,19 @@ class Gallery:
                    "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
     def _transaction(self):
-        return _Transaction(self._db, self._lock)
+        return _Transaction(self._db, self._lock, self._locked_is_clear)
+
+    @contextlib.contextmanager
+    def _locked_is_clear(self):
+        """SQLite's 'database is locked' (another process writing past the busy timeout) as a `GalleryLockedError`."""
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
+            raise GalleryLockedError(f"the gallery's database {self.store / 'gallery.sqlite'} is locked by another "
+                                     "program writing to it (another mbm indexing this folder?); try again when it "
+                                     "has finished") from e
 
     def _all(self, sql: str, params=()) -> list[tuple]:
         with self._lock:
@@ -448,12 +488,17 @@ class Gallery:
 class _Transaction:
     """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` on any exception: a batch lands whole or not at all."""
 
-    def __init__(self, db: sqlite3.Connection, lock: threading.RLock):
-        self.db, self.lock = db, lock
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock, clear_errors: Callable):
+        self.db, self.lock, self.clear_errors = db, lock, clear_errors
 
     def __enter__(self) -> sqlite3.Connection:
         self.lock.acquire()
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            with self.clear_errors():
+                self.db.execute("BEGIN IMMEDIATE")  # waits up to the busy timeout for another process's write
+        except BaseException:
+            self.lock.release()
+            raise
         return self.db
 
     def __exit__(self, exc_type, *_) -> None:
