@@ -9,32 +9,52 @@ import warnings
 import gradio as gr
 from PIL import Image
 
-from demo.common import Page, friendly
+from demo.common import Page, friendly, image_input, read_image
 from mbm.classify import DEFAULT_TEMPLATES
 from mbm.fusion import STRATEGIES
 from mbm.models._registry import ASSETS
+from mbm.search import clean_text
 
 MAX_LABELS = 100  # the page keeps a class demo readable; the library allows more
+MAX_TEMPLATES = 20  # each label is embedded once per template
+MAX_PROMPT_CHARS = 1000  # one label or template (the prompt lab shows what is cut past the context length)
 EXAMPLES = ASSETS / "examples"
 
 
 def parse_labels(text: str) -> list[str]:
-    """Labels from one-per-line or comma-separated text, stripped, duplicates dropped, order kept."""
-    labels = [s.strip() for s in re.split(r"[\n,]", text or "") if s.strip()]
-    return list(dict.fromkeys(labels))
+    """Labels from one-per-line or comma-separated text, stripped, duplicates dropped, order kept; a gr.Error unless
+    there are 2 to `MAX_LABELS` of them, each at most `MAX_PROMPT_CHARS` long."""
+    parts = re.split(r"[\n,]", clean_text(text or "", keep_lines=True))
+    labels = list(dict.fromkeys(s.strip() for s in parts if s.strip()))
+    if len(labels) < 2:
+        raise gr.Error("Give at least two labels (different ones), one per line or separated by commas.")
+    if len(labels) > MAX_LABELS:
+        raise gr.Error(f"At most {MAX_LABELS} labels, please; you gave {len(labels):,}.")
+    _check_lengths(labels, "label")
+    return labels
 
 
 def parse_templates(text: str) -> list[str]:
-    templates = [t.strip() for t in (text or "").splitlines() if t.strip()]
+    templates = list(dict.fromkeys(t.strip() for t in clean_text(text or "", keep_lines=True).splitlines()
+                                   if t.strip()))
     if not templates:
         raise gr.Error('Give at least one prompt template, one per line, with {} where the label goes, '
                        'e.g. "a photo of a {}."')
+    if len(templates) > MAX_TEMPLATES:
+        raise gr.Error(f"At most {MAX_TEMPLATES} prompt templates, please; you gave {len(templates):,}.")
+    _check_lengths(templates, "template")
     return templates
+
+
+def _check_lengths(texts: list[str], what: str) -> None:
+    long = next((t for t in texts if len(t) > MAX_PROMPT_CHARS), None)
+    if long is not None:
+        raise gr.Error(f"Keep each {what} under {MAX_PROMPT_CHARS:,} characters; one has {len(long):,}.")
 
 
 def build(page: Page) -> None:
     with gr.Row():
-        image = gr.Image(type="pil", label="Image", height=260, elem_id="classify-image")
+        image = image_input(label="Image", height=260, elem_id="classify-image")
         with gr.Column():
             labels = gr.Textbox(label="Labels (one per line or comma-separated)", lines=3,
                                 value="circle, square, triangle, star, hexagon, cross, diamond, heart")
@@ -50,14 +70,10 @@ def build(page: Page) -> None:
     def classify(image: Image.Image | None, labels_text: str, templates_text: str):
         if image is None:
             raise gr.Error("Drop an image first, then press Classify.")
-        labels = parse_labels(labels_text)
-        if len(labels) < 2:
-            raise gr.Error("Give at least two labels, one per line or separated by commas.")
-        if len(labels) > MAX_LABELS:
-            raise gr.Error(f"At most {MAX_LABELS} labels, please; you gave {len(labels)}.")
+        labels, templates = parse_labels(labels_text), parse_templates(templates_text)
         with warnings.catch_warnings():  # the result lists truncated prompts; the page shows them itself
             warnings.simplefilter("ignore", UserWarning)
-            out = page.engine.zero_shot(image, labels, parse_templates(templates_text))
+            out = page.engine.zero_shot(read_image(image), labels, templates)
         rows = [[t, *(round(out.per_template[t][label], 3) for label in out.probs)] for t in out.per_template]
         table = gr.Dataframe(value=rows, headers=["template", *out.probs])
         note = (f"⚠️ {len(out.truncated)} prompt(s) are longer than the model's {page.engine.encoder.context_length} "
@@ -100,7 +116,7 @@ def _build_fused(page: Page, image: gr.Image) -> None:
     def answer(image: Image.Image | None, question: str, strategy: str):
         if image is None:
             raise gr.Error("Drop an image first, then ask your question.")
-        every = page.engine.fused_answers(image, question)
+        every = page.engine.fused_answers(read_image(image), question)
         if strategy not in every:
             raise gr.Error(f"Pick a strategy from the list: {', '.join(every)}.")
         rows = [[name, *next(iter(probs.items()))] for name, probs in every.items()]

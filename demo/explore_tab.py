@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 
 from demo.charts import heatmap_svg, map_svg, thumb_uri
-from demo.classify_tab import EXAMPLES, MAX_LABELS, parse_labels, parse_templates
-from demo.common import Page, friendly
+from demo.classify_tab import EXAMPLES, parse_labels, parse_templates
+from demo.common import Page, friendly, image_input, read_image
 from demo.search_tab import check_query
 from mbm.classify import DEFAULT_TEMPLATES
 from mbm.explore import (
@@ -34,8 +34,8 @@ DEFAULT_QUERY = "a red circle"
 LAB_LABELS = "red, green, blue, yellow"
 
 
-def _text(text: str | None) -> str:
-    return check_query(text, None, missing="Type a query (or drop an image) to place it on the map.")
+def _text(text: str | None, local: bool) -> str:
+    return check_query(text, None, missing="Type a query (or drop an image) to place it on the map.", local=local)
 
 
 # ---------------------------------------------------------------- drawing
@@ -148,8 +148,8 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
 
     gr.Markdown("### 4. Prompt lab: what each prompt template says")
     with gr.Row():
-        lab_image = gr.Image(type="pil", label="Image", height=200, value=str(EXAMPLES / "red-circle.png"),
-                             elem_id="lab-image")
+        lab_image = image_input(label="Image", height=200, value=str(EXAMPLES / "red-circle.png"),
+                                elem_id="lab-image")
         with gr.Column(scale=2):
             lab_labels = gr.Textbox(label="Labels", value=LAB_LABELS, elem_id="lab-labels")
             lab_templates = gr.Textbox(label="Templates ({} is the label)", value="\n".join(DEFAULT_TEMPLATES),
@@ -161,7 +161,7 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
 
     @friendly
     def show_map(text, k, method, choice):
-        text = _text(text)
+        text = _text(text, page.allow_folders)
         m = engine.embedding_map(text, k=int(k), method=method, gallery=page.gallery(choice))
         return draw_map(m, text)
 
@@ -171,7 +171,7 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
 
     @friendly
     def show_indexes(text, k, kind, knob, choice):
-        text = _text(text)
+        text = _text(text, page.allow_folders)
         c = engine.compare_indexes(text, k=int(k), kind=kind, knob=int(knob), gallery=page.gallery(choice))
         label = f"{c.knob_name} ({'IVF lists scanned' if kind == 'ivf' else 'HNSW candidates kept'})"
         # a slider needs min < max: with one IVF list (a tiny gallery) there is nothing to turn
@@ -182,12 +182,10 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
     def show_lab(image, labels_text, templates_text):
         if image is None:
             raise gr.Error("Drop an image into the prompt lab first.")
-        labels = parse_labels(labels_text)
-        if not 2 <= len(labels) <= MAX_LABELS:
-            raise gr.Error(f"Give between 2 and {MAX_LABELS} labels, separated by commas.")
+        labels, templates = parse_labels(labels_text), parse_templates(templates_text)
         with warnings.catch_warnings():  # the lab lists truncated prompts itself
             warnings.simplefilter("ignore", UserWarning)
-            return draw_lab(engine.prompt_lab(image, labels, parse_templates(templates_text)))
+            return draw_lab(engine.prompt_lab(read_image(image), labels, templates))
 
     map_in, matrix_in = [map_text, map_k, method, choice], [n, seed, softmax, choice]
     index_in, lab_in = [index_text, index_k, kind, knob, choice], [lab_image, lab_labels, lab_templates]

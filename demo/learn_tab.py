@@ -16,7 +16,7 @@ from PIL import Image
 
 from demo.charts import cells_svg, curve_svg, heatmap_svg, image_uri, vector_svg
 from demo.classify_tab import EXAMPLES
-from demo.common import Page, friendly
+from demo.common import Page, friendly, image_input, read_image
 from demo.search_tab import MAX_QUERY_CHARS, _tiles, check_query
 from mbm.data.shapes import render
 from mbm.engine import BUILTIN_GALLERY
@@ -129,7 +129,7 @@ def build_training(page: Page, demo: gr.Blocks) -> None:
 
     @friendly
     def compare(text: str, mine: dict | None):
-        text = check_query(text, None, missing="Type what to look for, e.g. 'a red circle'.")
+        text = check_query(text, None, missing="Type what to look for, e.g. 'a red circle'.", local=page.allow_folders)
         if not mine:
             raise gr.Error("Train your model first (press Train above), then compare.")
         gallery = page.engine.gallery_at(BUILTIN_GALLERY)
@@ -164,8 +164,7 @@ PIPELINE = ("### How it works: one image and one text, stage by stage\nThe seed 
 def build_walkthrough(page: Page, tabs: gr.Tabs) -> None:
     gr.Markdown(PIPELINE)
     with gr.Row():
-        image = gr.Image(type="pil", label="Image", height=200, value=str(EXAMPLES / "scene.png"),
-                         elem_id="trace-image")
+        image = image_input(label="Image", height=200, value=str(EXAMPLES / "scene.png"), elem_id="trace-image")
         with gr.Column(scale=2):
             text = gr.Textbox(label="Text (a caption or a question)", value="what shape is at the top right?",
                               elem_id="trace-text")
@@ -195,7 +194,7 @@ def build_walkthrough(page: Page, tabs: gr.Tabs) -> None:
             raise gr.Error("Drop an image first (or use the example), then press Run it through.")
         if len(text or "") > MAX_QUERY_CHARS:
             raise gr.Error(f"Keep the text under {MAX_QUERY_CHARS:,} characters.")
-        t = page.engine.pipeline_trace(image, text)
+        t = page.engine.pipeline_trace(read_image(image), text)
         cut = (f" It takes {t.n_tokens} tokens, more than the model's {t.context_length}: the rest is cut off."
                if t.n_tokens and t.n_tokens > t.context_length else "")
         words = (f"**Image tower** ({t.image_features.what}): shape {t.image_features.shape}, first values "

@@ -8,10 +8,12 @@ import gradio as gr
 from PIL import Image
 
 from demo.charts import histogram_svg
-from demo.common import Page, friendly
-from mbm.search import Hit
+from demo.common import Page, friendly, image_input, read_image
+from mbm.search import Hit, parse_query
 
 MAX_QUERY_CHARS = 1000
+MAX_TEXTS = 100  # texts ranked for an image at once (image->text with your own texts)
+MAX_K = 100  # results of one JSON search
 
 
 def _tiles(hits: list[Hit]) -> list[tuple[Image.Image, str]]:
@@ -25,15 +27,25 @@ def _tiles(hits: list[Hit]) -> list[tuple[Image.Image, str]]:
     return tiles
 
 
-def check_query(text: str | None, image: Image.Image | None,
-                missing: str = "Type what you are looking for, or drop an image, then press Search.") -> str:
-    """The query text, stripped; a gr.Error saying `missing` when there is neither text nor image, or when the
-    text is too long."""
+def check_query(text: str | None, image: Image.Image | str | None,
+                missing: str = "Type what you are looking for, or drop an image, then press Search.",
+                local: bool = False) -> str:
+    """The query text, stripped; a gr.Error saying `missing` when there is neither text nor image, when the text is
+    too long or not a query (see `mbm.search.parse_query`), or when it names a file (`@photo.jpg`) and the page is
+    not `local`: such terms read files of the host, which only its owner may do."""
     text = (text or "").strip()
     if not text and image is None:
         raise gr.Error(missing)
     if len(text) > MAX_QUERY_CHARS:
         raise gr.Error(f"That query is {len(text):,} characters long; keep it under {MAX_QUERY_CHARS:,}.")
+    if text:
+        try:
+            terms = parse_query(text)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        if not local and any(t.kind == "image" for t in terms):
+            raise gr.Error("'@file' terms read files on the server, so they only work when mbm runs on your own "
+                           "computer. Drop the image into the Image box instead.")
     return text
 
 
@@ -41,7 +53,7 @@ def build(page: Page, choice: gr.State) -> None:
     with gr.Row():
         with gr.Column(scale=2):
             text = gr.Textbox(label="Text", placeholder='a red circle   (or: 2 x "red circle" - blue)', lines=1)
-            image = gr.Image(label="Image (optional)", type="pil", height=220, elem_id="search-image")
+            image = image_input(label="Image (optional)", height=220, elem_id="search-image")
         with gr.Column(scale=1):
             weight = gr.Slider(0, 2, value=1.0, step=0.1, label="Image weight (when text and image are both given)")
             k = gr.Slider(1, 48, value=12, step=1, label="Results (k)")
@@ -57,7 +69,8 @@ def build(page: Page, choice: gr.State) -> None:
 
     @friendly
     def search(text, image, weight, k, threshold, choice):
-        text = check_query(text, image)
+        text = check_query(text, image, local=page.allow_folders)
+        image = read_image(image)
         gallery = page.gallery(choice)
         start = time.perf_counter()
         vec = page.engine.embed_image(image) if image is not None else None  # once, for search and captions
@@ -94,7 +107,12 @@ def build(page: Page, choice: gr.State) -> None:
         if image is None:
             raise gr.Error("Give an image to describe.")
         bank = [t for t in (texts or "").splitlines() if t.strip()] or None
-        return [[t, round(s, 4)] for t, s in page.engine.describe(image, bank, int(k), page.gallery(choice))]
+        if bank and len(bank) > MAX_TEXTS:
+            raise gr.Error(f"At most {MAX_TEXTS} texts at once, please; you gave {len(bank):,}.")
+        if bank and max(map(len, bank)) > MAX_QUERY_CHARS:
+            raise gr.Error(f"Keep each text under {MAX_QUERY_CHARS:,} characters.")
+        ranked = page.engine.describe(read_image(image), bank, int(k), page.gallery(choice))
+        return [[t, round(s, 4)] for t, s in ranked]
 
     with gr.Accordion("Rank your own texts for an image (image->text)", open=False):
         texts = gr.Textbox(label="Texts, one per line (empty: the gallery's captions)", lines=4)
@@ -105,15 +123,22 @@ def build(page: Page, choice: gr.State) -> None:
     @friendly
     def search_items(text: str, k: int = 12, threshold: float = -1.0) -> list[dict]:
         """text->image in the server's gallery as JSON rows: id, file (inside the gallery), caption, score."""
-        return _rows(page.engine.search(check_query(text, None), k=int(k), threshold=threshold))
+        text = check_query(text, None, local=page.allow_folders)
+        return _rows(page.engine.search(text, k=_check_k(k), threshold=threshold))
 
     @friendly
     def more_like(item_id: int, k: int = 12, threshold: float = -1.0) -> list[dict]:
         """The server gallery's images most like item `item_id` (an id from search_items), as JSON rows."""
-        return _rows(page.engine.more_like(int(item_id), int(k), threshold))
+        return _rows(page.engine.more_like(int(item_id), _check_k(k), threshold))
 
     gr.api(search_items, api_name="search_items")
     gr.api(more_like, api_name="more_like")
+
+
+def _check_k(k: int) -> int:
+    if not 1 <= int(k) <= MAX_K:
+        raise gr.Error(f"k is the number of results: between 1 and {MAX_K}, not {k}.")
+    return int(k)
 
 
 def _rows(hits: list[Hit]) -> list[dict]:

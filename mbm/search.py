@@ -16,6 +16,7 @@ texts the caller gives).
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +30,10 @@ from mbm.models import Encoder
 if TYPE_CHECKING:
     from mbm.gallery import Gallery
 
+# Characters a query never means: C0/C1 controls (NUL, bell, escape, ...; tabs and line breaks become spaces) and the
+# bidirectional overrides and isolates, which make a text display in another order than it reads (U+202A-202E,
+# U+2066-2069). Other format characters stay: the zero-width joiner holds emoji sequences together.
+_DROPPED = re.compile("[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]")
 WEIGHT = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?:x\s+|[*:]\s*)(.+)$", re.S)
 
 
@@ -55,9 +60,19 @@ class Hit:
     relpath: str = ""  # the path inside the gallery folder, safe to show to people
 
 
+def clean_text(text: str, keep_lines: bool = False) -> str:
+    """`text` without the characters no query means (control characters, bidirectional overrides), with tabs (and
+    line breaks, unless `keep_lines`) as spaces."""
+    return _DROPPED.sub("", re.sub(r"[\t\r]" if keep_lines else r"[\t\n\r]", " ", text))
+
+
 def parse_query(text: str) -> list[Term]:
-    """Terms of a query string (see the module docstring). Raises ValueError on an empty query."""
-    parts = _split_terms(text)
+    """Terms of a query string (see the module docstring), after `clean_text`.
+
+    Raises:
+        ValueError: the query is empty, a term has no words (only punctuation), or the syntax is broken.
+    """
+    parts = _split_terms(clean_text(text))
     if not parts:
         raise ValueError("the query is empty: type some text, or give an image")
     return [_parse_term(sign, body) for sign, body in parts]
@@ -105,6 +120,8 @@ def _parse_term(sign: float, body: str) -> Term:
 def _require_text(text: str) -> str:
     if not text.strip():
         raise ValueError("a query term is empty text: type some words between the quotes")
+    if not any(ch.isalnum() or unicodedata.category(ch) == "So" for ch in text):  # letters, digits, emoji
+        raise ValueError(f"{text.strip()!r} has no words in it, only punctuation: type what you are looking for")
     return text.strip()
 
 

@@ -66,7 +66,7 @@ def test_the_walkthrough_shows_each_stage_of_the_model(client):
     ("/compare_indexes", ("", 10, "ivf", 1), "Type a query"),
     ("/compare_indexes", ("a red circle", 10, "ivf", 64), "nprobe"),
     ("/prompt_lab", (None, "a, b", "a {}."), "Drop an image"),
-    ("/prompt_lab", ("red-circle.png", "red", "a {}."), "between 2 and"),
+    ("/prompt_lab", ("red-circle.png", "red", "a {}."), "at least two labels"),
     ("/pipeline_trace", (None, "a red circle"), "Drop an image"),
     ("/pipeline_trace", ("scene.png", "  "), "type a text"),
     ("/compare_models", ("a red circle",), "Train your model first"),
