@@ -31,24 +31,43 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("MBM_PORT", 0)) or None,
                         help="port (default 7860, or the next free one)")
     parser.add_argument("--share", action="store_true", help="also serve through a public Gradio link")
+    parser.add_argument("--queue-size", type=int, default=int(os.environ.get("MBM_QUEUE_SIZE", 64)),
+                        help="requests that may wait; past it visitors are told the app is busy (default 64)")
+    parser.add_argument("--max-upload-mb", type=float, default=float(os.environ.get("MBM_MAX_UPLOAD_MB", 100)),
+                        help="largest file a visitor may upload, in MB (default 100)")
+    parser.add_argument("--session-hours", type=float, default=float(os.environ.get("MBM_SESSION_HOURS", 24)),
+                        help="a visitor's uploads untouched this long are deleted, even if the page stayed open "
+                             "(default 24)")
     args = parser.parse_args(argv)  # before the heavy imports: `--help` and a bad flag answer at once
+    if args.queue_size < 1 or args.max_upload_mb <= 0 or args.session_hours <= 0:
+        parser.error("--queue-size, --max-upload-mb and --session-hours must be positive")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     marks = [("python", START)]
     from demo import build_demo  # Gradio, then mbm and PyTorch (the page's modules import the engine's)
     from mbm.engine import Engine, EngineConfig
-    from mbm.sessions import sweep_sessions
+    from mbm.gallery import GalleryLockedError
+    from mbm.models import WeightsUnavailableError
+    from mbm.sessions import sweep_periodically, sweep_sessions
     marks.append(("imports", time.perf_counter()))
-    engine = Engine(EngineConfig.from_env(model=args.model, gallery=args.gallery))  # open_clip, the weights
-    marks.append(("model", time.perf_counter()))
-    swept = sweep_sessions(engine.config.cache_path(), max_age_s=0)  # sessions of an earlier process are orphans
-    log.info("gallery ready: %s; %d stale session folders removed", engine.gallery, swept)
+    try:
+        engine = Engine(EngineConfig.from_env(model=args.model, gallery=args.gallery))  # open_clip, the weights
+        marks.append(("model", time.perf_counter()))
+        log.info("gallery ready: %s", engine.gallery)
+    except (ValueError, OSError, WeightsUnavailableError, GalleryLockedError) as e:  # a bad --model or --gallery,
+        sys.exit(f"error: {e}")  # damaged weights (the message names the file): a line for people, no traceback
     marks.append(("gallery", time.perf_counter()))
+    swept = sweep_sessions(engine.config.cache_path(), max_age_s=0)  # sessions of an earlier process are orphans
+    ttl = args.session_hours * 3600  # and sessions of this one whose end never came, every hour or sooner
+    sweep_periodically(engine.config.cache_path(), ttl, every_s=min(3600.0, ttl / 4),
+                       before_remove=lambda folder: engine.close_gallery(folder / "images"))
+    log.info("%d stale session folders removed", swept)
     local = args.host in LOOPBACK and not args.share and not engine.config.on_space
     demo = build_demo(engine, allow_folders=local)
-    demo.queue(default_concurrency_limit=2, max_size=64)
+    demo.queue(default_concurrency_limit=2, max_size=args.queue_size)
     marks.append(("page", time.perf_counter()))
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,
+                max_file_size=int(args.max_upload_mb * 1e6))
     marks.append(("server", time.perf_counter()))
     log.info("page served in %.2f s since app.py started (%s; CPU time %.2f s)", marks[-1][1] - START,
              ", ".join(f"{name} {t - marks[i][1]:.2f} s" for i, (name, t) in enumerate(marks[1:])),

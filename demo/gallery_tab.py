@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from demo.common import Page, friendly
 from mbm.gallery import Gallery
@@ -47,6 +48,8 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
     summary = gr.Markdown()
     skipped = gr.Dataframe(headers=["file", "why it was skipped"], label="Skipped", visible=False)
 
+    received: dict[str, set[str]] = {}  # session id -> paths of Gradio's copies of the files it uploaded
+
     def progress_of(progress: gr.Progress):
         return lambda done, total, what: progress(done / max(total, 1), desc=what)
 
@@ -55,16 +58,18 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
         if not paths:
             raise gr.Error("Choose some images (or a .zip) first, then press Index my uploads.")
         home = session_folder(page.session_root(), request.session_hash, page.secret)
+        received.setdefault(request.session_hash, set()).update(paths)  # Gradio's copies, removed with the session
         intake = take_uploads(paths, home / "images", LIMITS)
         if not intake.added and not (home / "images").is_dir():
-            raise gr.Error(f"None of those files could be used: {intake.summary()}. Upload JPEG, PNG or WebP "
-                           "images, or a .zip of them.")
+            why = "; ".join(f"{name}: {reason}" for name, reason in intake.skipped[:3]) or "no image files in them"
+            raise gr.Error(f"None of those files could be used ({why}). Upload JPEG, PNG or WebP images, or a .zip "
+                           "of them.")
         gallery, report = page.engine.open_gallery(home / "images", store=home / "store",
                                                    progress=progress_of(progress), activate=False)
         why = intake.skipped + [(p, e) for p, e in report.skipped]
         text = (f"{intake.summary()}; indexed {report.encoded} new images in {report.seconds:.1f} s. "
                 f"Your gallery now has **{len(gallery)}** searchable images.")
-        mine = {"root": str(gallery.root), "store": str(gallery.store)}
+        mine = {"root": str(gallery.root), "store": str(gallery.store), "home": str(home)}
         return mine, describe(gallery, own=True), text, gr.Dataframe(value=_skipped_rows(why), visible=bool(why))
 
     @friendly
@@ -97,9 +102,13 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
     refresh.click(gallery_info, choice, info, api_name="gallery_info")
 
     def forget(request: gr.Request) -> None:
-        """The page was closed: the visitor's uploads and their index go."""
+        """The page was closed: the visitor's uploads, their index and Gradio's copies of the uploaded files go."""
         home = session_folder(page.session_root(), request.session_hash, page.secret)
         page.engine.close_gallery(home / "images")
         remove_folder(home)
+        gradio_uploads = Path(get_upload_folder()).resolve()
+        for path in map(Path, received.pop(request.session_hash, ())):
+            if path.resolve().is_relative_to(gradio_uploads):  # only ever Gradio's own upload copies
+                path.unlink(missing_ok=True)
 
     demo.unload(forget)

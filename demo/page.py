@@ -24,8 +24,9 @@ def build_demo(engine: Engine, allow_folders: bool = False) -> gr.Blocks:
         allow_folders: let visitors index a folder of the host by path (only for local use).
     """
     page = Page(engine, allow_folders=allow_folders, allow_model_switch=not engine.config.on_space)
-    # delete_cache: result thumbnails Gradio copies for the browser are removed after a day
-    with gr.Blocks(title="mbm: multimodal model demo", delete_cache=(3600, 86400)) as demo:
+    # delete_cache: every 10 minutes, the files Gradio keeps for the browser (uploads, result thumbnails) that are
+    # older than an hour go; a visitor's private uploads must not linger there (docs/SECURITY.md)
+    with gr.Blocks(title="mbm: multimodal model demo", delete_cache=(600, 3600)) as demo:
         header = gr.Markdown(page.header(), elem_id="header")
         gr.Markdown(ABOUT)
         choice = gr.State(None)  # this visitor's gallery: None = the server's, else {"root", "store"}

@@ -12,7 +12,9 @@ import hmac
 import logging
 import os
 import shutil
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -49,12 +51,14 @@ def remove_folder(path: str | os.PathLike) -> None:
         pass
 
 
-def sweep_sessions(root: str | os.PathLike, max_age_s: float) -> int:
+def sweep_sessions(root: str | os.PathLike, max_age_s: float,
+                   before_remove: Callable[[Path], None] | None = None) -> int:
     """Delete the session folders under `root/sessions` untouched for longer than `max_age_s` seconds.
 
     Args:
         root: the folder given to `session_folder`; a missing one holds no sessions.
         max_age_s: age of the newest file in a session folder (looking two levels deep) past which it goes.
+        before_remove: called with each folder about to go (e.g. to close the gallery open on it).
     Returns:
         How many session folders were removed.
     """
@@ -67,14 +71,36 @@ def sweep_sessions(root: str | os.PathLike, max_age_s: float) -> int:
     for folder in base.iterdir():
         try:
             if not folder.is_symlink() and folder.is_dir() and _newest_mtime(folder) < cutoff:
+                if before_remove is not None:
+                    before_remove(folder)
                 remove_folder(folder)
                 removed += 1
         except FileNotFoundError:  # removed by its own session while we looked
             continue
         except OSError as exc:
             logger.warning("could not sweep session folder %s: %s", folder, exc)
-    logger.info("swept %d expired session folders from %s", removed, base)
+    logger.log(logging.INFO if removed else logging.DEBUG, "swept %d expired session folders from %s", removed, base)
     return removed
+
+
+def sweep_periodically(root: str | os.PathLike, max_age_s: float, every_s: float,
+                       before_remove: Callable[[Path], None] | None = None) -> threading.Event:
+    """Run `sweep_sessions(root, max_age_s, before_remove)` every `every_s` seconds in a daemon thread, for
+    sessions whose end was never signalled (a closed laptop, a dropped connection). Set the returned event to stop.
+    """
+    if every_s <= 0:
+        raise ValueError(f"every_s must be > 0 seconds, got {every_s!r}")
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            try:
+                sweep_sessions(root, max_age_s, before_remove)
+            except Exception:  # a sweep that failed once must not stop the next ones
+                logger.exception("session sweep of %s failed", root)
+
+    threading.Thread(target=loop, name="mbm-session-sweep", daemon=True).start()
+    return stop
 
 
 def _newest_mtime(folder: Path) -> float:

@@ -40,19 +40,18 @@ class Server:
     log: Path
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    """`python app.py` as a person starts it, on a free port, with its own cache; shared by the page tests."""
+def start_app(folder: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, Server]:
+    """`python app.py ARGS` on a free port with its own MBM_CACHE under `folder`, once it answers HTTP."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cache = tmp_path_factory.mktemp("app-cache")
-    log = cache.parent / "app.log"
+    cache = folder / "cache"
+    log = folder / "app.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, stdout=out,
+        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *args], cwd=ROOT, stdout=out,
                                 stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1",
                                                                "GRADIO_ANALYTICS_ENABLED": "False",
-                                                               "MBM_CACHE": str(cache)})
+                                                               "MBM_CACHE": str(cache), **(env or {})})
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
     while True:
@@ -60,15 +59,40 @@ def server(tmp_path_factory):
             pytest.fail(f"app.py exited early:\n{log.read_text()}")
         try:
             urllib.request.urlopen(url, timeout=2)
-            break
+            return proc, Server(url, cache, log)
         except OSError:
             if time.time() > deadline:
                 proc.kill()
                 pytest.fail(f"app.py did not answer within 120 s:\n{log.read_text()}")
             time.sleep(0.3)
-    yield Server(url, cache, log)
+
+
+def stop_app(proc: subprocess.Popen) -> None:
     proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """`python app.py` as a person starts it, on a free port, with its own cache; shared by the page tests."""
+    proc, server = start_app(tmp_path_factory.mktemp("app"))
+    yield server
+    stop_app(proc)
+
+
+@pytest.fixture(scope="session")
+def strict_server(tmp_path_factory):
+    """app.py as on a public host (listening on every address, so no folder indexing and no `@file` queries), with
+    tiny limits to reach them cheaply: 2 waiting requests, 1 MB uploads, and visitors' uploads swept after 7.2 s
+    untouched (the sweep runs every 1.8 s)."""
+    proc, server = start_app(tmp_path_factory.mktemp("strict-app"), "--host", "0.0.0.0", "--queue-size", "2",
+                             "--max-upload-mb", "1", "--session-hours", "0.002")
+    yield server
+    stop_app(proc)
 
 
 @pytest.fixture()
