@@ -1,0 +1,401 @@
+"""Issue 8's battery of bad input, through the page (gradio_client on a real app.py), the command line and the Python
+API. Each case asserts what a person is told (or, for odd but valid input, what they get) and that the gallery being
+served is unchanged afterwards."""
+
+import hashlib
+import io
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image, ImageOps
+
+from mbm.data.sample import write_scenes
+from mbm.engine import Engine, EngineConfig
+from mbm.gallery import Gallery, GalleryLockedError
+from mbm.models import WeightsFileError, create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "assets" / "examples"
+RED_CIRCLE = EXAMPLES / "red-circle.png"
+COLOURS = "red, green, blue, yellow, purple"
+SHAPES = "circle, square, triangle, star, hexagon, cross, diamond, heart"
+
+
+# ---------------------------------------------------------------- the files
+def _save(image: Image.Image, path: Path, **kwargs) -> Path:
+    image.save(path, **kwargs)
+    return path
+
+
+def _jpeg_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    """Every kind of image file a visitor might drop, good and bad, written once."""
+    d = tmp_path_factory.mktemp("hostile-files")
+    circle = Image.open(RED_CIRCLE).convert("RGB")
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "truncated.jpg").write_bytes(_jpeg_bytes(circle)[:600])
+    (d / "notes.jpg").write_text("dear diary, this is not a picture")
+    (d / "drawing.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"><circle r="4"/></svg>')
+    (d / "photo.heic").write_bytes(b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + b"\0" * 64)
+    (d / "paper.pdf").write_bytes(b"%PDF-1.4\n1 0 obj <<>> endobj\n%%EOF\n")
+    _save(Image.new("1", (30000, 30000)), d / "bomb.png", optimize=True)  # 900 megapixels in ~110 kB
+    grey = ImageOps.autocontrast(circle.convert("L"))  # 0..255, so its 16-bit twin below spans 0..65535
+    _save(Image.fromarray((np.asarray(grey, np.uint16) * 257).astype(np.uint16)), d / "deep16.png")
+    _save(circle.convert("CMYK"), d / "cmyk.jpg")
+    palette = circle.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    _save(palette, d / "palette.png", transparency=palette.getpixel((0, 0)))  # background see-through
+    blue_star = Image.open(EXAMPLES / "blue-star.png").convert("RGB").resize(circle.size)
+    for name in ("animated.gif", "animated.webp"):  # first frame: the red circle
+        _save(circle, d / name, save_all=True, append_images=[blue_star], duration=100, loop=0)
+    scene = Image.open(EXAMPLES / "scene.png").convert("RGB")  # shapes at places: turning it changes the picture
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view"
+    _save(scene, d / "upright.jpg", quality=95)
+    _save(scene.rotate(90, expand=True), d / "rotated.jpg", exif=exif, quality=95)
+    _save(Image.new("RGB", (1, 1), (220, 20, 20)), d / "one-pixel.png")
+    _save(grey, d / "grey.png")
+    return d
+
+
+def _zip(path: Path, members: list[tuple[str, bytes]], compression=zipfile.ZIP_DEFLATED) -> Path:
+    with zipfile.ZipFile(path, "w", compression) as zf:
+        for name, data in members:
+            zf.writestr(name, data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def png() -> bytes:
+    return RED_CIRCLE.read_bytes()
+
+
+# ---------------------------------------------------------------- the page
+def _server_gallery(client: Client) -> tuple[str, list]:
+    """What every visitor searches: the gallery line, and the ids and scores of a fixed query."""
+    info = client.predict(None, api_name="/gallery_info")
+    rows = client.predict("a red circle", 20, -1.0, api_name="/search_items")
+    return info, [(r["id"], r["file"], r["score"]) for r in rows]
+
+
+@pytest.fixture
+def unchanged(client):
+    """Asserts after the test that the server's gallery answers exactly as before it."""
+    before = _server_gallery(Client(client.src, verbose=False))
+    yield
+    assert _server_gallery(Client(client.src, verbose=False)) == before
+
+
+def _search_image(client: Client, path: Path):
+    return client.predict(None, handle_file(str(path)), 1.0, 5, -0.2, api_name="/search")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("empty.jpg", "That image could not be read: empty.jpg: the file is empty (0 bytes)"),
+    ("truncated.jpg", "truncated.jpg: the image data is truncated or corrupt"),
+    ("notes.jpg", "notes.jpg: not an image Pillow can read"),
+    ("drawing.svg", "drawing.svg: this is an SVG drawing"),
+    ("photo.heic", "photo.heic: this is a HEIC/HEIF photo"),
+    ("paper.pdf", "paper.pdf: this is a PDF document"),
+    ("bomb.png", "bomb.png: 900,000,000 pixels is over the 89,478,485-pixel limit"),
+])
+def test_an_unreadable_image_is_named_with_what_is_wrong(client, files, unchanged, name, message):
+    with pytest.raises(AppError, match=re.escape(message)) as search_error:
+        _search_image(client, files / name)
+    assert "Try a JPEG or PNG file" in str(search_error.value) and "/tmp" not in str(search_error.value)
+    with pytest.raises(AppError, match=re.escape(message)):
+        client.predict(handle_file(str(files / name)), COLOURS, "a {} shape.", api_name="/classify")
+
+
+@pytest.mark.parametrize("name, labels, expected", [
+    ("cmyk.jpg", COLOURS, "red"),
+    ("palette.png", COLOURS, "red"),  # transparency composited on white
+    ("animated.gif", COLOURS, "red"),  # the first frame
+    ("animated.webp", COLOURS, "red"),
+    ("one-pixel.png", COLOURS, "red"),
+])
+def test_odd_but_valid_images_are_classified_and_searched(client, files, unchanged, name, labels, expected):
+    label, _, _ = client.predict(handle_file(str(files / name)), labels, "a {} shape.", api_name="/classify")
+    assert label["label"] == expected
+    assert sum(c["confidence"] for c in label["confidences"]) == pytest.approx(1.0, abs=1e-3)
+    tiles, _, timing, _ = _search_image(client, files / name)
+    assert len(tiles) == 5 and "image query" in timing
+
+
+def test_a_16_bit_image_is_scaled_not_clipped(client, files, unchanged):
+    """The 16-bit grey file and its 8-bit twin are the same picture: image->image finds the same. Clipped to 8 bits,
+    the 16-bit one would be a white square."""
+    eight_bit = [t["caption"] for t in _search_image(client, files / "grey.png")[0]]
+    assert [t["caption"] for t in _search_image(client, files / "deep16.png")[0]][:3] == eight_bit[:3]
+
+
+def test_exif_rotation_is_applied_before_the_model_sees_the_image(client, files, unchanged):
+    """A photo stored on its side with an EXIF 'rotate' tag is the upright picture: image->image finds the same."""
+    upright = [t["caption"] for t in _search_image(client, files / "upright.jpg")[0]]
+    assert [t["caption"] for t in _search_image(client, files / "rotated.jpg")[0]][:3] == upright[:3]
+
+
+def test_a_file_over_the_upload_limit_is_refused_before_it_is_stored(strict_server, tmp_path):
+    big = tmp_path / "huge.jpg"
+    big.write_bytes(_jpeg_bytes(Image.new("RGB", (64, 64))) + os.urandom(1_500_000))  # limit: 1 MB
+    client = Client(strict_server.url, verbose=False)
+    with pytest.raises(ValueError, match="huge.jpg exceeds the maximum file size of 1000000 bytes"):
+        _search_image(client, big)
+    body = (b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"huge.jpg\"\r\n"
+            b"Content-Type: image/jpeg\r\n\r\n" + big.read_bytes() + b"\r\n--b--\r\n")
+    request = urllib.request.Request(strict_server.url + "gradio_api/upload", body, method="POST",
+                                     headers={"Content-Type": "multipart/form-data; boundary=b"})
+    with pytest.raises(urllib.error.HTTPError) as refused:  # a client that skips the check is refused by the server
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 413 and b"maximum allowed size" in refused.value.read()
+
+
+@pytest.mark.parametrize("name, members, reasons", [
+    ("escape.zip", [("../../escape.png", "png"), ("/etc/cron.d/evil.png", "png"), ("ok/fine.png", "png")],
+     {"../../escape.png": "unsafe path in the zip", "/etc/cron.d/evil.png": "unsafe path in the zip"}),
+    ("bomb.zip", [("bomb.png", "zeros"), ("fine.png", "png")],
+     {"bomb.png": "looks like a zip bomb"}),
+    ("nested.zip", [("inner.zip", "zip"), ("fine.png", "png")], {"inner.zip": "a zip inside a zip is not opened"}),
+    ("mixed.zip", [("readme.md", "text"), ("run.exe", "text"), ("fine.png", "png")],
+     {"readme.md": "not an image (.md)", "run.exe": "not an image (.exe)"}),
+])
+def test_hostile_zips_keep_only_their_images(client, tmp_path, png, unchanged, name, members, reasons):
+    data = {"png": png, "text": b"hello", "zeros": b"\0" * 50_000_000,
+            "zip": (_zip(tmp_path / "inner.zip", [("x.png", png)])).read_bytes()}
+    archive = _zip(tmp_path / name, [(member, data[kind]) for member, kind in members])
+    assert archive.stat().st_size < 200_000  # the bomb is small on the wire
+    info, summary, skipped = client.predict([handle_file(str(archive))], api_name="/index_uploads")
+    rows = {shown: why for shown, why in skipped["value"]["data"]}
+    for member, reason in reasons.items():
+        assert any(member in shown and reason in why for shown, why in rows.items()), (member, rows)
+    assert "**1** searchable images" in summary and "your uploads" in info
+    assert not Path("/etc/cron.d/evil.png").exists() and not (tmp_path.parent / "escape.png").exists()
+
+
+def test_a_zip_of_thousands_of_files_is_refused_unread(client, tmp_path, png, unchanged):
+    archive = _zip(tmp_path / "many.zip", [(f"f{i}.png", b"") for i in range(5001)], zipfile.ZIP_STORED)
+    with pytest.raises(AppError, match="None of those files could be used.*many.zip: the zip lists 5,001 entries, "
+                                       "more than the 5,000 opened from one zip"):
+        client.predict([handle_file(str(archive))], api_name="/index_uploads")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "Type what you are looking for"),
+    (" \t\n ", "Type what you are looking for"),
+    ("x" * 10_000, "That query is 10,000 characters long; keep it under 1,000"),
+    ("?!... ,;", "has no words in it, only punctuation"),
+    ('"red circle', "unclosed quote"),
+])
+def test_bad_query_text_is_explained(client, unchanged, text, message):
+    with pytest.raises(AppError, match=message):
+        client.predict(text, None, 1.0, 5, 0.0, api_name="/search")
+
+
+@pytest.mark.parametrize("text", ["a red circle \U0001F534\u2b55", "דוגמה a red circle مرحبا",
+                                  "a red\x00 circle\x07\x1b", "\u202ea red circle\u202c"],
+                         ids=["emoji", "rtl", "control-characters", "bidi-override"])
+def test_emoji_rtl_and_control_characters_still_search(client, unchanged, text):
+    tiles, _, timing, _ = client.predict(text, None, 1.0, 5, -0.2, api_name="/search")
+    assert len(tiles) == 5 and "text query" in timing
+    if "\x00" in text or "\u202e" in text:  # invisible characters dropped: the same query as without them
+        plain, *_ = client.predict("a red circle", None, 1.0, 5, -0.2, api_name="/search")
+        assert [t["caption"] for t in tiles] == [t["caption"] for t in plain]
+
+
+@pytest.mark.parametrize("labels, templates, message", [
+    ("", "a {}.", "at least two labels"),
+    ("red, red, red", "a {}.", "at least two labels"),
+    (", ".join(f"label {i}" for i in range(1000)), "a {}.", "At most 100 labels, please; you gave 1,000"),
+    ("red, " + "x" * 1100, "a {}.", "Keep each label under 1,000 characters"),
+    ("red, blue", "\n".join(f"a {{}} number {i}." for i in range(50)), "At most 20 prompt templates"),
+], ids=["empty", "one-label-three-times", "1000-labels", "a-long-label", "50-templates"])
+def test_bad_label_lists_are_explained(client, unchanged, labels, templates, message):
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(str(RED_CIRCLE)), labels, templates, api_name="/classify")
+
+
+def test_duplicated_labels_count_once(client):
+    label, table, _ = client.predict(handle_file(str(RED_CIRCLE)), "red, blue, red,\nblue\nred", "a {} shape.",
+                                     api_name="/classify")
+    assert [c["label"] for c in label["confidences"]] == ["red", "blue"] and table["headers"][1:] == ["red", "blue"]
+
+
+def test_too_many_texts_to_rank_is_explained(client, unchanged):
+    with pytest.raises(AppError, match="At most 100 texts at once"):
+        client.predict(handle_file(str(RED_CIRCLE)), "\n".join(f"text {i}" for i in range(1000)), 5, None,
+                       api_name="/describe")
+
+
+@pytest.mark.parametrize("k", [0, 101, 10**9])
+def test_json_search_keeps_k_in_range(client, k):
+    with pytest.raises(AppError, match="between 1 and 100"):
+        client.predict("a red circle", k, -1.0, api_name="/search_items")
+
+
+def test_a_public_page_reads_no_host_file_from_a_query(strict_server):
+    client = Client(strict_server.url, verbose=False)
+    for query in ("@/etc/passwd", "a red circle + @../app.py"):
+        with pytest.raises(AppError, match="'@file' terms read files on the server"):
+            client.predict(query, None, 1.0, 5, 0.0, api_name="/search")
+    assert "/index_folder" not in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+
+
+@pytest.mark.parametrize("kind, message", [("missing", "is missing"), ("file", "is a file, not a folder")])
+def test_a_bad_folder_path_on_the_page(client, tmp_path, unchanged, kind, message):
+    path = tmp_path / "pictures"
+    if kind == "file":
+        path.write_text("not a folder")
+    with pytest.raises(AppError, match=message):
+        client.predict(str(path), api_name="/index_folder")
+
+
+# ---------------------------------------------------------------- the command line and the Python API
+def _cli(*args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mbm", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, shapes_model):
+    """A folder of 40 scenes indexed into a cache, as `mbm index` leaves it."""
+    base = tmp_path_factory.mktemp("indexed")
+    folder, cache = base / "pics", base / "cache"
+    write_scenes(folder, n=40, size=64)
+    engine = Engine(EngineConfig(cache_dir=str(cache)), encoder=shapes_model)
+    engine.open_gallery(folder)
+    engine.close_gallery(folder)
+    return folder, cache, engine.store_for(folder)
+
+
+def _state(folder: Path, store: Path) -> tuple:
+    """Everything a gallery is: its files' bytes and the store's rows and vectors."""
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.is_file()}
+    with sqlite3.connect(f"file:{store / 'gallery.sqlite'}?mode=ro", uri=True) as db:
+        items = db.execute("SELECT path, sha256, caption FROM items ORDER BY path").fetchall()
+        vectors = db.execute("SELECT item_id, kind, vector FROM vectors ORDER BY item_id, kind").fetchall()
+    return files, items, hashlib.sha256(repr(vectors).encode()).hexdigest()
+
+
+def test_cli_bad_paths_are_one_line_each(tmp_path):
+    (tmp_path / "a-file.jpg").write_text("x")
+    loop = tmp_path / "loopy"
+    loop.mkdir()
+    Image.open(RED_CIRCLE).save(loop / "real.png")
+    (loop / "again").symlink_to(loop)  # a folder that contains itself
+    (loop / "self.jpg").symlink_to(loop / "self.jpg")  # a file link that points at itself
+    for folder, message in [(tmp_path / "nowhere", "is missing"), (tmp_path / "a-file.jpg", "is a file, not a folder")]:
+        out = _cli("index", str(folder), "--cache", str(tmp_path / "cache"))
+        assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    out = _cli("index", str(loop), "--cache", str(tmp_path / "cache"), timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "1 images searchable" in out.stdout and "skipped self.jpg: cannot be read (Too many levels" in out.stdout
+
+
+def test_an_unreadable_folder_is_an_error_and_an_unreadable_sub_folder_loses_nothing(tmp_path, shapes_model):
+    """As root, permissions do not bind, so the command runs without the capabilities that bypass them."""
+    folder, cache = tmp_path / "pics", tmp_path / "cache"
+    write_scenes(folder / "open", n=3, size=64)
+    write_scenes(folder / "locked", n=2, size=64)
+    engine = Engine(EngineConfig(cache_dir=str(cache)), encoder=shapes_model)
+    gallery, report = engine.open_gallery(folder)
+    assert len(gallery) == 5
+    engine.close_gallery(folder)
+    drop = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+            "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    (folder / "locked").chmod(0)
+    try:
+        out = subprocess.run([*drop, sys.executable, "-m", "mbm", "index", str(folder), "--cache", str(cache)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert out.returncode == 0, out.stderr
+        assert "5 images searchable" in out.stdout and "skipped locked/: folder cannot be read (Permission denied)" \
+            in out.stdout  # the two locked images are kept, not deleted
+        folder.chmod(0)
+        out = subprocess.run([*drop, sys.executable, "-m", "mbm", "index", str(folder), "--cache", str(cache)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    finally:
+        folder.chmod(0o755)
+        (folder / "locked").chmod(0o755)
+    assert out.returncode == 2 and f"cannot list the gallery folder {folder}: Permission denied" in out.stderr
+    gallery, report = engine.open_gallery(folder)
+    assert len(gallery) == 5 and report.encoded == 0
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_a_damaged_faiss_file_is_rebuilt_with_the_same_answers(indexed, damage):
+    folder, cache, store = indexed
+    query = ["search", "a red circle", "--gallery", str(folder), "--cache", str(cache), "--json", "-k", "10"]
+    before, state = _cli(*query), _state(folder, store)
+    index_file = next((store / "index").glob("*.faiss"))
+    if damage == "delete":
+        index_file.unlink()
+    else:
+        index_file.write_bytes(index_file.read_bytes()[:100])
+    after = _cli(*query)
+    assert after.returncode == 0 and after.stdout == before.stdout
+    assert _state(folder, store) == state and next((store / "index").glob("*.faiss")).stat().st_size > 100
+
+
+def test_a_locked_database_is_explained_and_reads_go_on(indexed, shapes_model):
+    folder, cache, store = indexed
+    state = _state(folder, store)
+    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys, time\n"
+                               f"db = sqlite3.connect({str(store / 'gallery.sqlite')!r}, isolation_level=None)\n"
+                               "db.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(120)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        (folder / "new.png").write_bytes(RED_CIRCLE.read_bytes())  # something to write, so sync needs the lock
+        gallery = Gallery(folder, shapes_model, store, busy_timeout_s=0.5)
+        assert len(gallery.index) == 40  # reading goes on while another process writes
+        with pytest.raises(GalleryLockedError, match=f"{store / 'gallery.sqlite'} is locked by another program"):
+            gallery.sync()
+        out = _cli("index", str(folder), "--cache", str(cache))
+        assert out.returncode == 2 and "is locked by another program" in out.stderr and "Traceback" not in out.stderr
+        assert _state(folder, store)[1:] == state[1:]  # not a row or vector changed
+    finally:
+        holder.kill()
+        holder.wait()
+        (folder / "new.png").unlink()
+    gallery.close()
+
+
+@pytest.fixture(scope="module")
+def damaged_model(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("damaged") / "my-model"
+    folder.mkdir()
+    source = ROOT / "assets" / "mbm-shapes"
+    (folder / "open_clip_config.json").write_bytes((source / "open_clip_config.json").read_bytes())
+    weights = (source / "open_clip_model.safetensors").read_bytes()
+    (folder / "open_clip_model.safetensors").write_bytes(weights[: len(weights) // 2])
+    return folder
+
+
+def test_damaged_weights_name_the_file_in_the_api_the_cli_and_the_app(damaged_model, tmp_path):
+    weights = damaged_model / "open_clip_model.safetensors"
+    expected = f"cannot load the weights in {weights}: the file is truncated, damaged"
+    with pytest.raises(WeightsFileError, match=expected):
+        create_model(str(damaged_model), device="cpu")
+    out = _cli("search", "a red circle", "--model", str(damaged_model), "--cache", str(tmp_path / "cache"))
+    assert out.returncode == 2 and expected in out.stderr and "Traceback" not in out.stderr
+    app = subprocess.run([sys.executable, "app.py", "--model", str(damaged_model)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "MBM_CACHE": str(tmp_path / "cache")})
+    assert app.returncode == 1 and f"error: {expected}" in app.stderr and "Traceback" not in app.stderr
