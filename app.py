@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
                        before_remove=lambda folder: engine.close_gallery(folder / "images"))
     log.info("%d stale session folders removed", swept)
     local = args.host in LOOPBACK and not args.share and not engine.config.on_space
-    demo = build_demo(engine, allow_folders=local)
+    demo = build_demo(engine, local=local)
     demo.queue(default_concurrency_limit=2, max_size=args.queue_size)
     marks.append(("page", time.perf_counter()))
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True,

@@ -29,8 +29,7 @@ log = logging.getLogger(__name__)
 class Page:
     """The page's server-side context, shared by every visitor (the per-visitor part is in gr.State)."""
     engine: Engine
-    allow_folders: bool = False  # may visitors index a folder of the host by path? Only for local use.
-    allow_model_switch: bool = True  # the model is shared by all visitors: a public Space keeps it fixed
+    local: bool = False  # only reachable from this computer: index host folders, '@file' queries, switch models
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))  # makes session folders unguessable
 
     def gallery(self, choice: dict | None, progress=None) -> Gallery:

@@ -161,7 +161,7 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
 
     @friendly
     def show_map(text, k, method, choice):
-        text = _text(text, page.allow_folders)
+        text = _text(text, page.local)
         m = engine.embedding_map(text, k=int(k), method=method, gallery=page.gallery(choice))
         return draw_map(m, text)
 
@@ -171,7 +171,7 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
 
     @friendly
     def show_indexes(text, k, kind, knob, choice):
-        text = _text(text, page.allow_folders)
+        text = _text(text, page.local)
         c = engine.compare_indexes(text, k=int(k), kind=kind, knob=int(knob), gallery=page.gallery(choice))
         label = f"{c.knob_name} ({'IVF lists scanned' if kind == 'ivf' else 'HNSW candidates kept'})"
         # a slider needs min < max: with one IVF list (a tiny gallery) there is nothing to turn

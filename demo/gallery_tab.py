@@ -42,9 +42,9 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
             index_button = gr.Button("Index my uploads", variant="primary")
         with gr.Column():
             builtin_button = gr.Button("Back to the server's gallery")
-            folder = gr.Textbox(label="Or a folder on this computer (local use only)", visible=page.allow_folders,
+            folder = gr.Textbox(label="Or a folder on this computer (local use only)", visible=page.local,
                                 placeholder="~/Pictures")
-            folder_button = gr.Button("Index this folder", visible=page.allow_folders)
+            folder_button = gr.Button("Index this folder", visible=page.local)
     summary = gr.Markdown()
     skipped = gr.Dataframe(headers=["file", "why it was skipped"], label="Skipped", visible=False)
 
@@ -74,7 +74,7 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
 
     @friendly
     def index_folder(path: str, progress=gr.Progress()):
-        if not page.allow_folders:
+        if not page.local:
             raise gr.Error("Indexing a folder by path is only available when mbm runs on your own computer.")
         if not (path or "").strip():
             raise gr.Error("Type the path of a folder of images, e.g. ~/Pictures.")
@@ -96,7 +96,7 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
     index_button.click(index_uploads, files, outputs, api_name="index_uploads", concurrency_id="indexing",
                        concurrency_limit=1)
     folder_button.click(index_folder, folder, outputs, api_name="index_folder", concurrency_id="indexing",
-                        concurrency_limit=1, api_visibility="public" if page.allow_folders else "private")
+                        concurrency_limit=1, api_visibility="public" if page.local else "private")
     builtin_button.click(use_server_gallery, None, outputs, api_name="use_server_gallery")
     refresh = gr.Button("Refresh", size="sm")
     refresh.click(gallery_info, choice, info, api_name="gallery_info")

@@ -129,7 +129,7 @@ def build_training(page: Page, demo: gr.Blocks) -> None:
 
     @friendly
     def compare(text: str, mine: dict | None):
-        text = check_query(text, None, missing="Type what to look for, e.g. 'a red circle'.", local=page.allow_folders)
+        text = check_query(text, None, missing="Type what to look for, e.g. 'a red circle'.", local=page.local)
         if not mine:
             raise gr.Error("Train your model first (press Train above), then compare.")
         gallery = page.engine.gallery_at(BUILTIN_GALLERY)

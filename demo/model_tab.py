@@ -29,16 +29,16 @@ def build(page: Page, header: gr.Markdown) -> None:
     with gr.Row():
         picker = gr.Dropdown(_choices(), value=page.engine.encoder.name, allow_custom_value=True, scale=3,
                              label="Model (any open_clip ARCH:TAG, or a local checkpoint folder, also works)",
-                             interactive=page.allow_model_switch)
-        button = gr.Button("Load", variant="primary", interactive=page.allow_model_switch, scale=1)
+                             interactive=page.local)
+        button = gr.Button("Load", variant="primary", interactive=page.local, scale=1)
     gr.Markdown("Loading a model changes it for everyone using this server; galleries are re-indexed for it "
-                "once, and keep the embeddings of every model they have seen." if page.allow_model_switch else
-                "This public demo keeps its model fixed; run mbm on your own computer to switch models.")
+                "once, and keep the embeddings of every model they have seen." if page.local else
+                "This public page keeps its model fixed; run mbm on your own computer to switch models.")
 
     @friendly
     def load(spec: str, progress=gr.Progress()):
         """Load another model for this server (the current one stays if it cannot be loaded)."""
-        if not page.allow_model_switch:
+        if not page.local:
             raise gr.Error("This server keeps its model fixed.")
         spec = (spec or "").strip()
         if not spec:

@@ -16,14 +16,16 @@ approximate search and prompt wording change; **Gallery** lets you search your o
 model in front of you and walks through the pipeline; **Model** shows what is serving."""
 
 
-def build_demo(engine: Engine, allow_folders: bool = False) -> gr.Blocks:
+def build_demo(engine: Engine, local: bool = False) -> gr.Blocks:
     """The whole page for one engine.
 
     Args:
         engine: the model and galleries to serve.
-        allow_folders: let visitors index a folder of the host by path (only for local use).
+        local: the page is only reachable from this computer, so its visitor is its owner: they may index a folder
+            of the host by path, name files in queries (`@photo.jpg`) and switch the model (which may read any
+            checkpoint path or download one). A public page (another address, `--share`, a Space) does none of it.
     """
-    page = Page(engine, allow_folders=allow_folders, allow_model_switch=not engine.config.on_space)
+    page = Page(engine, local=local)
     # delete_cache: every 10 minutes, the files Gradio keeps for the browser (uploads, result thumbnails) that are
     # older than an hour go; a visitor's private uploads must not linger there (docs/SECURITY.md)
     with gr.Blocks(title="mbm: multimodal model demo", delete_cache=(600, 3600)) as demo:

@@ -69,7 +69,7 @@ def build(page: Page, choice: gr.State) -> None:
 
     @friendly
     def search(text, image, weight, k, threshold, choice):
-        text = check_query(text, image, local=page.allow_folders)
+        text = check_query(text, image, local=page.local)
         image = read_image(image)
         gallery = page.gallery(choice)
         start = time.perf_counter()
@@ -123,7 +123,7 @@ def build(page: Page, choice: gr.State) -> None:
     @friendly
     def search_items(text: str, k: int = 12, threshold: float = -1.0) -> list[dict]:
         """text->image in the server's gallery as JSON rows: id, file (inside the gallery), caption, score."""
-        text = check_query(text, None, local=page.allow_folders)
+        text = check_query(text, None, local=page.local)
         return _rows(page.engine.search(text, k=_check_k(k), threshold=threshold))
 
     @friendly

@@ -248,12 +248,15 @@ def test_json_search_keeps_k_in_range(client, k):
         client.predict("a red circle", k, -1.0, api_name="/search_items")
 
 
-def test_a_public_page_reads_no_host_file_from_a_query(strict_server):
+def test_a_public_page_reads_no_host_file_and_keeps_its_model(strict_server):
     client = Client(strict_server.url, verbose=False)
     for query in ("@/etc/passwd", "a red circle + @../app.py"):
         with pytest.raises(AppError, match="'@file' terms read files on the server"):
             client.predict(query, None, 1.0, 5, 0.0, api_name="/search")
     assert "/index_folder" not in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for spec in (str(ROOT / "assets" / "mbm-shapes"), "ViT-B-32:laion2b_s34b_b79k"):  # a host path; a download
+        with pytest.raises(AppError, match="This server keeps its model fixed"):
+            client.predict(spec, api_name="/load_model")
 
 
 @pytest.mark.parametrize("kind, message", [("missing", "is missing"), ("file", "is a file, not a folder")])
