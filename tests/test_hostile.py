@@ -4,6 +4,7 @@ served is unchanged afterwards."""
 
 import hashlib
 import io
+import json
 import os
 import re
 import sqlite3
@@ -293,6 +294,22 @@ def _state(folder: Path, store: Path) -> tuple:
         items = db.execute("SELECT path, sha256, caption FROM items ORDER BY path").fetchall()
         vectors = db.execute("SELECT item_id, kind, vector FROM vectors ORDER BY item_id, kind").fetchall()
     return files, items, hashlib.sha256(repr(vectors).encode()).hexdigest()
+
+
+@pytest.mark.parametrize("name, message", [("empty.jpg", "empty.jpg: the file is empty (0 bytes)"),
+                                           ("bomb.png", "bomb.png: 900,000,000 pixels is over the")])
+def test_cli_bad_images_are_one_line(files, tmp_path, name, message):
+    out = _cli("describe", str(files / name), "--texts", "a red circle", "a blue star", "--cache", str(tmp_path / "c"))
+    assert out.returncode == 2 and f"error: {message}" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_label_lists(tmp_path):
+    out = _cli("classify", str(RED_CIRCLE), "--labels", "red", "red,red")
+    assert out.returncode == 2 and "give at least two different labels" in out.stderr
+    out = _cli("classify", str(RED_CIRCLE), "--labels", *(f"label{i}" for i in range(999)), "red", "--json")
+    assert out.returncode == 0, out.stderr
+    probs = json.loads(out.stdout)["probs"]
+    assert len(probs) == 1000 and sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_cli_bad_paths_are_one_line_each(tmp_path):
