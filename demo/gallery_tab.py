@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
-from gradio.utils import get_upload_folder
 
 from demo.common import Page, friendly
 from mbm.gallery import Gallery
@@ -48,8 +47,6 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
     summary = gr.Markdown()
     skipped = gr.Dataframe(headers=["file", "why it was skipped"], label="Skipped", visible=False)
 
-    received: dict[str, set[str]] = {}  # session id -> paths of Gradio's copies of the files it uploaded
-
     def progress_of(progress: gr.Progress):
         return lambda done, total, what: progress(done / max(total, 1), desc=what)
 
@@ -58,7 +55,6 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
         if not paths:
             raise gr.Error("Choose some images (or a .zip) first, then press Index my uploads.")
         home = session_folder(page.session_root(), request.session_hash, page.secret)
-        received.setdefault(request.session_hash, set()).update(paths)  # Gradio's copies, removed with the session
         intake = take_uploads(paths, home / "images", LIMITS)
         if not intake.added and not (home / "images").is_dir():
             why = "; ".join(f"{name}: {reason}" for name, reason in intake.skipped[:3]) or "no image files in them"
@@ -102,13 +98,10 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
     refresh.click(gallery_info, choice, info, api_name="gallery_info")
 
     def forget(request: gr.Request) -> None:
-        """The page was closed: the visitor's uploads, their index and Gradio's copies of the uploaded files go."""
+        """The page was closed: the visitor's uploads and their index go. (Gradio's own copies of the uploaded files
+        stay until its cache sweep, an hour: Gradio shares one copy between visitors who upload the same bytes.)"""
         home = session_folder(page.session_root(), request.session_hash, page.secret)
         page.engine.close_gallery(home / "images")
         remove_folder(home)
-        gradio_uploads = Path(get_upload_folder()).resolve()
-        for path in map(Path, received.pop(request.session_hash, ())):
-            if path.resolve().is_relative_to(gradio_uploads):  # only ever Gradio's own upload copies
-                path.unlink(missing_ok=True)
 
     demo.unload(forget)
