@@ -101,6 +101,8 @@ def friendly(fn):
             raise gr.Error(f"{e}") from None
         except ImageError as e:
             raise gr.Error(_unreadable(e)) from None
-        except (ValueError, KeyError, NotADirectoryError, FileNotFoundError, PermissionError, GalleryLockedError) as e:
-            raise gr.Error(str(e).strip("'\"")) from None
+        except KeyError as e:  # str() of a KeyError is the repr of its message
+            raise gr.Error(str(e.args[0] if e.args else e)) from None
+        except (ValueError, NotADirectoryError, FileNotFoundError, PermissionError, GalleryLockedError) as e:
+            raise gr.Error(str(e)) from None
     return wrapper

@@ -31,21 +31,17 @@ def check_query(text: str | None, image: Image.Image | str | None,
                 missing: str = "Type what you are looking for, or drop an image, then press Search.",
                 local: bool = False) -> str:
     """The query text, stripped; a gr.Error saying `missing` when there is neither text nor image, when the text is
-    too long or not a query (see `mbm.search.parse_query`), or when it names a file (`@photo.jpg`) and the page is
-    not `local`: such terms read files of the host, which only its owner may do."""
+    too long, or when it names a file (`@photo.jpg`) and the page is not `local`: such terms read files of the host,
+    which only its owner may do. A text that is not a query raises `parse_query`'s ValueError (callers are
+    `friendly`)."""
     text = (text or "").strip()
     if not text and image is None:
         raise gr.Error(missing)
     if len(text) > MAX_QUERY_CHARS:
         raise gr.Error(f"That query is {len(text):,} characters long; keep it under {MAX_QUERY_CHARS:,}.")
-    if text:
-        try:
-            terms = parse_query(text)
-        except ValueError as e:
-            raise gr.Error(str(e)) from None
-        if not local and any(t.kind == "image" for t in terms):
-            raise gr.Error("'@file' terms read files on the server, so they only work when mbm runs on your own "
-                           "computer. Drop the image into the Image box instead.")
+    if text and not local and any(t.kind == "image" for t in parse_query(text)):  # a bad query: ValueError
+        raise gr.Error("'@file' terms read files on the server, so they only work when mbm runs on your own "
+                       "computer. Drop the image into the Image box instead.")
     return text
 
 

@@ -173,7 +173,7 @@ def test_the_file_route_serves_no_file_of_the_host_or_of_another_session(server,
         stored = folder / "images" / image.name
         assert stored.read_bytes() == data
         [session_thumb] = (folder / "store" / "thumbs").glob("*/*.jpg")
-        [store] = (server.cache / "galleries").glob("*/gallery.sqlite")
+        [store] = (server.cache / "galleries").glob("gallery-*/gallery.sqlite")  # the built-in gallery's
         server_thumb = next((store.parent / "thumbs").glob("*/*.jpg"))
         gradio_dir = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
         [real] = gradio_dir.glob(f"*/{image.name}")  # where Gradio put the victim's upload: a seeded hash
