@@ -40,11 +40,15 @@ class Server:
     log: Path
 
 
-def start_app(folder: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, Server]:
-    """`python app.py ARGS` on a free port with its own MBM_CACHE under `folder`, once it answers HTTP."""
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def start_app(folder: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, Server]:
+    """`python app.py ARGS` on a free port with its own MBM_CACHE under `folder`, once it answers HTTP."""
+    port = free_port()
     cache = folder / "cache"
     log = folder / "app.log"
     with open(log, "w") as out:

@@ -8,7 +8,6 @@ running app on to the next test where they can, so the whole file starts app.py 
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import faiss
 import pytest
-from conftest import ROOT, start_app, stop_app
+from conftest import ROOT, free_port, start_app, stop_app
 from gradio_client import Client, handle_file
 
 from mbm.data.language import describe
@@ -102,12 +101,6 @@ def site(tmp_path_factory):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_only(db: Path) -> sqlite3.Connection:
