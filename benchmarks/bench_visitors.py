@@ -226,14 +226,29 @@ def timed(records: list[Record], phase: str, sid: int, action: str, t0: float, f
     return error is None
 
 
+def clock_gate(parties: int) -> tuple[threading.Barrier, list[float]]:
+    """A barrier for `parties` threads and the common start time it sets as it opens, before any thread goes on
+    (set after `wait()` returned, a thread could read it before the main thread wrote it)."""
+    start = [0.0]
+    return threading.Barrier(parties, action=lambda: start.__setitem__(0, time.perf_counter())), start
+
+
+def run_together(threads: list[threading.Thread], gate: threading.Barrier) -> None:
+    """Start the threads, pass `gate` with them (this thread is one of its parties), and wait until all are done."""
+    for t in threads:
+        t.start()
+    gate.wait(timeout=300)
+    for t in threads:
+        t.join()
+
+
 def run_load(url: str, sessions: int, seconds: float, mix: dict[str, float], folder: Path,
              download: bool) -> tuple[list[Record], list[Record], float]:
     """The load phase: returns the requests, the connects, and the seconds from the common start to the last
     request's end."""
     records: list[Record] = []  # list.append is atomic: every thread appends to the one list
     connects: list[Record] = []
-    gate = threading.Barrier(sessions + 1)
-    start = [0.0]
+    gate, start = clock_gate(sessions + 1)
     names, weights = list(mix), list(mix.values())
 
     def session(sid: int) -> None:
@@ -264,13 +279,8 @@ def run_load(url: str, sessions: int, seconds: float, mix: dict[str, float], fol
         finally:
             visitor.client.close()
 
-    threads = [threading.Thread(target=session, args=(i,), name=f"visitor{i:02d}") for i in range(sessions)]
-    for t in threads:
-        t.start()
-    gate.wait(timeout=300)
-    start[0] = time.perf_counter()
-    for t in threads:
-        t.join()
+    run_together([threading.Thread(target=session, args=(i,), name=f"visitor{i:02d}") for i in range(sessions)],
+                 gate)
     wall = max((r.start_s + r.ms / 1000 for r in records), default=seconds)
     return records, connects, wall
 
@@ -311,9 +321,11 @@ def run_overload(folder: Path, flood: int, queue_size: int, searchers: int) -> t
         info_fn = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "gallery_info")
         records: list[Record] = []
         found: dict = {"queue_size": queue_size, "flood": flood, "images_each": 3, "probes": [], "messages": []}
-        gate = threading.Barrier(flood + searchers + 2)
+        gate, start = clock_gate(flood + searchers + 2)
         first_refusal = threading.Event()
-        start = [0.0]
+
+        def record(sid: int, action: str, t: float, error: str | None) -> None:
+            records.append(Record("overload", sid, action, t - start[0], (time.perf_counter() - t) * 1000, error))
 
         def connect() -> Client:
             return Client(url, verbose=False, analytics_enabled=False, ssl_verify=False, download_files=False)
@@ -337,7 +349,7 @@ def run_overload(folder: Path, flood: int, queue_size: int, searchers: int) -> t
                 found["messages"].append(str(exc))
             except Exception as exc:
                 action, error = "upload", f"{type(exc).__name__}: {exc}"
-            records.append(Record("overload", sid, action, t - start[0], (time.perf_counter() - t) * 1000, error))
+            record(sid, action, t, error)
             client.close()
 
         def searcher(sid: int) -> None:  # a visitor who only searches, arriving while the queue is full
@@ -354,7 +366,7 @@ def run_overload(folder: Path, flood: int, queue_size: int, searchers: int) -> t
                 found["messages"].append(str(exc))
             except Exception as exc:
                 action, error = "search", f"{type(exc).__name__}: {exc}"
-            records.append(Record("overload", sid, action, t - start[0], (time.perf_counter() - t) * 1000, error))
+            record(sid, action, t, error)
             client.close()
 
         def prober() -> None:  # plain HTTP, as any script would join the queue
@@ -369,15 +381,9 @@ def run_overload(folder: Path, flood: int, queue_size: int, searchers: int) -> t
                     found["probes"].append({"status": r.status_code, "body": r.text[:200],
                                             "ms": (time.perf_counter() - t) * 1000})
 
-        threads = ([threading.Thread(target=uploader, args=(i,)) for i in range(flood)]
-                   + [threading.Thread(target=searcher, args=(flood + i,)) for i in range(searchers)]
-                   + [threading.Thread(target=prober)])
-        for t in threads:
-            t.start()
-        gate.wait(timeout=300)
-        start[0] = time.perf_counter()
-        for t in threads:
-            t.join()
+        run_together([threading.Thread(target=uploader, args=(i,)) for i in range(flood)]
+                     + [threading.Thread(target=searcher, args=(flood + i,)) for i in range(searchers)]
+                     + [threading.Thread(target=prober)], gate)
         client = connect()  # afterwards: a visitor who comes later is served as usual
         t = time.perf_counter()
         try:
@@ -387,7 +393,7 @@ def run_overload(folder: Path, flood: int, queue_size: int, searchers: int) -> t
             error = None if "red circle" in tiles[0]["caption"] else f"WrongResult: top {tiles[0]['caption']!r}"
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
-        records.append(Record("overload", -1, "search after", t - start[0], (time.perf_counter() - t) * 1000, error))
+        record(-1, "search after", t, error)
         client.close()
         return records, found
     finally:
