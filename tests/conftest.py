@@ -40,6 +40,12 @@ class Server:
     log: Path
 
 
+def run_mbm(*args: str, timeout: float = 600, wrapper: list[str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m mbm ARGS` as a person runs it (offline), optionally under a `wrapper` command such as setpriv."""
+    return subprocess.run([*(wrapper or []), sys.executable, "-m", "mbm", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_mbm
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image, ImageOps
@@ -277,9 +278,6 @@ def test_a_bad_folder_path_on_the_page(client, tmp_path, unchanged, kind, messag
 
 
 # ---------------------------------------------------------------- the command line and the Python API
-def _cli(*args, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mbm", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 @pytest.fixture(scope="module")
@@ -306,12 +304,13 @@ def _state(folder: Path, store: Path) -> tuple:
 @pytest.mark.parametrize("name, message", [("empty.jpg", "empty.jpg: the file is empty (0 bytes)"),
                                            ("bomb.png", "bomb.png: 900,000,000 pixels is over the")])
 def test_cli_bad_images_are_one_line(files, tmp_path, name, message):
-    out = _cli("describe", str(files / name), "--texts", "a red circle", "a blue star", "--cache", str(tmp_path / "c"))
+    out = run_mbm("describe", str(files / name), "--texts", "a red circle", "a blue star",
+                  "--cache", str(tmp_path / "c"))
     assert out.returncode == 2 and f"error: {message}" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_label_lists_in_the_cli_and_the_api(shapes_model):
-    out = _cli("classify", str(RED_CIRCLE), "--labels", "red", "red,red")
+    out = run_mbm("classify", str(RED_CIRCLE), "--labels", "red", "red,red")
     assert out.returncode == 2 and "give at least two different labels" in out.stderr
     result = zero_shot(shapes_model, Image.open(RED_CIRCLE), [*(f"label{i}" for i in range(999)), "red", "red"])
     assert len(result.probs) == 1000 and sum(result.probs.values()) == pytest.approx(1.0, abs=1e-4)  # the library
@@ -324,9 +323,9 @@ def test_cli_bad_paths_are_one_line_each(tmp_path):  # a file for a folder: test
     Image.open(RED_CIRCLE).save(loop / "real.png")
     (loop / "again").symlink_to(loop)  # a folder that contains itself
     (loop / "self.jpg").symlink_to(loop / "self.jpg")  # a file link that points at itself
-    out = _cli("index", str(tmp_path / "nowhere"), "--cache", str(tmp_path / "cache"))
+    out = run_mbm("index", str(tmp_path / "nowhere"), "--cache", str(tmp_path / "cache"))
     assert out.returncode == 2 and "is missing" in out.stderr and "Traceback" not in out.stderr
-    out = _cli("index", str(loop), "--cache", str(tmp_path / "cache"), timeout=120)
+    out = run_mbm("index", str(loop), "--cache", str(tmp_path / "cache"), timeout=120)
     assert out.returncode == 0, out.stderr
     assert "1 images searchable" in out.stdout and "skipped self.jpg: cannot be read (Too many levels" in out.stdout
 
@@ -344,16 +343,12 @@ def test_an_unreadable_folder_is_an_error_and_an_unreadable_sub_folder_loses_not
             "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
     (folder / "locked").chmod(0)
     try:
-        out = subprocess.run([*drop, sys.executable, "-m", "mbm", "index", str(folder), "--cache", str(cache)],
-                             cwd=ROOT, capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        out = run_mbm("index", str(folder), "--cache", str(cache), wrapper=drop)
         assert out.returncode == 0, out.stderr
         assert "5 images searchable" in out.stdout and "skipped locked/: folder cannot be read (Permission denied)" \
             in out.stdout  # the two locked images are kept, not deleted
         folder.chmod(0)
-        out = subprocess.run([*drop, sys.executable, "-m", "mbm", "index", str(folder), "--cache", str(cache)],
-                             cwd=ROOT, capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        out = run_mbm("index", str(folder), "--cache", str(cache), wrapper=drop)
     finally:
         folder.chmod(0o755)
         (folder / "locked").chmod(0o755)
@@ -421,7 +416,7 @@ def test_damaged_weights_name_the_file_in_the_api_the_cli_and_the_app(damaged_mo
     expected = f"cannot load the weights in {weights}: the file is truncated, damaged"
     with pytest.raises(WeightsFileError, match=expected):
         create_model(str(damaged_model), device="cpu")
-    out = _cli("search", "a red circle", "--model", str(damaged_model), "--cache", str(tmp_path / "cache"))
+    out = run_mbm("search", "a red circle", "--model", str(damaged_model), "--cache", str(tmp_path / "cache"))
     assert out.returncode == 2 and expected in out.stderr and "Traceback" not in out.stderr
     app = subprocess.run([sys.executable, "app.py", "--model", str(damaged_model)], cwd=ROOT,
                          capture_output=True, text=True, timeout=120,
