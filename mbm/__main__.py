@@ -236,7 +236,8 @@ def _eval_late_fusion(args) -> int:
 
 
 EXIT_CODES = """exit codes: 0 success; 1 a search found nothing (above the threshold); 2 bad input (a missing file,
-an unreadable image, an empty query, a bad flag); 3 the model's weights cannot be loaded (offline, damaged)."""
+an unreadable image, an empty query, a bad flag); 3 the model's weights cannot be loaded (offline, damaged); 4 the
+gallery's store cannot be used (damaged, or locked by another program)."""
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
@@ -355,24 +356,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", help="the folder to write")
     p.add_argument("-n", type=int, default=300, help="how many scenes (default 300)")
     p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
-    p.add_argument("--split", default="test", help="train, val, test or heldout (default test)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "heldout"),
+                   help="which scenes (default test)")
     p.set_defaults(run=_make_gallery)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from mbm.models import WeightsUnavailableError
+    from mbm.errors import InputError, StoreDamagedError
+    from mbm.gallery import GalleryLockedError
+    from mbm.models import WeightsFileError, WeightsUnavailableError
     try:
         return args.run(args)
-    except WeightsUnavailableError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except (ValueError, OSError, KeyError, RuntimeError) as e:  # ImageError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (WeightsUnavailableError, WeightsFileError) as e:
+        return _fail(e, 3)
+    except (StoreDamagedError, GalleryLockedError) as e:
+        return _fail(e, 4)
+    except (InputError, FileNotFoundError, NotADirectoryError, PermissionError) as e:  # a person's input or path
+        return _fail(e, 2)
     except KeyboardInterrupt:
         print("interrupted; run the same command again to continue", file=sys.stderr)
         return 130
+
+
+def _fail(error: Exception, status: int) -> int:
+    """Print one line for people (unencodable characters of a file name or argument escaped) and return `status`."""
+    text = str(error).encode(sys.stderr.encoding or "utf-8", "backslashreplace").decode(sys.stderr.encoding or "utf-8")
+    print(f"error: {text}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -14,18 +14,17 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from mbm.data.language import fix_articles
+from mbm.errors import InputError
 from mbm.models import Encoder
+from mbm.text import MAX_LABELS, MAX_TEMPLATES, check_prompts, check_texts, fill
 
 log = logging.getLogger(__name__)
-MAX_LABELS = 1000  # a softmax over more labels than this is a mistake, not a classifier
-
 DEFAULT_TEMPLATES = ("a photo of a {}.", "a {}.", "a drawing of a {}.", "a picture of a {}.")
 
 
 def prompts(label: str, templates: tuple[str, ...] | list[str] = DEFAULT_TEMPLATES) -> list[str]:
-    """The prompts of one label, e.g. "a photo of an orange." ("{}" marks where the label goes)."""
-    return [fix_articles(t.format(label)) if "{}" in t else f"{t} {label}" for t in templates]
+    """The prompts of one label, e.g. "a photo of an orange." ("{}" marks where the label goes; see `fill`)."""
+    return [fill(t, label) for t in templates]
 
 
 def prototypes(encoder: Encoder, labels: list[str], templates=DEFAULT_TEMPLATES) -> np.ndarray:
@@ -57,15 +56,28 @@ class ZeroShot:
 
 
 def clean_labels(labels: list[str]) -> list[str]:
-    """Labels stripped, empty ones dropped and duplicates merged (first spelling kept).
+    """Labels cleaned (`mbm.text.clean_text`), stripped, empty ones dropped and duplicates merged (first spelling
+    kept).
 
-    Raises ValueError for fewer than two distinct labels or more than `MAX_LABELS`."""
-    cleaned = list(dict.fromkeys(label.strip() for label in labels if label and label.strip()))
+    Raises InputError for fewer than two distinct labels, more than `MAX_LABELS`, or one over `MAX_TEXT_CHARS`."""
+    cleaned = list(dict.fromkeys(check_texts(labels, "label", None, least=0)))
     if len(cleaned) < 2:
-        raise ValueError(f"give at least two different labels to choose between (got {cleaned or 'none'})")
+        raise InputError(f"give at least two different labels to choose between (got {cleaned or 'none'})")
     if len(cleaned) > MAX_LABELS:
-        raise ValueError(f"{len(cleaned)} labels is too many: give at most {MAX_LABELS}")
+        raise InputError(f"{len(cleaned):,} labels is too many: give at most {MAX_LABELS:,}")
     return cleaned
+
+
+def clean_templates(templates: list[str] | tuple[str, ...] | None) -> list[str]:
+    """Templates cleaned and stripped, blanks and duplicates dropped (default `DEFAULT_TEMPLATES`); InputError for
+    none, more than `MAX_TEMPLATES`, or one over `MAX_TEXT_CHARS`."""
+    if not templates:
+        return list(DEFAULT_TEMPLATES)
+    try:
+        return list(dict.fromkeys(check_texts(templates, "prompt template", MAX_TEMPLATES)))
+    except InputError as e:
+        raise InputError(f"{e} (a template is a text with {{}} where the label goes, e.g. 'a photo of a {{}}.')") \
+            from None
 
 
 def zero_shot(encoder: Encoder, image: Image.Image | np.ndarray, labels: list[str],
@@ -76,15 +88,14 @@ def zero_shot(encoder: Encoder, image: Image.Image | np.ndarray, labels: list[st
         encoder: the image-text model.
         image: a PIL image (any mode), or its `(D,)` embedding from this encoder.
         labels: two or more class names; blanks and duplicates are dropped.
-        templates: prompt templates with "{}" where the label goes (default `DEFAULT_TEMPLATES`).
+        templates: prompt templates with "{}" where the label goes (default `DEFAULT_TEMPLATES`); the label is
+            substituted as plain text (`mbm.text.fill`), nothing else in a template is interpreted.
     Returns:
         `ZeroShot` with the ensemble's probabilities and each template's own; a prompt cut short by the
         tokenizer is listed in `truncated` and warned about (`UserWarning`).
     """
-    labels = clean_labels(labels)
-    templates = [t.strip() for t in (templates or DEFAULT_TEMPLATES) if t and t.strip()]
-    if not templates:
-        raise ValueError("give at least one prompt template, e.g. 'a photo of a {}.'")
+    labels, templates = clean_labels(labels), clean_templates(templates)
+    check_prompts(len(labels), len(templates))
     texts = [p for label in labels for p in prompts(label, templates)]
     truncated = [t for t in texts if (encoder.count_tokens(t) or 0) > encoder.context_length]
     if truncated:
@@ -116,5 +127,5 @@ def neighbour_vote(scores: np.ndarray, neighbour_labels: list[str], labels: list
 def late_fusion(zero_shot_probs: np.ndarray, vote: np.ndarray, alpha: float) -> np.ndarray:
     """`alpha * zero-shot + (1 - alpha) * neighbour vote`: alpha 1 is pure zero-shot, 0 pure k-NN."""
     if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
+        raise InputError(f"alpha must be between 0 and 1, got {alpha}")
     return alpha * zero_shot_probs + (1 - alpha) * vote

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from mbm.classify import ZeroShot, zero_shot
+from mbm.errors import InputError
 from mbm.explore import (
     EmbeddingMap,
     IndexComparison,
@@ -32,6 +33,7 @@ from mbm.gallery import Gallery, Progress, SyncReport
 from mbm.models import Encoder, WeightsUnavailableError, create_model, default_cache_dir, default_model
 from mbm.models._registry import ASSETS, EMBEDDED
 from mbm.search import Hit, Term, parse_query, query_vector, rank_texts, search
+from mbm.text import clean_text
 from mbm.trace import PipelineTrace, pipeline_trace
 
 log = logging.getLogger(__name__)
@@ -202,7 +204,7 @@ class Engine:
         if item is not None:
             terms.append(Term(1.0, "item", int(item)))
         if not terms:
-            raise ValueError("the query is empty: type some text, or give an image")
+            raise InputError("the query is empty: type some text, or give an image")
         return terms
 
     def search(self, text: str | None = None, image: Image.Image | str | Path | None = None,
@@ -257,7 +259,7 @@ class Engine:
         known = gallery.labels()
         labels = labels or sorted(set(known.values()))
         if not known:
-            raise ValueError("this gallery's images carry no labels: put them in one sub-folder per label")
+            raise InputError("this gallery's images carry no labels: put them in one sub-folder per label")
         vec = self.encoder.encode_images([image])[0]  # (D,), for both parts
         zs = self.zero_shot(vec, labels, templates)
         labels = list(zs.probs)  # cleaned, in the ensemble's order
@@ -279,7 +281,7 @@ class Engine:
             folder = FUSION_HEADS / self.encoder.name.replace(":", "-").replace("/", "-")
             heads, meta = load_heads(folder) if (folder / "heads.json").is_file() else ({}, {})
             if meta.get("backbone_key") != self.encoder.key:
-                raise ValueError(f"no fused image+text heads are trained for {self.encoder.name}: run "
+                raise InputError(f"no fused image+text heads are trained for {self.encoder.name}: run "
                                  f"`python -m mbm train-fusion --backbone {self.encoder.name}` (minutes on a CPU)")
             self._heads = (self.encoder.key, heads, meta)
         return self._heads[1], self._heads[2]
@@ -295,17 +297,17 @@ class Engine:
 
         from mbm.data.vqa import ANSWERS
         from mbm.fusion import featurize
-        question = (question or "").strip()
+        question = clean_text(question or "").strip()
         if not question:
-            raise ValueError("type a question about the image, e.g. 'what shape is at the top left?'")
+            raise InputError("type a question about the image, e.g. 'what shape is at the top left?'")
         if len(question) > MAX_QUESTION_CHARS:
-            raise ValueError(f"that question is {len(question):,} characters; keep it under {MAX_QUESTION_CHARS}")
+            raise InputError(f"that question is {len(question):,} characters; keep it under {MAX_QUESTION_CHARS}")
         heads, _ = self.fusion_heads()
         seednet = self._seednet()
         known = [*heads, *(["seednet"] if seednet else [])]
         unknown = [s for s in strategies or () if s not in known]
         if unknown:
-            raise ValueError(f"unknown fusion strategy {unknown[0]!r}; choose from {known}")
+            raise InputError(f"unknown fusion strategy {unknown[0]!r}; choose from {known}")
         feats = featurize(self.encoder, [image.convert("RGB")], [question])
         out = {}
         with torch.inference_mode():
@@ -344,7 +346,7 @@ class Engine:
                    templates: list[str] | None = None) -> PromptLab:
         """Zero-shot per template and ensembled, with every prompt's tokens (see `mbm.explore.prompt_lab`)."""
         if image is None:
-            raise ValueError("give an image to classify")
+            raise InputError("give an image to classify")
         return prompt_lab(self.encoder, image, labels, templates)
 
     def pipeline_trace(self, image: Image.Image, text: str) -> PipelineTrace:

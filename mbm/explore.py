@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from mbm.classify import clean_labels, prompts, zero_shot
+from mbm.errors import InputError
 from mbm.index import HNSW_EF_SEARCH, Index
 from mbm.models import Encoder
 
@@ -86,7 +87,7 @@ def _whole(value, lo: int, hi: int, message: str) -> int:
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
-        raise ValueError(message)
+        raise InputError(message)
     return int(value)
 
 
@@ -207,9 +208,9 @@ def _sample_ids(ids: list[int], n: int) -> set[int]:
 
 def _check_method(method: str) -> str:
     if method not in METHODS:
-        raise ValueError(f"unknown projection {method!r}; choose from {available_methods()}")
+        raise InputError(f"unknown projection {method!r}; choose from {available_methods()}")
     if method not in available_methods():
-        raise ValueError("the UMAP projection needs umap-learn: pip install umap-learn (or use 'pca')")
+        raise InputError("the UMAP projection needs umap-learn: pip install umap-learn (or use 'pca')")
     return method
 
 
@@ -217,7 +218,7 @@ def _fit_map(gallery: Gallery, method: str) -> _Fit:
     ids, images = gallery.image_matrix()
     cids, texts, captions = gallery.captions()
     if not len(ids):
-        raise ValueError("this gallery has no searchable images to map: add some images first")
+        raise InputError("this gallery has no searchable images to map: add some images first")
     joint = np.vstack([images, captions])  # (N + C, D): one fit, so both clouds share the axes
     if method == "pca":
         mean, comps, ratio = pca_2d(joint)
@@ -264,7 +265,7 @@ def similarity_matrix(gallery: Gallery, n: int = 8, seed: int = 0, softmax: bool
         if i in row and text.strip():
             first.setdefault(text, (row[i], c))
     if len(first) < MIN_PAIRS:
-        raise ValueError("this gallery has no captions to pair with its images (it needs at least two different "
+        raise InputError("this gallery has no captions to pair with its images (it needs at least two different "
                          "ones): give images a NAME.txt beside them, or readable file names")
     candidates = list(first.values())
     pairs = [candidates[p] for p in np.random.default_rng(seed).choice(len(candidates), min(n, len(candidates)),
@@ -302,7 +303,7 @@ def approximate_index(kind: str, n: int) -> tuple[str, int]:
     """`(factory, knob_max)` of the approximate index for `n` vectors: IVF with about sqrt(n) lists (a power
     of two; nprobe up to all of them, which scans everything), or HNSW with M=8 (efSearch up to n, capped)."""
     if kind not in INDEX_KINDS:
-        raise ValueError(f"unknown index kind {kind!r}; choose from {list(INDEX_KINDS)}")
+        raise InputError(f"unknown index kind {kind!r}; choose from {list(INDEX_KINDS)}")
     if kind == "hnsw":
         return f"HNSW{HNSW_M},Flat", max(1, min(n, HNSW_EF_SEARCH))
     nlist = int(min(2 ** round(np.log2(max(1.0, np.sqrt(n)))), max(1, n)))  # 16 for ~300 vectors
@@ -326,7 +327,7 @@ def compare_indexes(gallery: Gallery, query_vec: np.ndarray, k: int = 10, kind: 
     ids, vecs = gallery.image_matrix()
     factory, top = approximate_index(kind, len(ids))
     if not len(ids):
-        raise ValueError("this gallery has no searchable images to search")
+        raise InputError("this gallery has no searchable images to search")
     k = _whole(k, 1, 10**6, f"k must be a whole number of at least 1, got {k!r}")
     knob = _whole(knob, 1, top, f"{INDEX_KINDS[kind]} must be a whole number from 1 to {top} here, got {knob!r}")
     exact = gallery.index

@@ -30,6 +30,7 @@ from torch import nn
 
 from mbm.data.shapes import render
 from mbm.data.vqa import ANSWERS, QUESTION_TYPES, WORDS, Example, tokenize
+from mbm.errors import InputError
 from mbm.models import Encoder
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class FusionClassifier(nn.Module):
     def __init__(self, cfg: HeadConfig):
         super().__init__()
         if cfg.strategy not in STRATEGIES:
-            raise ValueError(f"unknown fusion strategy {cfg.strategy!r}; choose from {STRATEGIES}")
+            raise InputError(f"unknown fusion strategy {cfg.strategy!r}; choose from {STRATEGIES}")
         self.cfg, d, s = cfg, cfg.d, cfg.strategy
         if s != "text-only":  # only the modules a strategy uses exist, so parameter counts are honest
             self.image = nn.Sequential(nn.Linear(cfg.embed_dim, d), nn.GELU())

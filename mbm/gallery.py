@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -37,6 +38,7 @@ from mbm.data.images import (
     save_thumbnail,
     thumbnail,
 )
+from mbm.errors import StoreDamagedError
 from mbm.index import Index, IndexFileError
 from mbm.models import Encoder
 
@@ -130,10 +132,14 @@ class Gallery:
         self._sync_lock = threading.Lock()
         self._db = sqlite3.connect(self.store / "gallery.sqlite", timeout=busy_timeout_s, check_same_thread=False,
                                    isolation_level=None)
-        with self._locked_is_clear():
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(SCHEMA)
+        try:
+            with self._locked_is_clear():  # the first statement is where a damaged file shows
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA foreign_keys=ON")
+                self._db.executescript(SCHEMA)
+        except BaseException:
+            self._db.close()
+            raise
         self._index: Index | None = None
         self._matrix: tuple[int, np.ndarray, np.ndarray] | None = None  # (generation, ids, vectors)
 
@@ -466,18 +472,23 @@ class Gallery:
 
     @contextlib.contextmanager
     def _locked_is_clear(self):
-        """SQLite's 'database is locked' (another process writing past the busy timeout) as a `GalleryLockedError`."""
+        """SQLite's 'database is locked' (another process writing past the busy timeout) as a `GalleryLockedError`,
+        and a store that is not a database, or a damaged one, as a `StoreDamagedError`."""
         try:
             yield
         except sqlite3.OperationalError as e:
-            if "locked" not in str(e) and "busy" not in str(e):
+            if "locked" in str(e) or "busy" in str(e):
+                raise GalleryLockedError(f"the gallery's database {self.store / 'gallery.sqlite'} is locked by "
+                                         "another program writing to it (another mbm indexing this folder?); try "
+                                         "again when it has finished") from e
+            if not _DAMAGE.search(str(e)):
                 raise
-            raise GalleryLockedError(f"the gallery's database {self.store / 'gallery.sqlite'} is locked by another "
-                                     "program writing to it (another mbm indexing this folder?); try again when it "
-                                     "has finished") from e
+            raise _damaged(self.store, e) from e
+        except sqlite3.DatabaseError as e:  # "file is not a database", "database disk image is malformed"
+            raise _damaged(self.store, e) from e
 
     def _all(self, sql: str, params=()) -> list[tuple]:
-        with self._lock:
+        with self._lock, self._locked_is_clear():
             return self._db.execute(sql, tuple(params)).fetchall()
 
     def _one(self, sql: str, params=()):
@@ -501,11 +512,24 @@ class _Transaction:
             raise
         return self.db
 
-    def __exit__(self, exc_type, *_) -> None:
+    def __exit__(self, exc_type, exc, _tb) -> None:
         try:
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+            with self.clear_errors():
+                self.db.execute("ROLLBACK" if exc_type else "COMMIT")
         finally:
             self.lock.release()
+        if isinstance(exc, sqlite3.DatabaseError):  # damage found mid-batch: said as for any other statement
+            with self.clear_errors():
+                raise exc
+
+
+_DAMAGE = re.compile(r"malformed|not a database|disk I/O error|corrupt", re.I)
+
+
+def _damaged(store: Path, e: sqlite3.Error) -> StoreDamagedError:
+    return StoreDamagedError(f"the gallery's store {store / 'gallery.sqlite'} is damaged ({e}), so nothing in it can "
+                             f"be read. Delete the folder {store} and index the images again: mbm rebuilds it from "
+                             "the image files, which are untouched.")
 
 
 def _sha256(path: Path) -> str | None:

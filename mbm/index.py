@@ -20,6 +20,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from mbm.errors import InputError
+
 log = logging.getLogger(__name__)
 
 FLAT_MAX_VECTORS = 100_000  # at or below this, an exact flat scan is fast enough (see choose_factory)
@@ -90,7 +92,7 @@ def _make_inner(dim: int, factory: str) -> faiss.Index:
     try:
         inner = faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"bad faiss factory string {factory!r} (e.g. 'Flat', 'HNSW32,Flat', 'IVF64,Flat')") from e
+        raise InputError(f"bad faiss factory string {factory!r} (e.g. 'Flat', 'HNSW32,Flat', 'IVF64,Flat')") from e
     if isinstance(inner, faiss.IndexIDMap):
         raise ValueError(f"factory {factory!r} must not include IDMap: Index adds its own IDMap2")
     if isinstance(inner, faiss.IndexHNSW):

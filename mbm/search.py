@@ -25,15 +25,14 @@ import numpy as np
 from PIL import Image
 
 from mbm.data.images import load_image
+from mbm.errors import InputError
 from mbm.models import Encoder
+from mbm.text import MAX_TEXTS, check_texts, clean_text
 
 if TYPE_CHECKING:
     from mbm.gallery import Gallery
 
-# Characters a query never means: C0/C1 controls (NUL, bell, escape, ...; tabs and line breaks become spaces) and the
-# bidirectional overrides and isolates, which make a text display in another order than it reads (U+202A-202E,
-# U+2066-2069). Other format characters stay: the zero-width joiner holds emoji sequences together.
-_DROPPED = re.compile("[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]")
+MAX_WEIGHT = 100.0  # a term's weight; the sum is normalised, so only ratios matter and this allows 10,000:1
 WEIGHT = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?:x\s+|[*:]\s*)(.+)$", re.S)
 
 
@@ -60,12 +59,6 @@ class Hit:
     relpath: str = ""  # the path inside the gallery folder, safe to show to people
 
 
-def clean_text(text: str, keep_lines: bool = False) -> str:
-    """`text` without the characters no query means (control characters, bidirectional overrides), with tabs (and
-    line breaks, unless `keep_lines`) as spaces."""
-    return _DROPPED.sub("", re.sub(r"[\t\r]" if keep_lines else r"[\t\n\r]", " ", text))
-
-
 def parse_query(text: str) -> list[Term]:
     """Terms of a query string (see the module docstring), after `clean_text`.
 
@@ -74,7 +67,7 @@ def parse_query(text: str) -> list[Term]:
     """
     parts = _split_terms(clean_text(text))
     if not parts:
-        raise ValueError("the query is empty: type some text, or give an image")
+        raise InputError("the query is empty: type some text, or give an image")
     return [_parse_term(sign, body) for sign, body in parts]
 
 
@@ -96,9 +89,9 @@ def _split_terms(text: str) -> list[tuple[float, str]]:
         body += ch
         pending = pending and not body.strip()
     if quote is not None:
-        raise ValueError(f"unclosed quote {quote} in the query {text!r}")
+        raise InputError(f"unclosed quote {quote} in the query {text!r}")
     if pending and parts:
-        raise ValueError(f"the query {text!r} ends with an operator: add a term after it")
+        raise InputError(f"the query {text!r} ends with an operator: add a term after it")
     if body.strip():
         parts.append((sign, body.strip()))
     return parts
@@ -108,6 +101,9 @@ def _parse_term(sign: float, body: str) -> Term:
     weight, m = sign, WEIGHT.match(body)
     if m:
         weight, body = sign * float(m.group(1)), m.group(2).strip()
+        if not abs(weight) <= MAX_WEIGHT:  # also catches inf, from a weight of 400 digits
+            raise InputError(f"the weight {m.group(1)[:20]}{'…' if len(m.group(1)) > 20 else ''} is too large: "
+                             f"give weights between -{MAX_WEIGHT:g} and {MAX_WEIGHT:g}")
     if body[0] in "\"'" and body[-1] == body[0] and len(body) >= 2:
         return Term(weight, "text", _require_text(body[1:-1]))
     if body.startswith("@"):
@@ -119,9 +115,9 @@ def _parse_term(sign: float, body: str) -> Term:
 
 def _require_text(text: str) -> str:
     if not text.strip():
-        raise ValueError("a query term is empty text: type some words between the quotes")
+        raise InputError("a query term is empty text: type some words between the quotes")
     if not any(ch.isalnum() or unicodedata.category(ch) == "So" for ch in text):  # letters, digits, emoji
-        raise ValueError(f"{text.strip()!r} has no words in it, only punctuation: type what you are looking for")
+        raise InputError(f"{text.strip()!r} has no words in it, only punctuation: type what you are looking for")
     return text.strip()
 
 
@@ -133,13 +129,13 @@ def query_vector(encoder: Encoder, terms: list[Term], gallery: Gallery | None = 
         mbm.data.images.ImageError: an image term that cannot be read.
     """
     if not terms:
-        raise ValueError("the query is empty: type some text, or give an image")
+        raise InputError("the query is empty: type some text, or give an image")
     total = np.zeros(encoder.embed_dim, np.float32)
     for term in terms:
         total += term.weight * _embed(encoder, term, gallery)
     norm = float(np.linalg.norm(total))
     if norm < 1e-6:
-        raise ValueError("the query's terms cancel out (their weighted sum is zero): change a weight")
+        raise InputError("the query's terms cancel out (their weighted sum is zero): change a weight")
     return total / norm
 
 
@@ -152,11 +148,11 @@ def _embed(encoder: Encoder, term: Term, gallery: Gallery | None) -> np.ndarray:
         image = term.value if isinstance(term.value, Image.Image) else load_image(term.value)
         return encoder.encode_images([image])[0]
     if gallery is None:
-        raise ValueError(f"item #{term.value} needs a gallery to look it up in")
+        raise InputError(f"item #{term.value} needs a gallery to look it up in")
     ids, vecs = gallery.image_matrix()
     where = np.flatnonzero(ids == term.value)
     if not len(where):
-        raise ValueError(f"no item #{term.value} in this gallery (it has {len(ids)} searchable images)")
+        raise InputError(f"no item #{term.value} in this gallery (it has {len(ids)} searchable images)")
     return vecs[where[0]]
 
 
@@ -172,7 +168,7 @@ def search(gallery: Gallery, query: str | list[Term] | np.ndarray, k: int = 10, 
         exclude: item ids never returned (e.g. the item a "more like this" started from).
     """
     if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+        raise InputError(f"k must be at least 1, got {k}")
     vec = query if isinstance(query, np.ndarray) else query_vector(
         gallery.encoder, parse_query(query) if isinstance(query, str) else query, gallery)
     scores, ids = gallery.index.search(vec, k + len(exclude))
@@ -194,7 +190,7 @@ def rank_texts(encoder: Encoder, image: Image.Image | str | Path | np.ndarray, t
     else:
         vec = encoder.encode_images([image if isinstance(image, Image.Image) else load_image(image)])[0]
     if texts is not None:
-        bank = list(dict.fromkeys(t.strip() for t in texts if t.strip()))
+        bank = list(dict.fromkeys(check_texts(texts, "text", MAX_TEXTS))) if texts else []
         vecs = encoder.encode_texts(bank) if bank else None
     elif gallery is not None:
         _, captions, caption_vecs = gallery.captions()
@@ -202,9 +198,9 @@ def rank_texts(encoder: Encoder, image: Image.Image | str | Path | np.ndarray, t
         bank = list(first)
         vecs = caption_vecs[list(first.values())] if bank else None
     else:
-        raise ValueError("give texts to rank, or a gallery whose captions to rank")
+        raise InputError("give texts to rank, or a gallery whose captions to rank")
     if not bank:
-        raise ValueError("there are no texts to rank: give at least one non-empty text")
+        raise InputError("there are no texts to rank: give at least one non-empty text")
     scores = vecs @ vec  # (T,)
     order = np.argsort(-scores, kind="stable")[:k]
     return [(bank[i], float(scores[i])) for i in order]

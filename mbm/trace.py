@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from mbm.errors import InputError
 from mbm.models import Encoder
+from mbm.text import clean_text
 
 if TYPE_CHECKING:
     from mbm.engine import Engine
@@ -63,9 +65,9 @@ def pipeline_trace(source: Engine | Encoder, image: Image.Image, text: str) -> P
         text: a caption or a question.
     """
     encoder = source if isinstance(source, Encoder) else source.encoder
-    text = (text or "").strip()
+    text = clean_text(text or "").strip()
     if image is None or not text:
-        raise ValueError("give an image and type a text (or a question about it) to follow through the model")
+        raise InputError("give an image and type a text (or a question about it) to follow through the model")
     image = image.convert("RGB")
     pixels = encoder.prepare(image)  # (3, H, W)
     tokens = encoder.tokens(text)

@@ -22,6 +22,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mbm.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image
@@ -39,7 +41,7 @@ _UNSUPPORTED = (
 )
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """A file that cannot be used as an image; the message names the file and what is wrong with it."""
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from mbm.errors import InputError
 from mbm.models._registry import EMBEDDED, KNOWN_MODELS, SPACE_MODEL, classify_spec, embedded_dir, list_models
 from mbm.models.encoder import Encoder
 
@@ -91,20 +92,20 @@ def resolve_precision(precision: str, device: torch.device, backend: str = "torc
     instructions; the ONNX backend runs fp32. bf16 on the CPU is opt-in: 3-4x fp32 for a ViT-B-32 with AMX, but
     scores move by up to ~3e-3, enough to reorder near-ties, and then rankings would differ from CPU to CPU."""
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
+        raise InputError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
     if backend == "onnx":
         if precision not in ("auto", "fp32"):
-            raise ValueError(f"the onnx backend runs fp32, not {precision!r}; use precision 'auto' or 'fp32'")
+            raise InputError(f"the onnx backend runs fp32, not {precision!r}; use precision 'auto' or 'fp32'")
         return "fp32"
     if precision == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
     if precision == "bf16" and device.type == "cpu":
         if not cpu_has_bf16():
-            raise ValueError("precision 'bf16' on the CPU needs bf16 instructions (AVX512-BF16 or AMX on x86, "
+            raise InputError("precision 'bf16' on the CPU needs bf16 instructions (AVX512-BF16 or AMX on x86, "
                              "BF16 on ARM), which this CPU lacks; use 'fp32'")
         return precision
     if precision != "fp32" and device.type != "cuda":
-        raise ValueError(f"precision {precision!r} needs a CUDA device, got {device.type!r}; use 'fp32'"
+        raise InputError(f"precision {precision!r} needs a CUDA device, got {device.type!r}; use 'fp32'"
                          + (" (or 'bf16')" if device.type == "cpu" and cpu_has_bf16() else ""))
     return precision
 
@@ -136,7 +137,7 @@ def create_model(spec: str = EMBEDDED, device: str | torch.device = "auto", prec
         ImportError: the onnx backend without onnxruntime (the message says what to install).
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+        raise InputError(f"unknown backend {backend!r}; choose from {BACKENDS}")
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev, backend)
     if backend == "onnx":
@@ -150,7 +151,7 @@ def create_model(spec: str = EMBEDDED, device: str | torch.device = "auto", prec
     elif kind == "open_clip":
         model, preprocess, tokenizer = _from_open_clip(spec, dev)
     else:
-        raise ValueError(f"unknown model {spec!r}; choose from {list_models()}, "
+        raise InputError(f"unknown model {spec!r}; choose from {list_models()}, "
                          "any open_clip ARCH:TAG, or the path of a local checkpoint")
     encoder = Encoder(model, preprocess, tokenizer, name=spec, device=dev, precision=prec,
                       channels_last=channels_last)
@@ -177,7 +178,7 @@ def _from_path(path: Path, device: torch.device):
     if path.is_dir():
         return _from_dir(path, device)
     if path.suffix not in WEIGHT_SUFFIXES:
-        raise ValueError(f"{path} is not a weights file; expected one of {WEIGHT_SUFFIXES}")
+        raise InputError(f"{path} is not a weights file; expected one of {WEIGHT_SUFFIXES}")
     import open_clip
     name = f"local-dir:{path.parent}"
     if not (path.parent / "open_clip_config.json").is_file():
@@ -194,11 +195,11 @@ def _from_open_clip(spec: str, device: torch.device):
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
     arch, _, tag = spec.partition(":")
     if arch not in open_clip.list_models():
-        raise ValueError(f"unknown model {spec!r}: open_clip has no architecture {arch!r}; "
+        raise InputError(f"unknown model {spec!r}: open_clip has no architecture {arch!r}; "
                          f"choose from {list_models()} or an ARCH:TAG from open_clip.list_pretrained()")
     pretrained_cfg = get_pretrained_cfg(arch, tag)
     if not pretrained_cfg and not Path(tag).expanduser().is_file():
-        raise ValueError(f"unknown model {spec!r}: {arch} has no pretrained tag {tag!r}; "
+        raise InputError(f"unknown model {spec!r}: {arch} has no pretrained tag {tag!r}; "
                          f"choose from {open_clip.list_pretrained_tags_by_model(arch)} or give a weights file")
     if pretrained_cfg:
         try:  # a cache hit returns at once; a miss tries the hub

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.nn.modules import module as nn_module
 
+from mbm.text import bound_for_tokenizer, bound_word_cache
+
 BIG_IMAGE = 160  # image towers at least this wide (224 px ViTs) are compute-bound: smaller batches on the CPU
 
 
@@ -67,7 +69,7 @@ class Encoder:
                  channels_last: bool | None = None):
         self.model = model.eval()
         self.preprocess = preprocess
-        self.tokenizer = tokenizer
+        self.tokenizer = bound_word_cache(tokenizer)  # people's words must not fill memory
         self.name = name
         self.device = torch.device(device)
         self.precision = precision
@@ -141,13 +143,15 @@ class Encoder:
 
     def encode_texts(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         """Embed texts (truncated to `context_length` tokens), `batch_size` (default `text_batch`) per model call.
-        Returns `(N, D)` float32, unit rows."""
-        run = lambda chunk: self._text(self.tokenizer(list(chunk)))  # (B, context_length)
+        Each text is first bounded (`mbm.text.bound_for_tokenizer`), so no text costs the tokenizer more than a
+        fixed amount of work. Returns `(N, D)` float32, unit rows."""
+        run = lambda chunk: self._text(self.tokenizer([bound_for_tokenizer(t) for t in chunk]))  # (B, context_length)
         return self._batched(list(texts), batch_size or self.text_batch, run)
 
     def count_tokens(self, text: str) -> int | None:
         """Tokens `text` takes including start/end markers (None if the tokenizer cannot say);
         more than `context_length` means the model sees it truncated."""
+        text = bound_for_tokenizer(text)
         if hasattr(self.tokenizer, "encode"):  # open_clip's SimpleTokenizer (BPE ids without markers)
             return len(self.tokenizer.encode(text)) + 2
         inner = getattr(self.tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a transformers one
@@ -161,7 +165,7 @@ class Encoder:
         end marker). Spelled as the vocabulary spells them, bytes decoded: "</w>" closes a word, so
         "a red circle" is `["<start_of_text>", "a</w>", "red</w>", "circle</w>", "<end_of_text>"]`.
         [] if the tokenizer cannot say."""
-        tok = self.tokenizer
+        tok, text = self.tokenizer, bound_for_tokenizer(text)
         if isinstance(getattr(tok, "decoder", None), dict):  # open_clip's SimpleTokenizer (byte-level BPE)
             ids = tok([text])[0].tolist()  # (context_length,), zero-padded after the end marker
             ids = ids[:ids.index(tok.eot_token_id) + 1] if tok.eot_token_id in ids else ids

@@ -31,6 +31,7 @@ import numpy as np
 
 from mbm.data.images import ImageError, load_image
 from mbm.data.shapes import Scene
+from mbm.errors import InputError
 from mbm.evaluate import caption_pairs
 from mbm.models import Encoder
 from mbm.search import Hit, parse_query, query_vector
@@ -114,7 +115,7 @@ class LiveTraining:
     def __init__(self, seconds: float, seed: int = 0, threads: int | None = None, eval_every: float = 4.0,
                  nice: int = 5):
         if not 0 < seconds <= LIVE_MAX_SECONDS:
-            raise ValueError(f"seconds must be more than 0 and at most {LIVE_MAX_SECONDS}, got {seconds!r}")
+            raise InputError(f"seconds must be more than 0 and at most {LIVE_MAX_SECONDS}, got {seconds!r}")
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads!r}")
         if not eval_every > 0:
@@ -337,10 +338,10 @@ def search_with(encoder: Encoder, gallery: Gallery, text: str, k: int = 10,
         `Hit`s best first, with the gallery's thumbnails.
     """
     if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+        raise InputError(f"k must be at least 1, got {k}")
     terms = parse_query(text)
     if any(t.kind == "item" for t in terms):
-        raise ValueError("search by gallery item (#id) is not available with this model; use words or an image")
+        raise InputError("search by gallery item (#id) is not available with this model; use words or an image")
     ids, vectors = embedded if embedded is not None else embed_gallery(encoder, gallery)
     if vectors.shape[1] != encoder.embed_dim:
         raise ValueError(f"embedded vectors have {vectors.shape[1]} dimensions, {encoder.name} makes "
