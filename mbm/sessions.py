@@ -1,21 +1,30 @@
-"""Per-visitor folders: where one session's uploads and their index live, and their removal.
+"""Per-visitor folders: where one session's uploads and their index live, whose they are, and their removal.
 
 A folder is named by an HMAC of the session id with a per-process secret, so knowing (or guessing) a
-session id does not tell anyone where its files are. Folders go when the session ends, and a sweep
-removes those a crashed process left behind.
+session id does not tell anyone where its files are. Every process keeps its visitors' folders under a
+folder of its own (`SessionSpace`), which it holds a lock on while it lives: a second process on the same
+cache leaves them alone, and removes only the spaces of processes that are gone. Folders go when the session
+ends; a sweep removes those untouched for too long, sooner when no page of theirs is open.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
 import os
+import secrets
 import shutil
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: a space's owner is known by its pid instead
+    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -51,43 +60,9 @@ def remove_folder(path: str | os.PathLike) -> None:
         pass
 
 
-def sweep_sessions(root: str | os.PathLike, max_age_s: float,
-                   before_remove: Callable[[Path], None] | None = None) -> int:
-    """Delete the session folders under `root/sessions` untouched for longer than `max_age_s` seconds.
-
-    Args:
-        root: the folder given to `session_folder`; a missing one holds no sessions.
-        max_age_s: age of the newest file in a session folder (looking two levels deep) past which it goes.
-        before_remove: called with each folder about to go (e.g. to close the gallery open on it).
-    Returns:
-        How many session folders were removed.
-    """
-    if max_age_s < 0:
-        raise ValueError(f"max_age_s must be >= 0 seconds, got {max_age_s!r}")
-    base = Path(root) / "sessions"
-    if not base.is_dir():
-        return 0
-    cutoff, removed = time.time() - max_age_s, 0
-    for folder in base.iterdir():
-        try:
-            if not folder.is_symlink() and folder.is_dir() and _newest_mtime(folder) < cutoff:
-                if before_remove is not None:
-                    before_remove(folder)
-                remove_folder(folder)
-                removed += 1
-        except FileNotFoundError:  # removed by its own session while we looked
-            continue
-        except OSError as exc:
-            logger.warning("could not sweep session folder %s: %s", folder, exc)
-    logger.log(logging.INFO if removed else logging.DEBUG, "swept %d expired session folders from %s", removed, base)
-    return removed
-
-
-def sweep_periodically(root: str | os.PathLike, max_age_s: float, every_s: float,
-                       before_remove: Callable[[Path], None] | None = None) -> threading.Event:
-    """Run `sweep_sessions(root, max_age_s, before_remove)` every `every_s` seconds in a daemon thread, for
-    sessions whose end was never signalled (a closed laptop, a dropped connection). Set the returned event to stop.
-    """
+def sweep_periodically(sweep: Callable[[], object], every_s: float) -> threading.Event:
+    """Run `sweep()` every `every_s` seconds in a daemon thread, for sessions whose end was never signalled (a closed
+    laptop, a dropped connection, a script that never opened the page). Set the returned event to stop."""
     if every_s <= 0:
         raise ValueError(f"every_s must be > 0 seconds, got {every_s!r}")
     stop = threading.Event()
@@ -95,9 +70,9 @@ def sweep_periodically(root: str | os.PathLike, max_age_s: float, every_s: float
     def loop() -> None:
         while not stop.wait(every_s):
             try:
-                sweep_sessions(root, max_age_s, before_remove)
+                sweep()
             except Exception:  # a sweep that failed once must not stop the next ones
-                logger.exception("session sweep of %s failed", root)
+                logger.exception("session sweep failed")
 
     threading.Thread(target=loop, name="mbm-session-sweep", daemon=True).start()
     return stop
@@ -113,3 +88,132 @@ def _newest_mtime(folder: Path) -> float:
                 with os.scandir(entry.path) as below:
                     newest = max([newest, *(e.stat(follow_symlinks=False).st_mtime for e in below)])
     return newest
+
+
+OWNER = ".owner"  # in a process's space: the lock it holds while it lives, and its pid
+
+
+class SessionSpace:
+    """This process's share of `root/sessions`: a folder `root/sessions/<pid>-<random>/` holding one folder per
+    visitor session, locked (`OWNER`) for as long as the process lives.
+
+    Args:
+        root: the cache folder that holds every process's sessions.
+        secret: the key that makes session folder names unguessable (default: new random bytes).
+    """
+
+    def __init__(self, root: str | os.PathLike, secret: bytes | None = None):
+        self.base = Path(root) / "sessions"
+        self.secret = secret or secrets.token_bytes(32)
+        self.home = self.base / f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.home.mkdir(parents=True)
+        self._owner = _hold(self.home / OWNER)
+        self._hashes: dict[Path, str] = {}  # folder -> session id, for `sweep`'s question "is its page open?"
+
+    def folder(self, session_hash: str) -> Path:
+        """The folder of one visitor's session (not created)."""
+        folder = self.home / session_folder(self.home, session_hash, self.secret).name
+        self._hashes[folder] = session_hash
+        return folder
+
+    def sweep(self, idle_s: float, max_age_s: float, is_open: Callable[[str], bool] = lambda _: False,
+              before_remove: Callable[[Path], None] | None = None) -> int:
+        """Remove this process's session folders untouched for `idle_s` seconds whose page is not open (a script
+        that never opened one, a closed laptop), and any untouched for `max_age_s`. Returns how many went."""
+        def stale(folder: Path, age: float) -> bool:
+            return age > max_age_s or (age > idle_s and not is_open(self._hashes.get(folder, "")))
+        removed = _sweep(self.home, stale, before_remove)
+        for folder in [f for f in self._hashes if not f.exists()]:
+            self._hashes.pop(folder, None)
+        return removed
+
+    def sweep_orphans(self, before_remove: Callable[[Path], None] | None = None) -> int:
+        """Remove the session folders of processes that are gone: their spaces, whose lock nobody holds, and
+        folders of the older flat layout (no owner) untouched for a day. Returns how many session folders went."""
+        removed = 0
+        for space in self.base.iterdir():
+            try:
+                if space == self.home or space.is_symlink() or not space.is_dir():
+                    continue
+                if (space / OWNER).exists():
+                    if _held(space / OWNER):
+                        continue
+                    removed += sum(1 for f in space.iterdir() if f.is_dir())
+                    if before_remove is not None:
+                        for f in space.iterdir():
+                            before_remove(f)
+                    remove_folder(space)
+                elif _newest_mtime(space) < time.time() - 86400:
+                    removed += _sweep_one(space, before_remove)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                logger.warning("could not sweep session folder %s: %s", space, exc)
+        return removed
+
+    @staticmethod
+    def usage(folder: str | os.PathLike) -> tuple[int, int]:
+        """`(bytes, files)` under a folder (a session's uploaded images): what its quota counts."""
+        total = files = 0
+        for dirpath, _, names in os.walk(folder):
+            for name in names:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+                    files += 1
+        return total, files
+
+    def close(self) -> None:
+        """Remove every folder of this space and let go of it (at the process's end)."""
+        self._owner.close()
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def _hold(path: Path):
+    """Open `path`, write our pid and hold an exclusive lock on it (where the system has `fcntl`)."""
+    f = open(path, "w")
+    f.write(str(os.getpid()))
+    f.flush()
+    if fcntl is not None:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return f
+
+
+def _held(path: Path) -> bool:
+    """Whether a living process holds the lock `_hold` took (without `fcntl`: whether its pid still runs)."""
+    if fcntl is None:
+        try:
+            os.kill(int(path.read_text() or 0), 0)
+            return True
+        except (ValueError, OSError):
+            return False
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def _sweep(base: Path, stale: Callable[[Path, float], bool], before_remove: Callable[[Path], None] | None) -> int:
+    """Remove the folders in `base` for which `stale(folder, seconds since last touched)` holds."""
+    if not base.is_dir():
+        return 0
+    removed, now = 0, time.time()
+    for folder in base.iterdir():
+        try:
+            if not folder.is_symlink() and folder.is_dir() and stale(folder, now - _newest_mtime(folder)):
+                removed += _sweep_one(folder, before_remove)
+        except FileNotFoundError:  # removed by its own session while we looked
+            continue
+        except OSError as exc:
+            logger.warning("could not sweep session folder %s: %s", folder, exc)
+    logger.log(logging.INFO if removed else logging.DEBUG, "swept %d expired session folders from %s", removed, base)
+    return removed
+
+
+def _sweep_one(folder: Path, before_remove: Callable[[Path], None] | None) -> int:
+    if before_remove is not None:
+        before_remove(folder)
+    remove_folder(folder)
+    return 1

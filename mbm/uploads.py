@@ -66,6 +66,21 @@ class UploadLimits:
                 raise ValueError(f"UploadLimits.{f.name} must be a positive int, got {value!r}")
 
 
+@dataclass(frozen=True)
+class Quota:
+    """What one visitor's folder may hold across all their upload batches: checked while files are written, so an
+    archive that unpacks past it stops there."""
+
+    max_bytes: int = 1 * 2**30  # bytes of images and captions kept for one session
+    max_files: int = 2000  # image and caption files kept for one session
+    used_bytes: int = 0  # what the folder holds already
+    used_files: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1 or self.max_files < 1:
+            raise ValueError(f"a quota must allow at least one byte and one file, got {self!r}")
+
+
 @dataclass
 class Intake:
     """What one upload batch brought in."""
@@ -110,8 +125,9 @@ class _Item:
 class _Batch:
     """One `take_uploads` call: where files go, what was taken, and what is left of the limits."""
 
-    def __init__(self, dest: Path, limits: UploadLimits) -> None:
+    def __init__(self, dest: Path, limits: UploadLimits, quota: Quota | None = None) -> None:
         self.dest, self.root, self.limits = dest, dest.resolve(), limits
+        self.quota = quota or Quota(max_bytes=2**62, max_files=2**62)
         self.intake = Intake()
         self.images = self.bytes = 0
         self._stems: dict[Path, set[str]] = {}  # per folder: stems of images and captions there
@@ -140,6 +156,9 @@ class _Batch:
         path = None
         if self.images >= self.limits.max_files:
             self.skip(image.shown, f"over the limit of {self.limits.max_files} images per upload")
+        elif self.quota.used_files + len(self.intake.added) >= self.quota.max_files:
+            self.skip(image.shown, f"your uploads hold {self.quota.max_files:,} files, the most one visitor may keep; "
+                                   "close the page to start again")
         elif path := self._save(image, self.limits.max_file_bytes):
             self.images += 1
         if image.caption is not None and path is None:
@@ -173,8 +192,15 @@ class _Batch:
             return item.problem
         if item.size > cap:
             return f"{_size(item.size)} is over the {_size(cap)} limit"
-        if self.bytes + item.size > self.limits.max_total_bytes:
+        return self._over(item.size)
+
+    def _over(self, n: int) -> str | None:
+        """Why `n` more bytes cannot be written in this batch, or None."""
+        if self.bytes + n > self.limits.max_total_bytes:
             return _over_total(self.limits)
+        if self.quota.used_bytes + self.bytes + n > self.quota.max_bytes:
+            return (f"over your {_size(self.quota.max_bytes)} quota for uploads "
+                    f"({_size(max(self.quota.max_bytes - self.quota.used_bytes - self.bytes, 0))} left)")
         return None
 
     def _target(self, item: _Item) -> Path:
@@ -204,8 +230,8 @@ class _Batch:
                     n += len(chunk)
                     if n > cap:
                         raise _Refused(f"over the {_size(cap)} limit once unpacked (the zip understated its size)")
-                    if self.bytes + n > self.limits.max_total_bytes:
-                        raise _Refused(_over_total(self.limits))
+                    if reason := self._over(n):
+                        raise _Refused(reason)
                     out.write(chunk)
             os.replace(tmp, target)
         except BaseException:
@@ -215,7 +241,7 @@ class _Batch:
 
 
 def take_uploads(files: Iterable[str | os.PathLike] | str | os.PathLike | None, dest: str | os.PathLike,
-                 limits: UploadLimits = UploadLimits()) -> Intake:
+                 limits: UploadLimits = UploadLimits(), quota: Quota | None = None) -> Intake:
     """Copy the images among uploaded files and zips into `dest`; never raises for bad files.
 
     Args:
@@ -223,6 +249,7 @@ def take_uploads(files: Iterable[str | os.PathLike] | str | os.PathLike | None, 
             temporary paths); one path or None is accepted too.
         dest: the folder to fill; created when the first file is written. Existing files are never replaced.
         limits: the `UploadLimits` of one batch.
+        quota: what the folder may hold in all, and what it holds already (default: no limit but `limits`).
     Returns:
         An `Intake`: the files written (images and their `.txt` captions) and `(name, reason)` for each file
         not taken, where a zip member's name is "ARCHIVE.zip: path/in/zip".
@@ -230,7 +257,7 @@ def take_uploads(files: Iterable[str | os.PathLike] | str | os.PathLike | None, 
     if files is None or isinstance(files, (str, os.PathLike)):
         files = [] if files is None else [files]
     paths = [Path(f) if isinstance(f, (str, os.PathLike)) else _not_a_path(f) for f in files]
-    batch = _Batch(Path(dest), limits)
+    batch = _Batch(Path(dest), limits, quota)
     batch.offer(_loose_items(batch, paths), on_zip=partial(_take_zip, batch))
     logger.info("upload into %s: %s", dest, batch.intake.summary())
     return batch.intake

@@ -3,6 +3,8 @@
 import io
 import os
 import struct
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -12,8 +14,8 @@ from PIL import Image
 
 from mbm import uploads
 from mbm.data.images import read_sidecar_caption
-from mbm.sessions import remove_folder, session_folder, sweep_sessions
-from mbm.uploads import UploadLimits, take_uploads
+from mbm.sessions import SessionSpace, remove_folder, session_folder
+from mbm.uploads import Quota, UploadLimits, take_uploads
 
 NOT_A_ZIP = "not a readable zip file"
 UNSAFE = "unsafe path in the zip"
@@ -372,12 +374,60 @@ def test_remove_folder_only_deletes_inside_sessions(tmp_path):
     remove_folder(mine)  # already gone: fine
 
 
-def test_sweep_sessions_removes_only_old_ones(tmp_path):
-    assert sweep_sessions(tmp_path / "nowhere", 60) == 0
-    old, fresh, busy = (_write(tmp_path / "sessions" / n / "images", "a.png", PNG) for n in ("old", "fresh", "busy"))
-    past = time.time() - 7200
+def test_a_space_sweeps_only_its_own_old_or_abandoned_sessions(tmp_path):
+    space = SessionSpace(tmp_path)
+    old, fresh, busy, idle_open, idle_closed = (
+        _write(space.folder(n) / "images", "a.png", PNG) for n in ("old", "fresh", "busy", "open", "closed"))
+    past, recent = time.time() - 7200, time.time() - 120
     for path in [old, old.parent, old.parent.parent, busy.parent, busy.parent.parent]:
         os.utime(path, (past, past))  # 'busy' keeps one recent file one level down
-    assert sweep_sessions(tmp_path, 3600) == 1
-    assert sorted(p.name for p in (tmp_path / "sessions").iterdir()) == ["busy", "fresh"]
-    assert fresh.exists() and busy.exists()
+    for path in [idle_open, idle_open.parent, idle_open.parent.parent, idle_closed, idle_closed.parent,
+                 idle_closed.parent.parent]:
+        os.utime(path, (recent, recent))
+    assert space.sweep(idle_s=60, max_age_s=3600, is_open=lambda session: session == "open") == 2
+    assert {p.parent.parent.exists() for p in (old, idle_closed)} == {False}
+    assert all(p.exists() for p in (fresh, busy, idle_open))
+    assert space.usage(space.folder("fresh") / "images") == (len(PNG), 1)
+    space.close()
+    assert not space.home.exists()
+
+
+def test_a_second_process_on_the_same_cache_keeps_the_first_ones_sessions(tmp_path):
+    code = ("import sys, time; from mbm.sessions import SessionSpace; s = SessionSpace(sys.argv[1]); "
+            "(s.folder('x') / 'images').mkdir(parents=True); print(s.home, flush=True); time.sleep(60)")
+    first = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[1])
+    try:
+        home = Path(first.stdout.readline().strip())
+        legacy = _write(tmp_path / "sessions" / "0123abcd" / "images", "a.png", PNG).parent
+        second = SessionSpace(tmp_path)
+        assert second.sweep_orphans() == 0  # the first process lives: its space is not an orphan
+        assert home.is_dir() and legacy.is_dir() and len(list(home.iterdir())) == 2  # its lock and one session
+    finally:
+        first.kill()
+        first.wait()
+    assert second.sweep_orphans() == 1
+    assert not home.exists() and legacy.exists()  # a folder of the old layout goes only once a day old
+    second.close()
+
+def test_a_session_quota_holds_across_batches_and_inside_a_zip(tmp_path):
+    dest = tmp_path / "images"
+    first = take_uploads([_write(tmp_path / "in", f"{i}.png", PNG) for i in range(3)], dest,
+                         quota=Quota(max_bytes=10 * len(PNG), max_files=4))
+    assert len(first.added) == 3 and not first.skipped
+    used = SessionSpace.usage(dest)
+    assert used == (3 * len(PNG), 3)
+    members = [(f"z{i}.png", PNG) for i in range(4)]
+    archive = tmp_path / "more.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, data in members:
+            zf.writestr(name, data)
+    second = take_uploads([archive], dest, quota=Quota(max_bytes=10 * len(PNG), max_files=4, used_bytes=used[0],
+                                                       used_files=used[1]))
+    assert len(second.added) == 1
+    assert [reason for _, reason in second.skipped] == ["your uploads hold 4 files, the most one visitor may keep; "
+                                                        "close the page to start again"] * 3
+    third = take_uploads([archive], dest, quota=Quota(max_bytes=5 * len(PNG), max_files=100,
+                                                      used_bytes=4 * len(PNG), used_files=4))
+    assert len(third.added) == 1 and all("quota for uploads" in reason for _, reason in third.skipped)
+    assert SessionSpace.usage(dest) == (5 * len(PNG), 5)
