@@ -10,21 +10,21 @@ import gradio as gr
 from PIL import Image
 
 from demo.common import Page, friendly, image_input, read_image
+from demo.common import text as as_text
 from mbm.classify import DEFAULT_TEMPLATES
 from mbm.fusion import STRATEGIES
 from mbm.models._registry import ASSETS
-from mbm.search import clean_text
+from mbm.text import MAX_TEMPLATES, clean_text
+from mbm.text import MAX_TEXT_CHARS as MAX_PROMPT_CHARS
 
-MAX_LABELS = 100  # the page keeps a class demo readable; the library allows more
-MAX_TEMPLATES = 20  # each label is embedded once per template
-MAX_PROMPT_CHARS = 1000  # one label or template (the prompt lab shows what is cut past the context length)
+MAX_LABELS = 100  # the page keeps a class demo readable; the library (and the work bounds) allow 1,000
 EXAMPLES = ASSETS / "examples"
 
 
 def parse_labels(text: str) -> list[str]:
     """Labels from one-per-line or comma-separated text, stripped, duplicates dropped, order kept; a gr.Error unless
     there are 2 to `MAX_LABELS` of them, each at most `MAX_PROMPT_CHARS` long."""
-    parts = re.split(r"[\n,]", clean_text(text or "", keep_lines=True))
+    parts = re.split(r"[\n,]", clean_text(as_text(text, "The labels"), keep_lines=True))
     labels = list(dict.fromkeys(s.strip() for s in parts if s.strip()))
     if len(labels) < 2:
         raise gr.Error("Give at least two labels (different ones), one per line or separated by commas.")
@@ -35,8 +35,8 @@ def parse_labels(text: str) -> list[str]:
 
 
 def parse_templates(text: str) -> list[str]:
-    templates = list(dict.fromkeys(t.strip() for t in clean_text(text or "", keep_lines=True).splitlines()
-                                   if t.strip()))
+    lines = clean_text(as_text(text, "The templates"), keep_lines=True).splitlines()
+    templates = list(dict.fromkeys(t.strip() for t in lines if t.strip()))
     if not templates:
         raise gr.Error('Give at least one prompt template, one per line, with {} where the label goes, '
                        'e.g. "a photo of a {}."')
@@ -116,7 +116,7 @@ def _build_fused(page: Page, image: gr.Image) -> None:
     def answer(image: Image.Image | None, question: str, strategy: str):
         if image is None:
             raise gr.Error("Drop an image first, then ask your question.")
-        every = page.engine.fused_answers(read_image(image), question)
+        every = page.engine.fused_answers(read_image(image), as_text(question, "The question"))
         if strategy not in every:
             raise gr.Error(f"Pick a strategy from the list: {', '.join(every)}.")
         rows = [[name, *next(iter(probs.items()))] for name, probs in every.items()]

@@ -10,7 +10,6 @@ import contextlib
 import functools
 import logging
 import os
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +18,11 @@ from PIL import Image
 
 from mbm.data.images import ImageError, load_image
 from mbm.engine import Engine
+from mbm.errors import InputError, StoreDamagedError
 from mbm.gallery import Gallery, GalleryLockedError
-from mbm.models import WeightsUnavailableError
+from mbm.models import WeightsFileError, WeightsUnavailableError
+from mbm.sessions import SessionSpace
+from mbm.uploads import Quota
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,12 @@ class Page:
     """The page's server-side context, shared by every visitor (the per-visitor part is in gr.State)."""
     engine: Engine
     local: bool = False  # only reachable from this computer: index host folders, '@file' queries, switch models
-    secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))  # makes session folders unguessable
+    sessions: SessionSpace | None = None  # this process's visitors' folders (default: a new space in the cache)
+    quota: Quota = field(default_factory=Quota)  # what one visitor's uploads may hold in all
+
+    def __post_init__(self) -> None:
+        if self.sessions is None:
+            self.sessions = SessionSpace(self.engine.config.cache_path())
 
     def gallery(self, choice: dict | None, progress=None) -> Gallery:
         """The gallery a visitor searches: theirs if they chose one, else the server's."""
@@ -39,13 +46,13 @@ class Page:
         if choice.get("home"):  # a session folder in use is not idle: the sweep goes by its age
             with contextlib.suppress(OSError):
                 os.utime(choice["home"])
+        if not Path(choice["root"]).is_dir():  # their session folder was swept away (or its process's cache wiped)
+            self.engine.close_gallery(choice["root"])
+            raise gr.Error(GONE)
         try:
             return self.engine.gallery_at(choice["root"], choice.get("store"), progress=progress)
-        except NotADirectoryError:  # their session folder was swept away
-            raise gr.Error("Your uploaded gallery is gone (the session expired). Upload the images again.") from None
-
-    def session_root(self) -> Path:
-        return self.engine.config.cache_path()
+        except NotADirectoryError:  # swept while we looked
+            raise gr.Error(GONE) from None
 
     def header(self) -> str:
         enc = self.engine.encoder
@@ -89,20 +96,64 @@ def _unreadable(e: ImageError) -> str:
     return f"That image could not be read: {e}. Try a JPEG or PNG file."
 
 
+GONE = "Your uploaded gallery is gone (the session expired). Upload the images again."
+BUG = ("Something went wrong on the server: this is a bug in mbm, and it has been logged. Try again, or try other "
+       "input.")
+
+
 def friendly(fn):
-    """Library errors about people's input become gr.Error messages; nothing reaches them as a traceback."""
+    """Errors meant for people become a gr.Error that says what to do (`message_for`); nothing reaches the page as a
+    traceback, and no message names a path of the server unless the page is the owner's own."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except WeightsUnavailableError as e:
-            raise gr.Error(f"{e}") from None
-        except ImageError as e:
-            raise gr.Error(_unreadable(e)) from None
-        except KeyError as e:  # str() of a KeyError is the repr of its message
-            raise gr.Error(str(e.args[0] if e.args else e)) from None
-        except (ValueError, NotADirectoryError, FileNotFoundError, PermissionError, GalleryLockedError) as e:
-            raise gr.Error(str(e)) from None
+        except Exception as e:
+            raise gr.Error(message_for(e, fn.__name__)) from None
     return wrapper
+
+
+def message_for(e: Exception, where: str = "a handler") -> str:
+    """The sentence a visitor sees for an exception: the library's own words for their input, plain words for the
+    server's state, and for anything else (a bug) a short apology while the log gets the traceback."""
+    if isinstance(e, ImageError):
+        return _unreadable(e)
+    if isinstance(e, (InputError, WeightsUnavailableError, WeightsFileError)):
+        return str(e)
+    if isinstance(e, GalleryLockedError):
+        return "This gallery is being written by another program right now; try again in a minute."
+    if isinstance(e, StoreDamagedError):
+        log.error("%s: %s", where, e)
+        return ("This gallery's index on the server is damaged, so it cannot be searched now. If it held your "
+                "uploads, upload them again; otherwise tell whoever runs this page.")
+    if isinstance(e, OSError):  # a file gone under us (a swept session) or unreadable: its path is not for visitors
+        log.warning("%s: %s", where, e)
+        return ("A file this needed is gone from the server (uploads are deleted when a session ends or expires). "
+                "Upload your images again, or go back to the server's gallery.")
+    log.exception("bug in %s", where)
+    return BUG
+
+
+def text(value, what: str) -> str:
+    """`value` as text (None is empty text); anything else an API call may send is a gr.Error naming the field."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise gr.Error(f"{what} must be text, not {type(value).__name__}.")
+    return value
+
+
+def number(value, what: str, lo: float, hi: float, integer: bool = False) -> float | int:
+    """`value` as a number from `lo` to `hi` (an int if `integer`), for values an API call may send as anything:
+    None, text, NaN or infinity become a gr.Error that says what to send."""
+    kind = "a whole number" if integer else "a number"
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = None
+    if isinstance(value, bool) or x is None or not lo <= x <= hi:  # NaN fails every comparison
+        shown = repr(value) if not isinstance(value, str) else f"'{value[:20]}{'…' if len(value) > 20 else ''}'"
+        raise gr.Error(f"{what} must be {kind} between {lo:g} and {hi:g}, not {shown}.")
+    return round(x) if integer else x

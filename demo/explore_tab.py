@@ -16,7 +16,8 @@ from PIL import Image
 
 from demo.charts import heatmap_svg, map_svg, thumb_uri
 from demo.classify_tab import EXAMPLES, parse_labels, parse_templates
-from demo.common import Page, friendly, image_input, read_image
+from demo.common import Page, friendly, image_input, number, read_image
+from demo.components import Slider
 from demo.search_tab import check_query
 from mbm.classify import DEFAULT_TEMPLATES
 from mbm.explore import (
@@ -120,7 +121,7 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
     gr.Markdown("### 1. The embedding map: where images and captions land")
     with gr.Row():
         map_text = gr.Textbox(label="Query", value=DEFAULT_QUERY, elem_id="map-query", scale=3)
-        map_k = gr.Slider(1, 30, value=10, step=1, label="Hits to mark (k)", elem_id="map-k", scale=2)
+        map_k = Slider(1, 30, value=10, step=1, label="Hits to mark (k)", elem_id="map-k", scale=2)
         method = gr.Radio(list(METHODS), value="pca", label="Projection", scale=1, elem_id="map-method",
                           info=None if "umap" in available_methods() else "UMAP needs: pip install umap-learn")
     the_map = gr.HTML(elem_id="embedding-map")
@@ -128,7 +129,7 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
 
     gr.Markdown("### 2. The similarity matrix: images × their captions")
     with gr.Row():
-        n = gr.Slider(2, 16, value=8, step=1, label="Pairs (N)", elem_id="matrix-n")
+        n = Slider(2, 16, value=8, step=1, label="Pairs (N)", elem_id="matrix-n")
         seed = gr.Number(value=0, precision=0, label="Sample", minimum=0, elem_id="matrix-seed")
         softmax = gr.Checkbox(label="Softmax per row (with the model's temperature)", elem_id="matrix-softmax")
     matrix = gr.HTML(elem_id="similarity-matrix")
@@ -137,9 +138,9 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
     gr.Markdown("### 3. Exact and approximate search, side by side")
     with gr.Row():
         index_text = gr.Textbox(label="Query", value="a blue square", elem_id="index-query", scale=3)
-        index_k = gr.Slider(1, 30, value=10, step=1, label="k", scale=1)
+        index_k = Slider(1, 30, value=10, step=1, label="k", scale=1)
         kind = gr.Radio(list(INDEX_KINDS), value="ivf", label="Approximate index", elem_id="index-kind", scale=1)
-        knob = gr.Slider(1, 64, value=1, step=1, label="nprobe (IVF lists scanned)", elem_id="index-knob", scale=2)
+        knob = Slider(1, 64, value=1, step=1, label="nprobe (IVF lists scanned)", elem_id="index-knob", scale=2)
     index_note = gr.Markdown(elem_id="index-note")
     with gr.Row():
         exact = gr.Gallery(label="Exact (every vector compared)", columns=5, height=280, allow_preview=False,
@@ -167,7 +168,8 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
 
     @friendly
     def show_matrix(n, seed, softmax, choice):
-        return draw_matrix(engine.similarity_matrix(int(n), int(seed or 0), bool(softmax), page.gallery(choice)))
+        seed = number(seed or 0, "Sample", 0, 2**31 - 1, integer=True)
+        return draw_matrix(engine.similarity_matrix(int(n), seed, bool(softmax), page.gallery(choice)))
 
     @friendly
     def show_indexes(text, k, kind, knob, choice):
@@ -175,7 +177,7 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
         c = engine.compare_indexes(text, k=int(k), kind=kind, knob=int(knob), gallery=page.gallery(choice))
         label = f"{c.knob_name} ({'IVF lists scanned' if kind == 'ivf' else 'HNSW candidates kept'})"
         # a slider needs min < max: with one IVF list (a tiny gallery) there is nothing to turn
-        knob = gr.Slider(maximum=max(c.knob_max, 2), value=c.knob, label=label, interactive=c.knob_max > 1)
+        knob = Slider(maximum=max(c.knob_max, 2), value=c.knob, label=label, interactive=c.knob_max > 1)
         return (*draw_comparison(c, int(k)), knob)
 
     @friendly

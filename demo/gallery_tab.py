@@ -7,13 +7,14 @@ The server's gallery (built-in, or `--gallery`) is never written to by visitors.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import gradio as gr
 
 from demo.common import Page, friendly
 from mbm.gallery import Gallery
-from mbm.sessions import remove_folder, session_folder
+from mbm.sessions import remove_folder
 from mbm.uploads import UploadLimits, take_uploads
 
 LIMITS = UploadLimits()
@@ -54,8 +55,10 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
     def index_uploads(paths: list[str] | None, request: gr.Request, progress=gr.Progress()):
         if not paths:
             raise gr.Error("Choose some images (or a .zip) first, then press Index my uploads.")
-        home = session_folder(page.session_root(), request.session_hash, page.secret)
-        intake = take_uploads(paths, home / "images", LIMITS)
+        home = page.sessions.folder(request.session_hash)
+        used_bytes, used_files = page.sessions.usage(home / "images")
+        quota = dataclasses.replace(page.quota, used_bytes=used_bytes, used_files=used_files)
+        intake = take_uploads(paths, home / "images", LIMITS, quota)
         if not intake.added and not (home / "images").is_dir():
             why = "; ".join(f"{name}: {reason}" for name, reason in intake.skipped[:3]) or "no image files in them"
             raise gr.Error(f"None of those files could be used ({why}). Upload JPEG, PNG or WebP images, or a .zip "
@@ -74,8 +77,11 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
             raise gr.Error("Indexing a folder by path is only available when mbm runs on your own computer.")
         if not (path or "").strip():
             raise gr.Error("Type the path of a folder of images, e.g. ~/Pictures.")
-        gallery, report = page.engine.open_gallery(Path(path.strip()).expanduser(), progress=progress_of(progress),
-                                                   activate=False)
+        try:
+            gallery, report = page.engine.open_gallery(Path(path.strip()).expanduser(),
+                                                       progress=progress_of(progress), activate=False)
+        except (FileNotFoundError, NotADirectoryError, PermissionError) as e:  # the owner's own path: say which
+            raise gr.Error(str(e)) from None
         mine = {"root": str(gallery.root), "store": str(gallery.store)}
         return (mine, describe(gallery, own=True), report.summary(),
                 gr.Dataframe(value=_skipped_rows(report.skipped), visible=bool(report.skipped)))
@@ -100,7 +106,7 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
     def forget(request: gr.Request) -> None:
         """The page was closed: the visitor's uploads and their index go. (Gradio's own copies of the uploaded files
         stay until its cache sweep, an hour: Gradio shares one copy between visitors who upload the same bytes.)"""
-        home = session_folder(page.session_root(), request.session_hash, page.secret)
+        home = page.sessions.folder(request.session_hash)
         page.engine.close_gallery(home / "images")
         remove_folder(home)
 

@@ -17,6 +17,8 @@ from PIL import Image
 from demo.charts import cells_svg, curve_svg, heatmap_svg, image_uri, vector_svg
 from demo.classify_tab import EXAMPLES
 from demo.common import Page, friendly, image_input, read_image
+from demo.common import text as as_text
+from demo.components import Slider
 from demo.search_tab import MAX_QUERY_CHARS, _tiles, check_query
 from mbm.data.shapes import render
 from mbm.engine import BUILTIN_GALLERY
@@ -65,7 +67,7 @@ def build_training(page: Page, demo: gr.Blocks) -> None:
     lock = threading.Lock()
     gr.Markdown(INTRO)
     with gr.Row():
-        seconds = gr.Slider(MIN_SECONDS, LIVE_MAX_SECONDS, value=60, step=5, elem_id="train-seconds",
+        seconds = Slider(MIN_SECONDS, LIVE_MAX_SECONDS, value=60, step=5, elem_id="train-seconds",
                             label="Training time (seconds, start-up included)")
         train_button = gr.Button("Train", variant="primary", elem_id="train")
         stop_button = gr.Button("Stop", variant="stop", elem_id="stop-training")
@@ -192,7 +194,8 @@ def build_walkthrough(page: Page, tabs: gr.Tabs) -> None:
     def run(image: Image.Image | None, text: str):
         if image is None:
             raise gr.Error("Drop an image first (or use the example), then press Run it through.")
-        if len(text or "") > MAX_QUERY_CHARS:
+        text = as_text(text, "The text")
+        if len(text) > MAX_QUERY_CHARS:
             raise gr.Error(f"Keep the text under {MAX_QUERY_CHARS:,} characters.")
         t = page.engine.pipeline_trace(read_image(image), text)
         cut = (f" It takes {t.n_tokens} tokens, more than the model's {t.context_length}: the rest is cut off."

@@ -8,6 +8,8 @@ import gradio as gr
 from demo import classify_tab, explore_tab, gallery_tab, learn_tab, model_tab, search_tab
 from demo.common import Page
 from mbm.engine import Engine
+from mbm.sessions import SessionSpace
+from mbm.uploads import Quota
 
 ABOUT = """mbm embeds images and texts into one space with a CLIP-style model and searches them with FAISS.
 **Search** finds images for text or for another image and ranks captions for an image; **Classify** turns labels
@@ -16,7 +18,8 @@ approximate search and prompt wording change; **Gallery** lets you search your o
 model in front of you and walks through the pipeline; **Model** shows what is serving."""
 
 
-def build_demo(engine: Engine, local: bool = False) -> gr.Blocks:
+def build_demo(engine: Engine, local: bool = False, sessions: SessionSpace | None = None,
+               quota: Quota | None = None) -> gr.Blocks:
     """The whole page for one engine.
 
     Args:
@@ -24,8 +27,10 @@ def build_demo(engine: Engine, local: bool = False) -> gr.Blocks:
         local: the page is only reachable from this computer, so its visitor is its owner: they may index a folder
             of the host by path, name files in queries (`@photo.jpg`) and switch the model (which may read any
             checkpoint path or download one). A public page (another address, `--share`, a Space) does none of it.
+        sessions: where visitors' uploads live (default: a new space of this process in the engine's cache).
+        quota: what one visitor's uploads may hold in all (default `Quota()`).
     """
-    page = Page(engine, local=local)
+    page = Page(engine, local=local, sessions=sessions, quota=quota or Quota())
     # delete_cache: every 10 minutes, the files Gradio keeps for the browser (uploads, result thumbnails) that are
     # older than an hour go; a visitor's private uploads must not linger there (docs/SECURITY.md)
     with gr.Blocks(title="mbm: multimodal model demo", delete_cache=(600, 3600)) as demo:

@@ -8,11 +8,14 @@ import gradio as gr
 from PIL import Image
 
 from demo.charts import histogram_svg
-from demo.common import Page, friendly, image_input, read_image
+from demo.common import Page, friendly, image_input, number, read_image
+from demo.common import text as as_text
+from demo.components import Slider
 from mbm.search import Hit, parse_query
+from mbm.text import MAX_TEXT_CHARS, clean_text
 
-MAX_QUERY_CHARS = 1000
-MAX_TEXTS = 100  # texts ranked for an image at once (image->text with your own texts)
+MAX_QUERY_CHARS = MAX_TEXT_CHARS
+MAX_TEXTS = 100  # texts ranked for an image at once on the page (image->text with your own texts); a table to read
 MAX_K = 100  # results of one JSON search
 
 
@@ -34,7 +37,7 @@ def check_query(text: str | None, image: Image.Image | str | None,
     too long, or when it names a file (`@photo.jpg`) and the page is not `local`: such terms read files of the host,
     which only its owner may do. A text that is not a query raises `parse_query`'s ValueError (callers are
     `friendly`)."""
-    text = (text or "").strip()
+    text = clean_text(as_text(text, "The query")).strip()
     if not text and image is None:
         raise gr.Error(missing)
     if len(text) > MAX_QUERY_CHARS:
@@ -51,9 +54,9 @@ def build(page: Page, choice: gr.State) -> None:
             text = gr.Textbox(label="Text", placeholder='a red circle   (or: 2 x "red circle" - blue)', lines=1)
             image = image_input(label="Image (optional)", height=220, elem_id="search-image")
         with gr.Column(scale=1):
-            weight = gr.Slider(0, 2, value=1.0, step=0.1, label="Image weight (when text and image are both given)")
-            k = gr.Slider(1, 48, value=12, step=1, label="Results (k)")
-            threshold = gr.Slider(-0.2, 1.0, value=0.0, step=0.01, label="Score threshold (cosine)")
+            weight = Slider(0, 2, value=1.0, step=0.1, label="Image weight (when text and image are both given)")
+            k = Slider(1, 48, value=12, step=1, label="Results (k)")
+            threshold = Slider(-0.2, 1.0, value=0.0, step=0.01, label="Score threshold (cosine)")
             button = gr.Button("Search", variant="primary")
     timing = gr.Markdown()
     results = gr.Gallery(label="Results: click one for more like it", columns=6, height=420, format="jpeg",
@@ -102,7 +105,7 @@ def build(page: Page, choice: gr.State) -> None:
         """image->text: rank the given texts (one per line), or else the gallery's captions, for an image."""
         if image is None:
             raise gr.Error("Give an image to describe.")
-        bank = [t for t in (texts or "").splitlines() if t.strip()] or None
+        bank = [t for t in as_text(texts, "The texts to rank").splitlines() if t.strip()] or None
         if bank and len(bank) > MAX_TEXTS:
             raise gr.Error(f"At most {MAX_TEXTS} texts at once, please; you gave {len(bank):,}.")
         if bank and max(map(len, bank)) > MAX_QUERY_CHARS:
@@ -120,21 +123,24 @@ def build(page: Page, choice: gr.State) -> None:
     def search_items(text: str, k: int = 12, threshold: float = -1.0) -> list[dict]:
         """text->image in the server's gallery as JSON rows: id, file (inside the gallery), caption, score."""
         text = check_query(text, None, local=page.local)
-        return _rows(page.engine.search(text, k=_check_k(k), threshold=threshold))
+        return _rows(page.engine.search(text, k=_check_k(k), threshold=_check_threshold(threshold)))
 
     @friendly
     def more_like(item_id: int, k: int = 12, threshold: float = -1.0) -> list[dict]:
         """The server gallery's images most like item `item_id` (an id from search_items), as JSON rows."""
-        return _rows(page.engine.more_like(int(item_id), _check_k(k), threshold))
+        item_id = number(item_id, "The item id (from search_items)", 0, 2**62, integer=True)
+        return _rows(page.engine.more_like(item_id, _check_k(k), _check_threshold(threshold)))
 
     gr.api(search_items, api_name="search_items")
     gr.api(more_like, api_name="more_like")
 
 
 def _check_k(k: int) -> int:
-    if not 1 <= int(k) <= MAX_K:
-        raise gr.Error(f"k is the number of results: between 1 and {MAX_K}, not {k}.")
-    return int(k)
+    return number(k, "k, the number of results,", 1, MAX_K, integer=True)
+
+
+def _check_threshold(threshold: float) -> float:
+    return number(threshold, "The threshold (a cosine score)", -1, 1)
 
 
 def _rows(hits: list[Hit]) -> list[dict]:

@@ -38,6 +38,7 @@ class Server:
     url: str
     cache: Path  # the app's MBM_CACHE: gallery stores and session folders
     log: Path
+    pid: int = 0  # the app's process
 
 
 def run_mbm(*args: str, timeout: float = 600, wrapper: list[str] | None = None) -> subprocess.CompletedProcess:
@@ -55,7 +56,7 @@ def free_port() -> int:
 def start_app(folder: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, Server]:
     """`python app.py ARGS` on a free port with its own MBM_CACHE under `folder`, once it answers HTTP."""
     port = free_port()
-    cache = folder / "cache"
+    cache = Path((env or {}).get("MBM_CACHE") or folder / "cache")
     log = folder / "app.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *args], cwd=ROOT, stdout=out,
@@ -69,7 +70,7 @@ def start_app(folder: Path, *args: str, env: dict | None = None) -> tuple[subpro
             pytest.fail(f"app.py exited early:\n{log.read_text()}")
         try:
             urllib.request.urlopen(url, timeout=2)
-            return proc, Server(url, cache, log)
+            return proc, Server(url, cache, log, proc.pid)
         except OSError:
             if time.time() > deadline:
                 proc.kill()
@@ -97,10 +98,12 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def strict_server(tmp_path_factory):
     """app.py as on a public host (listening on every address, so no folder indexing and no `@file` queries), with
-    tiny limits to reach them cheaply: 2 waiting requests, 1 MB uploads, and visitors' uploads swept after 7.2 s
-    untouched (the sweep runs every 1.8 s)."""
+    tiny limits to reach them cheaply: 2 waiting requests, 1 MB uploads, 64 KB request bodies, 300 KB and 20 files of
+    uploads per visitor, visitors' uploads swept after 7.2 s untouched, or 1.2 s when no page of theirs is open (the
+    sweep runs every 0.6 s)."""
     proc, server = start_app(tmp_path_factory.mktemp("strict-app"), "--host", "0.0.0.0", "--queue-size", "2",
-                             "--max-upload-mb", "1", "--session-hours", "0.002")
+                             "--max-upload-mb", "1", "--session-hours", "0.002", "--session-idle-minutes", "0.02",
+                             "--session-quota-mb", "0.3", "--session-max-files", "20", "--max-request-kb", "64")
     yield server
     stop_app(proc)
 

@@ -1,32 +1,39 @@
-"""Issue 8's battery of bad input, through the page (gradio_client on a real app.py), the command line and the Python
-API. Each case asserts what a person is told (or, for odd but valid input, what they get) and that the gallery being
-served is unchanged afterwards."""
+"""A battery of bad input and hostile visitors, through the page (gradio_client or raw HTTP on a real app.py), the
+command line and the Python API. Each case asserts what a person is told (or, for odd but valid input, what they
+get) and that the gallery being served is unchanged afterwards."""
 
 import hashlib
+import http.client
 import io
+import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import uuid
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_mbm
+from conftest import run_mbm, start_app, stop_app
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image, ImageOps
 
-from mbm.classify import zero_shot
+from mbm.classify import prompts, zero_shot
 from mbm.data.sample import write_scenes
 from mbm.engine import Engine, EngineConfig
 from mbm.gallery import Gallery, GalleryLockedError
 from mbm.models import WeightsFileError, create_model
 from mbm.search import search
+from mbm.text import MAX_WORD_CHARS, WORD_CACHE
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "assets" / "examples"
@@ -391,7 +398,7 @@ def test_a_locked_database_is_explained_and_reads_go_on(indexed, shapes_model):
         gallery = Gallery(folder, shapes_model, store, busy_timeout_s=0.5)
         assert len(gallery.index) == 40  # reading goes on while another process writes
         with pytest.raises(GalleryLockedError, match=f"{store / 'gallery.sqlite'} is locked by another program"):
-            gallery.sync()  # `mbm index` prints the same as one line, exit status 2 (a RuntimeError in mbm.__main__)
+            gallery.sync()  # `mbm index` prints the same as one line, exit status 4
         assert _state(folder, store)[1:] == state[1:]  # not a row or vector changed
     finally:
         holder.kill()
@@ -417,8 +424,287 @@ def test_damaged_weights_name_the_file_in_the_api_the_cli_and_the_app(damaged_mo
     with pytest.raises(WeightsFileError, match=expected):
         create_model(str(damaged_model), device="cpu")
     out = run_mbm("search", "a red circle", "--model", str(damaged_model), "--cache", str(tmp_path / "cache"))
-    assert out.returncode == 2 and expected in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 3 and expected in out.stderr and "Traceback" not in out.stderr  # 3: weights
     app = subprocess.run([sys.executable, "app.py", "--model", str(damaged_model)], cwd=ROOT,
                          capture_output=True, text=True, timeout=120,
                          env={**os.environ, "HF_HUB_OFFLINE": "1", "MBM_CACHE": str(tmp_path / "cache")})
     assert app.returncode == 1 and f"error: {expected}" in app.stderr and "Traceback" not in app.stderr
+
+
+# ---------------------------------------------------------------- round 2: what an attacker tries
+def _fn_index(url: str, api_name: str) -> int:
+    config = json.loads(urllib.request.urlopen(url + "config", timeout=10).read())
+    return next(d["id"] for d in config["dependencies"] if d.get("api_name") == api_name)
+
+
+def _join(url: str, api_name: str, data: list, session: str | None = None, body: bytes | None = None):
+    """Join the queue as a script would, by raw HTTP: `(status, answer)`; the body is JSON with non-ASCII escaped,
+    so a lone surrogate travels as the text "\\ud800"."""
+    payload = body or json.dumps({"data": data, "fn_index": _fn_index(url, api_name),
+                                  "session_hash": session or uuid.uuid4().hex}).encode()
+    request = urllib.request.Request(url + "gradio_api/queue/join", payload, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def _raw_call(url: str, api_name: str, data: list, session: str | None = None, body: bytes | None = None) -> dict:
+    """A queued call by raw HTTP, without the page's heartbeat: the finished event's message."""
+    session = session or uuid.uuid4().hex
+    if body is not None:
+        body = body.replace(b"SESSION", session.encode()).replace(b"FN", str(_fn_index(url, api_name)).encode())
+    status, answer = _join(url, api_name, data, session, body)
+    assert status == 200, answer
+    with urllib.request.urlopen(f"{url}gradio_api/queue/data?session_hash={session}", timeout=120) as stream:
+        for line in stream:
+            if line.startswith(b"data:"):
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed":
+                    return message
+    raise AssertionError("the event never completed")
+
+
+def _error(message: dict) -> str:
+    assert message["success"] is False, message
+    return message["output"]["error"] or ""
+
+
+def _rss_mb(pid: int) -> float:
+    return int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1)) / 1024
+
+
+HOSTILE_TEMPLATES = ["{:>999999999}", "a {} of {0.__class__.__init__.__globals__}", "{{}} {}", "{}{}", "{0}", "{"]
+
+
+def test_templates_are_plain_text_on_the_page_the_cli_and_the_api(client, server, shapes_model, tmp_path, unchanged):
+    rss = _rss_mb(server.pid)
+    label, table, _ = client.predict(handle_file(str(RED_CIRCLE)), "circle, star", "\n".join(HOSTILE_TEMPLATES),
+                                     api_name="/classify")
+    assert label["label"] == "circle" and table["headers"] == ["template", "circle", "star"]
+    assert [row[0] for row in table["value"]["data"]] == HOSTILE_TEMPLATES  # each ran as the text it is
+    assert _rss_mb(server.pid) < rss + 200  # a padding spec would have asked for gigabytes
+    out = run_mbm("classify", str(RED_CIRCLE), "--labels", "circle", "star", "--templates", *HOSTILE_TEMPLATES,
+                  "--json")
+    assert out.returncode == 0, out.stderr
+    assert list(json.loads(out.stdout)["per_template"]) == HOSTILE_TEMPLATES
+    result = zero_shot(shapes_model, Image.open(RED_CIRCLE), ["circle", "star"], HOSTILE_TEMPLATES)
+    assert next(iter(result.probs)) == "circle" and "0x" not in repr(result.per_template)
+    assert prompts("star", HOSTILE_TEMPLATES)[:4] == ["{:>999999999} star", "a star of {0.__class__.__init__."
+                                                      "__globals__}", "{star} star", "starstar"]
+    lab = Engine(EngineConfig(cache_dir=str(tmp_path / "c")), encoder=shapes_model).prompt_lab(
+        Image.open(RED_CIRCLE), ["circle", "star"], HOSTILE_TEMPLATES)
+    assert [row[1].text for row in lab.prompts][:2] == ["{:>999999999} star", "a star of {0.__class__.__init__."
+                                                        "__globals__}"]
+
+
+def test_long_words_cost_bounded_work_and_memory(shapes_model, client, observer):
+    tokenizer = shapes_model.tokenizer
+    word = "".join(chr(97 + (i * 7 + i // 26) % 26) for i in range(1000))
+    assert len(tokenizer.encode(word)) > 150  # as one piece, the tokenizer's BPE grows with its square
+    assert shapes_model.count_tokens(word) <= 1000 // MAX_WORD_CHARS * 40  # cut into pieces first
+    shapes_model.encode_texts([f"{i} {word[i:]}{i}" for i in range(WORD_CACHE // 10)] +
+                              [f"w{i}" for i in range(WORD_CACHE + 500)])
+    assert len(tokenizer.cache) <= WORD_CACHE + 2  # visitors' words are not kept without bound
+    assert len(tokenizer.cache["<start_of_text>"]) > 0  # the special tokens stay
+    labels = "\n".join(f"{word[i:]}{word[:i]}" for i in range(100))  # 100 KB of 1,000-letter words
+    job = client.submit(handle_file(str(RED_CIRCLE)), labels, "a {}.\na photo of {}.\n{} art\nthe {}",
+                        api_name="/classify")
+    rows = observer.predict("a red circle", 3, -1.0, api_name="/search_items")  # another visitor is served
+    assert len(rows) == 3
+    label, table, _ = job.result(timeout=120)
+    assert len(table["value"]["data"]) == 4 and len(label["confidences"]) == 5
+
+
+def test_one_visitor_cannot_fill_the_queue(server, observer):
+    url, mine = server.url, uuid.uuid4().hex
+    answers = [_join(url, "train_live", [30], mine) for _ in range(10)]  # one visitor floods training
+    assert answers[0][0] == 200
+    assert all(a == (422, answers[1][1]) for a in answers[1:])
+    assert "You already have a training request waiting or running" in answers[1][1]["detail"][0]["message"]
+    others = [_join(url, "train_live", [30]) for _ in range(6)]  # sessions without number: training has 3 places
+    assert [status for status, _ in others].count(200) <= 4
+    assert "training requests are already waiting" in others[-1][1]["detail"][0]["message"]
+    image = _uploaded(url, RED_CIRCLE)  # and a few quick ones: slow classifications, so that they pile up
+    labels = "\n".join(f"label {i} " + "x" * 900 for i in range(100))
+    heavy = [image, labels, "\n".join(f"t{i} {{}}" for i in range(20))]
+    quick = [_join(url, "classify", heavy, mine) for _ in range(8)]
+    assert [s for s, _ in quick[:4]] == [200] * 4 and quick[-1][0] == 422
+    assert "You already have 4 requests waiting or running" in quick[-1][1]["detail"][0]["message"]
+    assert len(observer.predict("a red circle", 5, -1.0, api_name="/search_items")) == 5  # everyone else is served
+    cancel = [(mine, "train_live", answers[0][1])] + [(None, "train_live", a) for s, a in others if s == 200] + [
+        (mine, "classify", a) for s, a in quick if s == 200]
+    for session, api_name, answer in cancel:  # nothing runs on for nobody
+        request = urllib.request.Request(url + "gradio_api/cancel", json.dumps(
+            {"session_hash": session or "x", "fn_index": _fn_index(url, api_name),
+             "event_id": answer["event_id"]}).encode(), {"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=30).close()
+
+
+def test_a_public_page_answers_only_through_the_queue(strict_server):
+    url = strict_server.url
+    request = urllib.request.Request(url + "gradio_api/run/search_items", json.dumps(
+        {"data": ["a red circle", 3, 0.0]}).encode(), {"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 404 and b"join the queue" in refused.value.read()
+    rows = _raw_call(url, "search_items", ["a red circle", 3, 0.0])["output"]["data"][0]
+    assert len(rows) == 3  # the same endpoint through the queue
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_a_huge_request_body_is_refused_before_it_is_read(strict_server, declared):
+    """50 MB of JSON, its length declared or streamed in chunks: 413 at once, and the server never holds it."""
+    rss = _rss_mb(strict_server.pid)
+    host, port = urllib.parse.urlsplit(strict_server.url).netloc.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.putrequest("POST", "/gradio_api/queue/join")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader(*(("Content-Length", "50000000") if declared else ("Transfer-Encoding", "chunked")))
+    connection.endheaders()
+    chunk = b"a" * 2**20
+    try:
+        for _ in range(50):
+            connection.send(chunk if declared else b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    except OSError:  # the server answered and closed: it will not read the rest
+        pass
+    answer = connection.getresponse()
+    assert answer.status == 413 and "at most 65,536 bytes" in json.loads(answer.read())["detail"]
+    connection.close()
+    assert _rss_mb(strict_server.pid) < rss + 30  # not parsed, not even held
+
+
+def test_uploads_are_held_to_a_quota_per_visitor(strict_server, tmp_path):
+    rng = np.random.default_rng(0)
+    noise = [_png_bytes(Image.fromarray(rng.integers(0, 255, (120, 120, 3), np.uint8))) for _ in range(12)]
+    archive = _zip(tmp_path / "many.zip", [(f"n{i}.png", data) for i, data in enumerate(noise)])
+    client = Client(strict_server.url, verbose=False)
+    try:
+        _, summary, skipped = client.predict([handle_file(str(archive))], api_name="/index_uploads")
+        kept = int(re.search(r"\*\*(\d+)\*\* searchable", summary).group(1))
+        assert 0 < kept < 12 and kept * len(noise[0]) <= 0.3 * 2**20
+        reasons = {row[1] for row in skipped["value"]["data"]}
+        assert len(skipped["value"]["data"]) == 12 - kept and all("quota for uploads" in r for r in reasons)
+        _, summary, skipped = client.predict([handle_file(str(archive))], api_name="/index_uploads")
+        assert f"**{kept}** searchable" in summary and len(skipped["value"]["data"]) == 12  # nothing more fits
+    finally:
+        client.close()
+
+
+def test_a_script_without_a_page_keeps_its_uploads_minutes_not_a_day(strict_server, tmp_path):
+    sessions = strict_server.cache / "sessions"
+    listing = lambda: {p for p in sessions.glob("*/*") if p.is_dir()}
+    page = Client(strict_server.url, verbose=False)  # gradio_client holds the heartbeat, as the page does
+    try:
+        before = listing()
+        page.predict([handle_file(str(RED_CIRCLE))], api_name="/index_uploads")
+        [with_page] = listing() - before
+        message = _raw_call(strict_server.url, "index_uploads", [[_uploaded(strict_server.url, RED_CIRCLE)]])
+        assert message["success"], message
+        [scripted] = listing() - before - {with_page}
+        page.predict(api_name="/gallery_info")  # the page's visitor used their gallery just now
+        deadline = time.time() + 20
+        while scripted.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert not scripted.exists() and with_page.exists()  # idle 1.2 s without a page: gone; with one: kept
+    finally:
+        page.close()
+
+
+def test_a_second_app_on_the_same_cache_leaves_the_first_ones_visitors_alone(server, client, tmp_path):
+    before = {p for p in (server.cache / "sessions").glob("*/*") if p.is_dir()}
+    _, summary, _ = client.predict([handle_file(str(RED_CIRCLE))], api_name="/index_uploads")
+    [mine] = {p for p in (server.cache / "sessions").glob("*/*") if p.is_dir()} - before
+    second, other = start_app(tmp_path, env={"MBM_CACHE": str(server.cache)})
+    try:
+        assert "0 stale session folders removed" in other.log.read_text()
+        tiles, *_ = client.predict("a red circle", None, 1.0, 5, -0.2, api_name="/search")
+        assert len(tiles) == 1 and mine.is_dir()  # still their own upload, still there
+    finally:
+        stop_app(second)
+    shutil.rmtree(mine)  # gone by other means (a wiped cache): the visitor is told, with no path
+    with pytest.raises(AppError) as error:
+        client.predict("a red circle", None, 1.0, 5, -0.2, api_name="/search")
+    assert "Your uploaded gallery is gone" in str(error.value) and "/" not in str(error.value).split("gone")[1]
+    client.predict(api_name="/use_server_gallery")
+
+
+@pytest.fixture(scope="module")
+def damaged_store(tmp_path_factory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("damaged-store")
+    folder, cache = base / "pics", base / "cache"
+    write_scenes(folder, n=3, size=64)
+    out = run_mbm("index", str(folder), "--cache", str(cache))
+    assert out.returncode == 0, out.stderr
+    [store] = (cache / "galleries").iterdir()
+    (store / "gallery.sqlite").write_bytes(b"this is not a database" * 200)
+    for extra in store.glob("gallery.sqlite-*"):
+        extra.unlink()
+    return folder, cache
+
+
+@pytest.mark.parametrize("command", [["search", "a red circle"], ["index"]])
+def test_a_damaged_store_is_one_line_with_its_own_exit_code(damaged_store, command):
+    folder, cache = damaged_store
+    args = [*command, "--gallery", str(folder)] if command[0] == "search" else [*command, str(folder)]
+    out = run_mbm(*args, "--cache", str(cache))
+    assert out.returncode == 4 and "Traceback" not in out.stderr
+    assert re.search(r"error: the gallery's store \S+gallery.sqlite is damaged \(file is not a database\).*Delete "
+                     r"the folder", out.stderr)
+
+
+def test_the_app_says_its_gallerys_store_is_damaged(damaged_store):
+    folder, cache = damaged_store
+    app = subprocess.run([sys.executable, "app.py", "--gallery", str(folder)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1", "MBM_CACHE": str(cache)})
+    assert app.returncode == 1 and "Traceback" not in app.stderr
+    assert "gallery.sqlite is damaged (file is not a database)" in app.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("api_name, data, message", [
+    ("search_items", ["a red circle", None, 0.0], "k, the number of results, must be a whole number between 1 and "
+                                                  "100, not None."),
+    ("search_items", ["a red circle", "ten", 0.0], "must be a whole number between 1 and 100, not 'ten'"),
+    ("search_items", ["a red circle", float("nan"), 0.0], "must be a whole number between 1 and 100, not nan"),
+    ("search_items", ["a red circle", 5, float("inf")], "The threshold (a cosine score) must be a number between -1 "
+                                                        "and 1, not inf"),
+    ("search", ["a red circle", None, 1.0, None, 0.0, None], "Results (k) must be a whole number between 1 and 48, not "
+                                                       "None."),
+    ("search", ["a red circle", None, "heavy", 12, 0.0, None], "Image weight"),
+    ("search_items", ["9" * 400 + ' x "red"', 5, 0.0], "is too large: give weights between -100 and 100"),
+    ("more_like", [None, 5, 0.0], "The item id (from search_items) must be a whole number"),
+    ("search_items", [["a list"], 5, 0.0], "The query must be text, not list."),
+])
+def test_bad_numbers_and_values_from_a_script_are_explained(server, api_name, data, message):
+    assert message in _error(_raw_call(server.url, api_name, data))
+
+
+def test_braces_and_lone_surrogates_get_answers(server, client):
+    label, table, _ = client.predict(handle_file(str(RED_CIRCLE)), "circle, star", "{}{}", api_name="/classify")
+    assert label["label"] == "circle" and table["value"]["data"][0][0] == "{}{}"
+    answer = _raw_call(server.url, "search_items", ["a red \ud800circle", 3, 0.0])  # a script's broken text
+    assert answer["success"] and len(answer["output"]["data"][0]) == 3
+    answer = _raw_call(server.url, "describe", [None, "a red circle\nbad \udc80 text", 2, None])
+    assert "Give an image to describe." in _error(answer)  # the stream carried the answer
+    out = run_mbm("search", "a red circle", "-k", "2")  # and the command line's own arguments
+    assert out.returncode == 0
+
+
+def _uploaded(url: str, path: Path) -> dict:
+    """`path` uploaded by raw HTTP, as the FileData a queued call takes."""
+    request = urllib.request.Request(url + "gradio_api/upload", _multipart(path),
+                                     {"Content-Type": "multipart/form-data; boundary=mbm"})
+    [where] = json.loads(urllib.request.urlopen(request, timeout=30).read())
+    return {"path": where, "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _multipart(path: Path) -> bytes:
+    return (b"--mbm\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.png\"\r\n"
+            b"Content-Type: image/png\r\n\r\n" + path.read_bytes() + b"\r\n--mbm--\r\n")

@@ -43,8 +43,8 @@ def bob_pngs(folder: Path, n: int = 2, tag: str = "bob-secret") -> list[Path]:
 
 
 def listing(server) -> set[Path]:
-    sessions = server.cache / "sessions"
-    return set(sessions.iterdir()) if sessions.is_dir() else set()
+    """The visitors' session folders of every app on this cache (each app keeps its own under sessions/<space>/)."""
+    return {p for p in (server.cache / "sessions").glob("*/*") if p.is_dir()}
 
 
 def upload(server, client: Client, files: list[Path]) -> tuple[str, Path]:
