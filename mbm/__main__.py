@@ -33,6 +33,9 @@ def _training_bar(desc: str, steps: int = 0):
 
 
 def _train_clip(args) -> int:
+    if args.world:
+        from mbm._cli_world import train_world
+        return train_world(args)
     import torch
 
     from mbm.evaluate import evaluate
@@ -56,6 +59,9 @@ def _train_clip(args) -> int:
 
 
 def _eval(args) -> int:
+    if args.world:
+        from mbm._cli_world import eval_world
+        return eval_world(args)
     from mbm.evaluate import evaluate
     from mbm.models import create_model
     from mbm.train.card import metrics_table
@@ -63,6 +69,15 @@ def _eval(args) -> int:
     metrics = evaluate(encoder, n_pairs=args.pairs, n_zero_shot=args.zero_shot)
     print(json.dumps(metrics, indent=2) if args.json else metrics_table(metrics))
     return 0
+
+
+def _cli_world():
+    import mbm._cli_world
+    return mbm._cli_world
+
+
+def _prepare_data(args) -> int:
+    return _cli_world().prepare_data(args)
 
 
 def _engine(args, gallery: str | None = None):
@@ -279,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--pairs", type=int, default=1000, help="held-out pairs for the final evaluation")
     p.add_argument("--zero-shot", type=int, default=500, help="single-object scenes for the final evaluation")
+    _cli_world().add_train_flags(p)
     p.set_defaults(run=_train_clip)
 
     p = sub.add_parser("eval", help="retrieval recall and zero-shot accuracy on the shapes world")
@@ -287,7 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", type=int, default=1000, help="held-out image-caption pairs per split")
     p.add_argument("--zero-shot", type=int, default=500, help="single-object scenes per split")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _cli_world().add_eval_flags(p)
     p.set_defaults(run=_eval)
+
+    p = sub.add_parser("prepare-data", help="fetch (npm, apt), check and render the emoji concepts of mbm-world")
+    _cli_world().add_prepare_flags(p)
+    p.set_defaults(run=_prepare_data)
 
     p = sub.add_parser("index", help="make a folder of images searchable (incremental; safe to interrupt)",
                        epilog=EXIT_CODES)

@@ -56,20 +56,25 @@ class TrainConfig:
     aux_weight: float = 1.0  # initial weight of the grid-probe loss (see GridProbe); 0 = pure contrastive
     aux_until: float = 0.8  # fraction of the budget over which that weight decays to zero
     seed: int = 0  # seeds the scene stream and the initial weights
+    world: str = ""  # the mbm cache holding `prepare-data`'s emoji arrays: train on the widened world; "" = shapes
+    emoji_fraction: float = 0.5  # widened world: share of each batch that is emoji concepts
+    holdout_style: str = "twemoji"  # widened world: the art style never trained on
     model_cfg: dict = field(default_factory=default_model_cfg)
 
 
-def make_batch(rng: random.Random, batch_size: int, group_fraction: float,
-               group_size: int = 4) -> tuple[list[Scene], list[str]]:
+def make_batch(rng: random.Random, batch_size: int, group_fraction: float, group_size: int = 4,
+               new_scene: Callable[[random.Random], Scene] | None = None) -> tuple[list[Scene], list[str]]:
     """Scenes and captions for one batch; `group_fraction` of them come in groups of minimal variants.
 
     A group is one scene and `group_size - 1` copies with one mentioned object's shape (or, in a
     quarter of the groups, colour) changed, each captioned with the same phrasing; captions within a
-    group then differ in exactly one word.
+    group then differ in exactly one word. `new_scene(rng)` makes each fresh scene (default: the `train` split's;
+    the widened world passes one that gives each scene a `backgrounds.Look`, which its variants keep).
     """
+    new_scene = new_scene or (lambda r: make_scene("train", r.randrange(2**40)))
     scenes, texts = [], []
     for _ in range(int(batch_size * group_fraction) // group_size):
-        scene = make_scene("train", rng.randrange(2**40))
+        scene = new_scene(rng)
         caption_seed = rng.random()
         text, mentioned = captions(scene, random.Random(caption_seed))
         group = [(scene, text)]
@@ -79,12 +84,12 @@ def make_batch(rng: random.Random, batch_size: int, group_fraction: float,
             if variant_text != text:  # the caption names what changed: a pair to learn from
                 group.append((variant, variant_text))
         while len(group) < group_size:
-            extra = make_scene("train", rng.randrange(2**40))
+            extra = new_scene(rng)
             group.append((extra, captions(extra, rng)[0]))
         scenes += [s for s, _ in group]
         texts += [t for _, t in group]
     while len(scenes) < batch_size:
-        scene = make_scene("train", rng.randrange(2**40))
+        scene = new_scene(rng)
         scenes.append(scene)
         texts.append(captions(scene, rng)[0])
     return scenes[:batch_size], texts[:batch_size]
@@ -135,6 +140,7 @@ class GridProbe(torch.nn.Module):
         shape_logits = self.shape(features).view(b * 9, -1)  # (B * 9, shapes + empty)
         colour_logits = self.colour(features).view(b * 9, -1)  # (B * 9, colours + empty)
         ce = torch.nn.functional.cross_entropy
+        # -100 marks images with no grid (emoji in the widened world): ignored
         return ce(shape_logits, labels[:, 0].reshape(-1)) + ce(colour_logits, labels[:, 1].reshape(-1))
 
 
@@ -145,6 +151,9 @@ def _pixels(scenes: list[Scene], size: int, mean: torch.Tensor, std: torch.Tenso
 
 
 def _batches(cfg: TrainConfig, tokenizer, mean, std, stop: threading.Event) -> queue.Queue:
+    if cfg.world:
+        from mbm.train.world import world_batches
+        return world_batches(cfg, tokenizer, mean, std, stop)
     rng = random.Random(f"train-batches/{cfg.seed}")
     size = cfg.model_cfg["vision_cfg"]["image_size"]
 
@@ -152,6 +161,18 @@ def _batches(cfg: TrainConfig, tokenizer, mean, std, stop: threading.Event) -> q
         scenes, texts = make_batch(rng, cfg.batch_size, cfg.group_fraction, cfg.group_size)
         return _pixels(scenes, size, mean, std), tokenizer(texts), grid_labels(scenes)
     return background_batches(make, stop, "mbm-batches")
+
+
+def encode_text(model, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """open_clip `CLIP.encode_text` for `(B, T)` tokens with T up to the context length: captions trimmed to a
+    batch's longest cost only their own length (the causal mask keeps the result the same)."""
+    from open_clip.transformer import text_global_pool
+    t = tokens.shape[1]
+    x = model.token_embedding(tokens) + model.positional_embedding[:t]  # (B, T, W)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:t, :t]))
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    x = x @ model.text_projection  # (B, D)
+    return torch.nn.functional.normalize(x, dim=-1) if normalize else x
 
 
 def build_model(cfg: TrainConfig):
@@ -216,7 +237,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, float, float], None] | None 
                 group["lr"] = lr_at(progress, cfg)
             images, tokens, labels = batches.get()
             img = model.encode_image(images)  # (B, D), not yet normalised
-            txt = model.encode_text(tokens, normalize=True)  # (B, D)
+            txt = encode_text(model, tokens)  # (B, D)
             scale = model.logit_scale.exp().clamp(max=100)
             loss = loss_fn(torch.nn.functional.normalize(img, dim=-1), txt, scale)
             aux_weight = aux_weight_at(progress, cfg)

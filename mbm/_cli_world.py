@@ -1,0 +1,102 @@
+"""The command line of the widened world: `prepare-data`, `train-clip --world`, `eval --world`.
+
+`mbm.__main__` wires these into its parser; this module prints (the library logs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def cache_of(args) -> Path:
+    """The mbm cache: `--cache`, else $MBM_CACHE, else ~/.cache/mbm (read in one place, `EngineConfig`)."""
+    from mbm.engine import EngineConfig
+    return EngineConfig.from_env(cache_dir=getattr(args, "cache", None)).cache_path()
+
+
+def add_prepare_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", default=None, help="mbm's cache folder (default $MBM_CACHE or ~/.cache/mbm)")
+    p.add_argument("--size", type=int, default=64, help="side of the rendered emoji arrays in pixels (default 64)")
+
+
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--world", action="store_true",
+                   help="train mbm-world: widened shapes + emoji concepts (needs `prepare-data` first)")
+    p.add_argument("--cache", default=None, help="with --world: the cache prepare-data filled")
+    p.add_argument("--holdout-style", default="twemoji", help="with --world: the art style never trained on")
+    p.add_argument("--emoji-fraction", type=float, default=0.5, help="with --world: emoji share of each batch")
+    p.add_argument("--width", type=int, default=32, help="with --world: image tower width")
+    p.add_argument("--embed-dim", type=int, default=256, help="with --world: shared embedding size")
+    p.add_argument("--text-width", type=int, default=256, help="with --world: text tower width")
+    p.add_argument("--text-layers", type=int, default=2, help="with --world: text tower layers")
+    p.add_argument("--image-size", type=int, default=64, help="with --world: image side in pixels")
+    p.add_argument("--curve-every", type=int, default=250, help="with --world: steps between curve points")
+
+
+def add_eval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--world", action="store_true",
+                   help="also emoji retrieval and shapes robustness (needs `prepare-data` first)")
+    p.add_argument("--cache", default=None, help="with --world: the cache prepare-data filled")
+    p.add_argument("--holdout-style", default="twemoji", help="with --world: the art style held out of training")
+    p.add_argument("--robust", type=int, default=200, help="with --world: single shapes per robustness row")
+
+
+def prepare_data(args) -> int:
+    from mbm.data import emoji
+    out = emoji.prepare(cache_of(args), size=args.size)
+    arrays, concepts = emoji.load(cache_of(args), args.size)
+    print(f"{len(concepts)} concepts in {', '.join(arrays)} at {args.size} px: {out}")
+    return 0
+
+
+def train_world(args) -> int:
+    import torch
+
+    from mbm.train.clip import TrainConfig, save
+    from mbm.train.world import train_world as train
+    from mbm.train.world import world_model_cfg
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model_cfg = world_model_cfg(args.image_size, args.width, args.embed_dim, args.text_width, args.text_layers)
+    cfg = TrainConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      aux_weight=args.aux_weight, aux_until=args.aux_until, world=str(cache_of(args)),
+                      emoji_fraction=args.emoji_fraction, holdout_style=args.holdout_style, model_cfg=model_cfg)
+    out = Path(args.out)
+
+    def on_row(row: dict) -> None:
+        print(json.dumps(row), flush=True)
+    model, history, curve = train(cfg, every=args.curve_every, on_row=on_row)
+    save(model, cfg, out)
+    (out / "curve.json").write_text(json.dumps({"history_tail": history[-5:], "curve": curve}, indent=1) + "\n")
+    print(f"saved {out} ({len(history)} steps in {history[-1][1] / 60:.1f} min); evaluate with "
+          f"`python -m mbm eval --world --model {out}`")
+    return 0
+
+
+def eval_world(args) -> int:
+    from mbm.evaluate_world import world_report
+    from mbm.models import create_model
+    encoder = create_model(args.model, device=args.device)
+    start = time.perf_counter()
+    report = world_report(encoder, cache_of(args), args.holdout_style, args.pairs, args.zero_shot, args.robust)
+    report["eval_seconds"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(report, indent=1, ensure_ascii=False) if args.json else summary(report))
+    return 0
+
+
+def summary(report: dict) -> str:
+    """A few lines a person reads: emoji R@10 per style, robustness per row, shapes retrieval."""
+    lines = []
+    for key in ("emoji_holdout", "emoji_train"):
+        r = report[key]
+        lines.append(f"emoji {r['style']:8} ({r['concepts']} concepts): t->i R@1 {r['t2i_r1']:.1%} "
+                     f"R@10 {r['t2i_r10']:.1%} (other locales R@10 {r['t2i_r10_other_locales']:.1%}), "
+                     f"i->t R@1 {r['i2t_r1']:.1%}")
+    for name, r in report["robustness"].items():
+        lines.append(f"  {name:22} joint {r['joint']:.1%}  shape {r['shape']:.1%}")
+    for split, m in report["shapes"].items():
+        lines.append(f"shapes {split}: " + "  ".join(f"{k} {v:.1%}" for k, v in m.items()))
+    return "\n".join(lines)

@@ -1,0 +1,234 @@
+"""The widened shapes world: any background, any size, rotated, outlined or hand-drawn, degraded.
+
+`widen(scene, rng)` turns a scene of `mbm.data.shapes` into one that carries a `Look` in its `background`
+field: a background kind (`KINDS`: mid grey as before, light, white, black, saturated, gradient, texture,
+photo), a drawing style (filled, outline, hand-drawn wobbly strokes), a rotation, a JPEG/blur/noise recipe and,
+for a single object, a new size (10-90% of the side) and place, with its size word and grid cell kept true so
+captions and questions (`mbm.data.language`) stay right. `render(scene, size)` draws either kind of scene.
+Colours are never jittered in hue (colour is meaning), and a flat background never takes an object's colour.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from mbm.data import shapes
+from mbm.data.shapes import SIZES, Scene
+
+KINDS = ("grey", "light", "white", "black", "saturated", "gradient", "texture", "photo")
+DRAWINGS = ("filled", "outline", "hand")
+PHOTOS = Path(__file__).resolve().parents[2] / "assets" / "gallery" / "photos"
+MIN_CONTRAST = 90.0  # RGB distance a flat background keeps from every object's colour
+TONES = {"white": 252, "black": 20, "light": 225, "grey": 132}  # the grey level of the plain kinds
+# A square turned by 45 degrees is a diamond: these two turn only a little, so the words keep their meaning.
+MAX_TURN = {"square": 12.0, "diamond": 12.0}
+
+
+@dataclass(frozen=True)
+class Look:
+    kind: str  # one of KINDS
+    drawing: str  # one of DRAWINGS
+    rotation: float  # degrees, every object
+    seed: int  # the background's and the strokes' randomness
+    degrade: bool  # JPEG, blur and noise at the final size
+
+
+def sample_look(rng: random.Random, kind: str | None = None, drawing: str | None = None,
+                degrade: bool | None = None) -> Look:
+    return Look(kind or rng.choice(KINDS), drawing or rng.choices(DRAWINGS, weights=(5, 2, 3))[0],
+                rng.uniform(-25, 25), rng.randrange(2**31), rng.random() < 0.4 if degrade is None else degrade)
+
+
+def size_word(diameter: float) -> str:
+    """The size word for a diameter (fraction of the side), true to the grid sizes of `SIZES`."""
+    return "small" if diameter < 0.225 else "medium" if diameter < 0.28 else "large"
+
+
+def widen(scene: Scene, rng: random.Random, look: Look | None = None, diameter: float | None = None) -> Scene:
+    """The scene with a sampled (or given) `Look`; a single object half of the time gets a new size and place.
+
+    Args:
+        diameter: force a single object's diameter (fraction of the side); None samples one (or keeps it).
+    """
+    look = look or sample_look(rng)
+    while not fits(look.kind, [o.rgb for o in scene.objects]):
+        look = replace(look, kind=rng.choice(KINDS))
+    objs = scene.objects
+    diameters = tuple(SIZES[o.size] for o in objs)
+    if len(objs) == 1 and (diameter is not None or rng.random() < 0.5):
+        d = diameter if diameter is not None else rng.uniform(0.1, 0.9)
+        cx, cy = rng.uniform(d / 2, 1 - d / 2), rng.uniform(d / 2, 1 - d / 2)
+        objs = (replace(objs[0], size=size_word(d), cx=cx, cy=cy, row=min(2, int(cy * 3)), col=min(2, int(cx * 3))),)
+        diameters = (d,)
+    return Scene(objs, ("wide", look, diameters))
+
+
+def fits(kind: str, colours) -> bool:
+    """False where a plain background would hide an object (a white shape on white)."""
+    return kind not in TONES or _far((TONES[kind],) * 3, colours)
+
+
+def render(scene: Scene, size: int = 64, supersample: int = 2) -> Image.Image:
+    """Draw a scene of either world as an RGB `size` x `size` image."""
+    if scene.background[0] != "wide":
+        return shapes.render(scene, size, supersample)
+    _, look, diameters = scene.background
+    rng = random.Random(look.seed)
+    s = size * supersample
+    img = background(look.kind, rng, s, [o.rgb for o in scene.objects])
+    draw = ImageDraw.Draw(img)
+    for o, d in zip(scene.objects, diameters):
+        draw_shape(draw, o.shape, o.cx * s, o.cy * s, d * s / 2, o.rgb, look.drawing, look.rotation, rng)
+    img = img.resize((size, size), Image.Resampling.BOX) if supersample > 1 else img
+    return degrade(img, rng) if look.degrade else img
+
+
+def outline(shape: str, rotation: float = 0.0) -> list[tuple[float, float]]:
+    """Unit outline (radius 1) of a shape, rotated by `rotation` degrees."""
+    pts = shapes._regular(48, 0.0) if shape == "circle" else shapes._OUTLINES[shape]
+    c, s = math.cos(math.radians(rotation)), math.sin(math.radians(rotation))
+    return [(x * c - y * s, x * s + y * c) for x, y in pts]
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, rgb, drawing: str,
+               rotation: float, rng: random.Random) -> None:
+    turn = max(-MAX_TURN.get(shape, 90.0), min(MAX_TURN.get(shape, 90.0), rotation))
+    pts = [(cx + x * r, cy + y * r) for x, y in outline(shape, turn)]
+    if drawing == "filled":
+        draw.polygon(pts, fill=rgb)
+    elif drawing == "outline":
+        draw.line(pts + pts[:2], fill=rgb, width=max(2, round(r * rng.uniform(0.08, 0.2))), joint="curve")
+    else:
+        _hand(draw, pts, (cx, cy), r, rgb, rng)
+
+
+def _hand(draw, pts, centre, r, rgb, rng: random.Random) -> None:
+    """A finger on a sketchpad: the outline resampled, wobbled by smooth noise, drawn with a varying width,
+    its ends overshooting or falling short."""
+    dense = _resample(pts, 64)
+    phases = [rng.uniform(0, 2 * math.pi) for _ in range(3)]
+    amp = rng.uniform(0.02, 0.07)
+    n = len(dense)
+    out = []
+    for k, (x, y) in enumerate(dense):
+        t = 2 * math.pi * k / n
+        wob = 1 + amp * sum(math.sin((f + 1) * t + p) / (f + 1) for f, p in enumerate(phases))
+        out.append((centre[0] + (x - centre[0]) * wob, centre[1] + (y - centre[1]) * wob))
+    end = n + rng.randint(-3, 5)
+    base = max(2.0, r * rng.uniform(0.06, 0.16))
+    for k in range(end):
+        a, b = out[k % n], out[(k + 1) % n]
+        w = max(1, round(base * (1 + 0.35 * math.sin(3 * math.pi * k / n + phases[0]))))
+        draw.line([a, b], fill=rgb, width=w)
+        draw.ellipse((b[0] - w / 2, b[1] - w / 2, b[0] + w / 2, b[1] + w / 2), fill=rgb)
+
+
+def _resample(pts, n: int) -> list[tuple[float, float]]:
+    closed = np.array(pts + pts[:1], np.float64)  # (P + 1, 2)
+    seg = np.linalg.norm(np.diff(closed, axis=0), axis=1)
+    at = np.concatenate([[0.0], np.cumsum(seg)])
+    want = np.linspace(0.0, at[-1], n, endpoint=False)
+    return list(zip(np.interp(want, at, closed[:, 0]), np.interp(want, at, closed[:, 1])))
+
+
+def _far(rgb, avoid, margin: float = MIN_CONTRAST) -> bool:
+    return all(math.dist(rgb, a) >= margin for a in avoid)
+
+
+def _colour(rng: random.Random, kind: str, avoid) -> tuple[int, int, int]:
+    for _ in range(50):
+        if kind == "light":
+            rgb = tuple(rng.randint(200, 250) for _ in range(1)) * 3
+            rgb = tuple(min(255, c + rng.randint(-6, 6)) for c in rgb)
+        elif kind == "white":
+            rgb = (rng.randint(250, 255),) * 3
+        elif kind == "black":
+            rgb = (rng.randint(0, 40),) * 3
+        elif kind == "grey":
+            rgb = shapes._sample_background(rng)[1]
+        else:  # saturated, and the colours of gradients and textures
+            import colorsys
+            h, sat, v = rng.random(), rng.uniform(0.5, 1.0), rng.uniform(0.45, 1.0)
+            rgb = tuple(round(255 * c) for c in colorsys.hsv_to_rgb(h, sat, v))
+        if _far(rgb, avoid):
+            return rgb
+    return rgb
+
+
+def background(kind: str, rng: random.Random, s: int, avoid=()) -> Image.Image:
+    """An `s` x `s` RGB background of a kind; flat colours keep `MIN_CONTRAST` from every colour in `avoid`."""
+    if kind in ("grey", "light", "white", "black", "saturated"):
+        return Image.new("RGB", (s, s), _colour(rng, kind, avoid))
+    if kind == "gradient":
+        a, b = (np.array(_colour(rng, rng.choice(("saturated", "light", "black")), avoid), np.float32)
+                for _ in range(2))
+        ang = rng.uniform(0, 2 * math.pi)
+        yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
+        t = (xx * math.cos(ang) + yy * math.sin(ang))
+        t = (t - t.min()) / max(1e-6, t.max() - t.min())
+        return Image.fromarray((a + (b - a) * t[..., None]).astype(np.uint8), "RGB")
+    if kind == "texture":
+        return _texture(rng, s, avoid)
+    return _photo_crop(rng, s)
+
+
+def _texture(rng: random.Random, s: int, avoid) -> Image.Image:
+    a = np.array(_colour(rng, rng.choice(("saturated", "light", "grey")), avoid), np.float32)
+    b = a + np.array([rng.uniform(-50, 50)] * 3, np.float32)  # a lighter or darker shade: texture, not objects
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    period = rng.uniform(s / 16, s / 5)
+    style = rng.choice(("stripes", "checks", "grain"))
+    if style == "stripes":
+        ang = rng.uniform(0, math.pi)
+        t = (np.sin((xx * math.cos(ang) + yy * math.sin(ang)) * 2 * math.pi / period) > 0).astype(np.float32)
+    elif style == "checks":
+        t = ((xx // period + yy // period) % 2).astype(np.float32)
+    else:
+        small = np.random.default_rng(rng.randrange(2**31)).random((8, 8)).astype(np.float32)
+        t = np.asarray(Image.fromarray((small * 255).astype(np.uint8)).resize((s, s), Image.Resampling.BICUBIC),
+                       np.float32) / 255
+    return Image.fromarray(np.clip(a + (b - a) * t[..., None], 0, 255).astype(np.uint8), "RGB")
+
+
+@lru_cache(maxsize=1)
+def photos() -> tuple[Image.Image, ...]:
+    """The public-domain photos the project ships, plus scikit-image's sample photos where it is installed."""
+    out = [Image.open(p).convert("RGB") for p in sorted(PHOTOS.glob("*.jpg"))]
+    try:
+        from skimage import data
+        for name in ("brick", "grass", "gravel", "coffee", "chelsea", "rocket", "astronaut", "immunohistochemistry"):
+            arr = getattr(data, name)()
+            out.append(Image.fromarray(arr).convert("RGB"))
+    except (ImportError, OSError, ValueError):  # optional, and its data may need a download it cannot make
+        pass
+    return tuple(out)
+
+
+def _photo_crop(rng: random.Random, s: int) -> Image.Image:
+    img = rng.choice(photos())
+    side = round(min(img.size) * rng.uniform(0.3, 1.0))
+    x, y = rng.randint(0, img.width - side), rng.randint(0, img.height - side)
+    return img.crop((x, y, x + side, y + side)).resize((s, s), Image.Resampling.BILINEAR)
+
+
+def degrade(img: Image.Image, rng: random.Random) -> Image.Image:
+    """Some of: blur, sensor noise, JPEG at a low quality (what a photo of a screen or a paper goes through)."""
+    if rng.random() < 0.5:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    if rng.random() < 0.5:
+        arr = np.asarray(img, np.float32)
+        noise = np.random.default_rng(rng.randrange(2**31)).normal(0, rng.uniform(2, 10), arr.shape)
+        img = Image.fromarray(np.clip(arr + noise, 0, 255).astype(np.uint8), "RGB")
+    if rng.random() < 0.6:
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=rng.randint(25, 85))
+        img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return img

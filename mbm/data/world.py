@@ -1,0 +1,94 @@
+"""The mixed world `mbm-world` learns from: widened shapes scenes beside emoji concepts named in 28 languages.
+
+A batch is `shapes` items (scenes of `mbm.data.shapes` widened by `mbm.data.backgrounds`, captioned by
+`mbm.data.language`, half of them in groups of minimal variants as `mbm.train.clip.make_batch` makes them)
+and `emoji` items: distinct concepts (so no two captions in a batch name the same concept: they would be false
+negatives), each drawn in one of the training art styles, pasted at a random size and place on a random
+background, and named in a random locale by its label, sometimes with a few of its tags. One art style
+(`HOLDOUT_STYLE`) never appears in training: evaluation on it tells a learned concept from a learned picture.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mbm.data import backgrounds
+from mbm.data import emoji as emoji_data
+
+HOLDOUT_STYLE = "twemoji"
+ENGLISH_SHARE = 0.3  # of emoji captions; the other 27 locales share the rest
+
+
+@dataclass
+class EmojiSet:
+    """Every concept drawn in every style, in memory: `images[style]` is `(N, S, S, 4)` uint8 RGBA."""
+    images: dict[str, np.ndarray]
+    concepts: list[dict]
+
+    @classmethod
+    def load(cls, cache: Path, size: int = 64) -> EmojiSet:
+        images, concepts = emoji_data.load(cache, size)
+        return cls(images, concepts)
+
+    def styles(self, holdout: str = HOLDOUT_STYLE) -> list[str]:
+        return [s for s in self.images if s != holdout]
+
+    def locales(self) -> list[str]:
+        return list(self.concepts[0]["names"]) if self.concepts else []
+
+
+def caption(concept: dict, rng: random.Random, locale: str | None = None) -> str:
+    """A concept's name in a random (or given) locale: its label, a third of the time with up to 3 tags."""
+    if locale is None:
+        others = [loc for loc in concept["names"] if loc != "en"]
+        locale = "en" if rng.random() < ENGLISH_SHARE or not others else rng.choice(others)
+    label, *tags = concept["names"][locale]
+    tags = [t for t in tags if t.lower() != label.lower()]
+    if tags and rng.random() < 1 / 3:
+        return f"{label}: " + ", ".join(rng.sample(tags, min(len(tags), rng.randint(1, 3))))
+    return label
+
+
+def paste(rgba: np.ndarray, size: int, rng: random.Random, kind: str | None = None,
+          scale: tuple[float, float] = (0.55, 1.0), degrade: bool | None = None) -> Image.Image:
+    """An emoji on a background of a random (or given) kind, at a random size and place, maybe degraded."""
+    kind = kind or rng.choices(backgrounds.KINDS + ("white",), weights=(1, 1, 1, 1, 1, 1, 1, 1, 4))[0]
+    img = backgrounds.background(kind, rng, size).convert("RGBA")
+    side = max(8, round(size * rng.uniform(*scale)))
+    sprite = Image.fromarray(rgba, "RGBA").resize((side, side), Image.Resampling.BILINEAR)
+    if rng.random() < 0.3:
+        sprite = sprite.rotate(rng.uniform(-15, 15), Image.Resampling.BILINEAR)
+    img.alpha_composite(sprite, (rng.randint(0, size - side), rng.randint(0, size - side)))
+    img = img.convert("RGB")
+    if degrade if degrade is not None else rng.random() < 0.3:
+        img = backgrounds.degrade(img, rng)
+    return img
+
+
+def emoji_items(data: EmojiSet, n: int, size: int, rng: random.Random, styles: list[str]) -> tuple[list, list[str]]:
+    """`n` distinct concepts, each in a random training style: (images, captions)."""
+    picks = rng.sample(range(len(data.concepts)), min(n, len(data.concepts)))
+    images = [paste(data.images[rng.choice(styles)][i], size, rng) for i in picks]
+    return images, [caption(data.concepts[i], rng) for i in picks]
+
+
+def shapes_items(n: int, size: int, rng: random.Random, group_fraction: float = 0.5,
+                 group_size: int = 4) -> tuple[list, list[str], list]:
+    """`n` widened shapes scenes as (images, captions, scenes); grouped minimal variants share one look."""
+    from mbm.data.shapes import make_scene
+    from mbm.train.clip import make_batch
+
+    def new_scene(r: random.Random):
+        return backgrounds.widen(make_scene("train", r.randrange(2**40)), r)
+    scenes, texts = make_batch(rng, n, group_fraction, group_size, new_scene=new_scene)
+    return [backgrounds.render(s, size) for s in scenes], texts, scenes
+
+
+def to_array(images: list[Image.Image]) -> np.ndarray:
+    """`(B, H, W, 3)` uint8."""
+    return np.stack([np.asarray(im.convert("RGB")) for im in images])

@@ -1,0 +1,162 @@
+"""The widened world of mbm-world: data preparation from a fixture (no network), the widened renderer,
+multilingual tokens, and a tiny training run that loads back through `create_model`."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mbm.data import backgrounds, emoji, world
+from mbm.data.shapes import COLOURS, make_scene
+
+LOCALES = ("en", "ja", "ru")
+# Two concepts in every style, one (with skin tones, folded into its base) missing from Fluent, one component.
+FIXTURE = [
+    {"hexcode": "1F98A", "emoji": "\U0001F98A", "group": 3,
+     "names": {"en": ["fox", "face"], "ja": ["キツネ"], "ru": ["лиса", "морда"]}},
+    {"hexcode": "1F34E", "emoji": "\U0001F34E", "group": 4,
+     "names": {"en": ["red apple", "fruit"], "ja": ["赤いリンゴ"], "ru": ["красное яблоко"]}},
+    {"hexcode": "1F44B", "emoji": "\U0001F44B", "group": 1,
+     "names": {"en": ["waving hand"], "ja": ["手を振る"], "ru": ["машущая рука"]}},
+    {"hexcode": "1F3FB", "emoji": "\U0001F3FB", "group": 2,
+     "names": {"en": ["light skin tone"], "ja": ["肌色"], "ru": ["светлый тон"]}},
+]
+COLOURS_OF = {"1F98A": (240, 120, 20), "1F34E": (220, 30, 30), "1F44B": (250, 200, 60)}
+
+
+def _tar(path, members: dict[str, bytes]):
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _png(rgb) -> bytes:
+    img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    img.paste(Image.new("RGBA", (40, 40), (*rgb, 255)), (12, 12))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def make_packages(folder) -> dict[str, emoji.Source]:
+    """Fake npm tarballs laid out as the real ones, and a Source table with their hashes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {}
+    for loc in LOCALES:
+        entries = []
+        for e in FIXTURE:
+            label, *tags = e["names"][loc]
+            entry = {"label": label, "hexcode": e["hexcode"], "emoji": e["emoji"], "group": e["group"],
+                     "tags": tags, "version": 1}
+            if e["hexcode"] == "1F44B":
+                entry["skins"] = [{"label": f"{label}: light skin tone", "hexcode": "1F44B-1F3FB", "group": 1}]
+            entries.append(entry)
+        data[f"package/{loc}/data.json"] = json.dumps(entries, ensure_ascii=False).encode()
+    files = {"emojibase": _tar(folder / "emojibase.tgz", data)}
+    files["twemoji"] = _tar(folder / "twemoji.tgz", {f"package/img/twitter/64/{h.lower()}.png": _png(c)
+                                                     for h, c in COLOURS_OF.items()})
+    icons = {h: f'<circle cx="16" cy="16" r="12" fill="rgb{c}"/>' for h, c in COLOURS_OF.items() if h != "1F44B"}
+    files["fluent"] = _tar(folder / "fluent.tgz", {
+        "package/icons.json": json.dumps({"width": 32, "height": 32,
+                                          "icons": {f"i{h}": {"body": b} for h, b in icons.items()}}).encode(),
+        "package/chars.json": json.dumps({h.lower(): f"i{h}" for h in icons}).encode()})
+    return {k: emoji.Source("npm", f"{k}@0", p.name, emoji.sha256(p)) for k, p in files.items()}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    pytest.importorskip("cairosvg")
+    root = tmp_path_factory.mktemp("cache")
+    sources = make_packages(root / "emoji" / "downloads")
+    emoji.prepare(root, size=32, sources=sources, locales=LOCALES)
+    return root
+
+
+def test_prepare_renders_concepts_present_in_every_style(cache):
+    arrays, concepts = emoji.load(cache, 32)
+    assert [c["hexcode"] for c in concepts] == ["1F98A", "1F34E"]  # no waving hand (no Fluent), no component
+    assert set(arrays) == {"twemoji", "fluent"} and arrays["fluent"].shape == (2, 32, 32, 4)
+    for style in arrays:  # the apple is red in both styles
+        rgb = arrays[style][1][16, 16]
+        assert rgb[3] == 255 and rgb[0] > 180 and rgb[1] < 80
+    assert concepts[0]["names"]["ru"] == ["лиса", "морда"]
+
+
+def test_fetch_refuses_a_file_with_the_wrong_hash(tmp_path):
+    sources = make_packages(tmp_path)
+    assert emoji.fetch(tmp_path, sources)["twemoji"] == tmp_path / "twemoji.tgz"
+    bad = {"twemoji": emoji.Source("npm", "x@0", "twemoji.tgz", "0" * 64)}
+    with pytest.raises(ValueError, match="sha256"):
+        emoji.fetch(tmp_path, bad)
+
+
+def test_captions_name_the_concept_in_one_locale():
+    concept = {"names": {"en": ["fox", "face"], "ja": ["キツネ"]}}
+    seen = {world.caption(concept, random.Random(i)) for i in range(40)}
+    assert {"fox", "キツネ"} <= seen and seen <= {"fox", "キツネ", "fox: face"}
+
+
+def _one(kind: str, drawing: str, colour: str = "red"):
+    base = next(s for i in range(200) if (s := make_scene("test", i, n_objects=1)).objects[0].colour == colour)
+    look = backgrounds.Look(kind, drawing, rotation=0.0, seed=1, degrade=False)
+    return backgrounds.widen(base, random.Random(0), look, diameter=0.6)
+
+
+@pytest.mark.parametrize("kind", backgrounds.KINDS)
+def test_backgrounds_differ_and_keep_the_object_visible(kind):
+    img = np.asarray(backgrounds.render(_one(kind, "filled"), 64)).astype(int)
+    corner = img[:6, :6].reshape(-1, 3).mean(0)
+    assert np.abs(img.reshape(-1, 3) - np.array(COLOURS["red"])).sum(1).min() < 60  # red pixels are there
+    if kind in backgrounds.TONES:
+        assert abs(corner.mean() - backgrounds.TONES[kind]) < 40
+
+
+@pytest.mark.parametrize("drawing", ["outline", "hand"])
+def test_outlines_and_strokes_draw_the_colour_and_leave_the_inside_empty(drawing):
+    scene = _one("white", drawing)
+    o = scene.objects[0]
+    img = np.asarray(backgrounds.render(scene, 64)).astype(int)
+    red = np.abs(img - np.array(COLOURS["red"])).sum(-1) < 90  # (H, W)
+    assert red.sum() > 20
+    centre = img[round(o.cy * 64), round(o.cx * 64)]
+    assert centre.min() > 230  # white inside: only the line is drawn
+
+
+def test_widened_single_shapes_keep_their_words_true():
+    rng = random.Random(3)
+    for i in range(50):
+        s = backgrounds.widen(make_scene("train", i, n_objects=1), rng)
+        o, d = s.objects[0], s.background[2][0]
+        assert o.size == backgrounds.size_word(d) and o.row == min(2, int(o.cy * 3))
+
+
+def test_every_script_gets_distinct_tokens():
+    import open_clip
+    tok = open_clip.SimpleTokenizer(context_length=48)
+    words = ["Fuchs", "renard", "キツネ", "лиса", "狐狸", "लोमड़ी", "จิ้งจอก"]
+    rows = tok(words)  # (N, 48)
+    lengths = (rows != 0).sum(1)
+    assert (lengths > 2).all()  # start, end and at least one token of the word
+    assert len({tuple(r.tolist()) for r in rows}) == len(words)
+
+
+def test_tiny_world_training_loads_back(cache, tmp_path):
+    from mbm.models import create_model
+    from mbm.train.clip import TrainConfig, save
+    from mbm.train.world import train_world, world_model_cfg
+    cfg = TrainConfig(steps=4, batch_size=8, world=str(cache), holdout_style="twemoji",
+                      model_cfg=world_model_cfg(32, width=8, embed_dim=32, text_width=32, text_layers=1))
+    model, history, curve = train_world(cfg, every=2)
+    assert [r["step"] for r in curve] == [2, 4] and 0 <= curve[-1]["r10_holdout"] <= 1
+    encoder = create_model(str(save(model, cfg, tmp_path / "tiny")), device="cpu")
+    vecs = encoder.encode_texts(["лиса", "キツネ"])
+    assert vecs.shape == (2, 32) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-3)
