@@ -145,7 +145,7 @@ def create_model(spec: str = EMBEDDED, device: str | torch.device = "auto", prec
         need("onnxruntime", "run the model")  # before loading anything: the error people can act on first
     kind = classify_spec(spec)
     if kind == "embedded":
-        model, preprocess, tokenizer = _from_dir(embedded_dir(), dev)
+        model, preprocess, tokenizer = _from_dir(embedded_dir(spec), dev)
     elif kind == "path":
         model, preprocess, tokenizer = _from_path(Path(spec).expanduser(), dev)
     elif kind == "open_clip":
