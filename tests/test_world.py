@@ -14,6 +14,7 @@ from PIL import Image
 
 from mbm.data import backgrounds, emoji, world
 from mbm.data.shapes import COLOURS, make_scene
+from mbm.models._registry import WORLD, _shipped
 
 LOCALES = ("en", "ja", "ru")
 # Two concepts in every style, one (with skin tones, folded into its base) missing from Fluent, one component.
@@ -149,14 +150,50 @@ def test_every_script_gets_distinct_tokens():
     assert len({tuple(r.tolist()) for r in rows}) == len(words)
 
 
-def test_tiny_world_training_loads_back(cache, tmp_path):
-    from mbm.models import create_model
+@pytest.fixture(scope="module")
+def tiny(cache, tmp_path_factory):
+    """A model trained for 4 steps on the fixture's world, saved: (folder, curve rows)."""
     from mbm.train.clip import TrainConfig, save
     from mbm.train.world import train_world, world_model_cfg
     cfg = TrainConfig(steps=4, batch_size=8, world=str(cache), holdout_style="twemoji",
                       model_cfg=world_model_cfg(32, width=8, embed_dim=32, text_width=32, text_layers=1))
     model, history, curve = train_world(cfg, every=2)
+    return save(model, cfg, tmp_path_factory.mktemp("tiny") / "model"), curve
+
+
+def test_tiny_world_training_loads_back(tiny):
+    from mbm.models import create_model
+    folder, curve = tiny
     assert [r["step"] for r in curve] == [2, 4] and 0 <= curve[-1]["r10_holdout"] <= 1
-    encoder = create_model(str(save(model, cfg, tmp_path / "tiny")), device="cpu")
-    vecs = encoder.encode_texts(["лиса", "キツネ"])
+    vecs = create_model(str(folder), device="cpu").encode_texts(["лиса", "キツネ"])
     assert vecs.shape == (2, 32) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-3)
+
+
+def test_world_reports_measure_every_locale_and_row(cache, tiny):
+    from mbm.evaluate_world import emoji_report, robustness_report
+    from mbm.models import create_model
+    encoder = create_model(str(tiny[0]), device="cpu")
+    report = emoji_report(encoder, world.EmojiSet.load(cache, 32), "twemoji")
+    assert report["concepts"] == 2 and set(report["per_locale"]) == set(LOCALES)
+    assert report["t2i_r10"] == 1.0  # 2 concepts: both are in any top 10
+    rows = robustness_report(encoder, n=3)
+    assert {"background white", "drawing hand", "size 60-90%", "degraded"} <= set(rows)
+    assert all(0 <= r["joint"] <= r["shape"] + 1 for r in rows.values())
+
+
+def test_mbm_world_is_known_by_name_once_shipped():
+    from mbm.models._registry import classify_spec, list_models
+    shipped = _shipped(WORLD)
+    assert (classify_spec(WORLD) == "embedded") == shipped and (WORLD in list_models()) == shipped
+
+
+@pytest.mark.skipif(not _shipped(WORLD), reason="assets/mbm-world/ holds no weights")
+def test_mbm_world_loads_fast_and_reads_every_script():
+    import time
+
+    from mbm.models import create_model
+    start = time.perf_counter()
+    encoder = create_model("mbm-world", device="cpu")
+    assert time.perf_counter() - start < 3
+    vecs = encoder.encode_texts(["fox", "Fuchs", "キツネ", "лиса"])
+    assert vecs.shape[0] == 4 and np.isfinite(vecs).all()
