@@ -42,6 +42,10 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=None, help="with --world: the cache prepare-data filled")
     p.add_argument("--holdout-style", default="twemoji", help="with --world: the art style held out of training")
     p.add_argument("--robust", type=int, default=200, help="with --world: single shapes per robustness row")
+    p.add_argument("--card", action="store_true",
+                   help="with --world and a model folder: write MODEL_CARD.md and metrics.json into it")
+    p.add_argument("--baseline", default=None,
+                   help="with --card: `eval --world --json` of mbm-shapes (default: measure it now)")
 
 
 def prepare_data(args) -> int:
@@ -84,7 +88,28 @@ def eval_world(args) -> int:
     report = world_report(encoder, cache_of(args), args.holdout_style, args.pairs, args.zero_shot, args.robust)
     report["eval_seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(report, indent=1, ensure_ascii=False) if args.json else summary(report))
+    if args.card:
+        write_card(args, report)
     return 0
+
+
+def write_card(args, report: dict) -> None:
+    import os
+    import platform
+
+    import torch
+
+    from mbm.evaluate_world import world_report
+    from mbm.models import create_model
+    from mbm.train.world_card import write_world_card
+    if args.baseline:
+        baseline = json.loads(Path(args.baseline).read_text())
+    else:
+        baseline = world_report(create_model("mbm-shapes", device=args.device), cache_of(args), args.holdout_style,
+                                args.pairs, args.zero_shot, args.robust)
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}"
+    card = write_world_card(Path(args.model), report, baseline, machine)
+    print(f"model card: {card}")
 
 
 def summary(report: dict) -> str:

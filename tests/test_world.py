@@ -197,3 +197,19 @@ def test_mbm_world_loads_fast_and_reads_every_script():
     assert time.perf_counter() - start < 3
     vecs = encoder.encode_texts(["fox", "Fuchs", "キツネ", "лиса"])
     assert vecs.shape[0] == 4 and np.isfinite(vecs).all()
+
+
+def test_command_line_trains_evaluates_and_writes_the_card(cache, tmp_path):
+    from conftest import run_mbm
+    out, small = tmp_path / "m", ["--image-size", "32", "--width", "8", "--embed-dim", "32", "--text-width", "32"]
+    done = run_mbm("train-clip", "--world", "--cache", str(cache), "--steps", "2", "--batch-size", "8",
+                   "--curve-every", "1", *small, "--text-layers", "1", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert '"step": 2' in done.stdout and (out / "curve.json").is_file()
+    (tmp_path / "baseline.json").write_text("{}")
+    done = run_mbm("eval", "--world", "--model", str(out), "--cache", str(cache), "--pairs", "20", "--zero-shot", "8",
+                   "--robust", "2", "--card", "--baseline", str(tmp_path / "baseline.json"))
+    assert done.returncode == 0, done.stderr
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "never appears in training" in card and "| background hand" not in card and "| drawing hand |" in card
+    assert "python -m mbm train-clip --world --steps 2" in card

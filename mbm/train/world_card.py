@@ -63,9 +63,21 @@ def shapes_table(report: dict, baseline: dict | None) -> str:
     return out
 
 
-def write_world_card(out: Path, command: str, report: dict, baseline: dict | None, machine: str) -> Path:
+def train_command(config: dict, out: str = "assets/mbm-world") -> str:
+    """The `train-clip --world` command line that trains a model of this config."""
+    mc, tc = config["model_cfg"], config["mbm_train_cfg"]
+    budget = f"--steps {tc['steps']}" if tc["steps"] > 0 else f"--minutes {tc['minutes']:g}"
+    return (f"python -m mbm train-clip --world {budget} --emoji-fraction {tc['emoji_fraction']:g} "
+            f"--holdout-style {tc['holdout_style']} --image-size {mc['vision_cfg']['image_size']} "
+            f"--width {mc['vision_cfg']['width']} --embed-dim {mc['embed_dim']} --text-width {mc['text_cfg']['width']} "
+            f"--text-layers {mc['text_cfg']['layers']} --batch-size {tc['batch_size']} --lr {tc['lr']:g} "
+            f"--seed {tc['seed']} --threads 2 --out {out}")
+
+
+def write_world_card(out: Path, report: dict, baseline: dict | None, machine: str) -> Path:
     """Write `MODEL_CARD.md` and `metrics.json` into `out`."""
     config = json.loads((out / "open_clip_config.json").read_text())
+    command = train_command(config)
     curve = json.loads((out / "curve.json").read_text())
     (out / "metrics.json").write_text(json.dumps({"report": report, "baseline_mbm_shapes": baseline,
                                                   "curve": curve["curve"]}, indent=1, ensure_ascii=False) + "\n")
