@@ -12,12 +12,13 @@ from PIL import Image
 from demo.common import Page, friendly, image_input, read_image
 from demo.common import text as as_text
 from mbm.classify import DEFAULT_TEMPLATES
+from mbm.errors import InputError
 from mbm.fusion import STRATEGIES
 from mbm.models._registry import ASSETS
-from mbm.text import MAX_TEMPLATES, clean_text
+from mbm.text import MAX_TEMPLATES, SHARED_MAX_PROMPTS, check_prompts, clean_text
 from mbm.text import MAX_TEXT_CHARS as MAX_PROMPT_CHARS
+from mbm.text import SHARED_MAX_LABELS as MAX_LABELS
 
-MAX_LABELS = 100  # the page keeps a class demo readable; the library (and the work bounds) allow 1,000
 EXAMPLES = ASSETS / "examples"
 
 
@@ -46,6 +47,18 @@ def parse_templates(text: str) -> list[str]:
     return templates
 
 
+def parse_prompts(labels_text: str, templates_text: str, page: Page, session: str) -> tuple[list[str], list[str]]:
+    """`parse_labels` and `parse_templates`, and a gr.Error when together they make more prompts than one request of
+    a shared page may embed (`mbm.text.SHARED_MAX_PROMPTS`), or than the session's budget has left this minute."""
+    labels, templates = parse_labels(labels_text), parse_templates(templates_text)
+    try:
+        check_prompts(len(labels), len(templates), SHARED_MAX_PROMPTS)
+    except InputError as e:
+        raise gr.Error(f"{str(e)[0].upper()}{str(e)[1:]}.") from None
+    page.budget.spend(session, len(labels) * len(templates))  # InputError: `friendly` shows it
+    return labels, templates
+
+
 def _check_lengths(texts: list[str], what: str) -> None:
     long = next((t for t in texts if len(t) > MAX_PROMPT_CHARS), None)
     if long is not None:
@@ -67,10 +80,10 @@ def build(page: Page) -> None:
     warning = gr.Markdown()
 
     @friendly
-    def classify(image: Image.Image | None, labels_text: str, templates_text: str):
+    def classify(image: Image.Image | None, labels_text: str, templates_text: str, request: gr.Request):
         if image is None:
             raise gr.Error("Drop an image first, then press Classify.")
-        labels, templates = parse_labels(labels_text), parse_templates(templates_text)
+        labels, templates = parse_prompts(labels_text, templates_text, page, request.session_hash)
         with warnings.catch_warnings():  # the result lists truncated prompts; the page shows them itself
             warnings.simplefilter("ignore", UserWarning)
             out = page.engine.zero_shot(read_image(image), labels, templates)
@@ -80,7 +93,8 @@ def build(page: Page) -> None:
                 f"tokens and were cut short, e.g. “{out.truncated[0][:60]}…”" if out.truncated else "")
         return out.probs, table, note
 
-    button.click(classify, [image, labels, templates], [result, breakdown, warning], api_name="classify")
+    button.click(classify, [image, labels, templates], [result, breakdown, warning], api_name="classify",
+                 concurrency_id="prompts", concurrency_limit=1)  # one at a time: a big request may take a second
     shapes = "circle, square, triangle, star, hexagon, cross, diamond, heart"
     colours = "red, orange, yellow, green, blue, purple, pink, brown, black, white"
     gr.Examples(

@@ -16,12 +16,14 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
+from demo.server import PromptBudget
 from mbm.data.images import ImageError, load_image
 from mbm.engine import Engine
 from mbm.errors import InputError, StoreDamagedError
 from mbm.gallery import Gallery, GalleryLockedError
 from mbm.models import WeightsFileError, WeightsUnavailableError
 from mbm.sessions import SessionSpace
+from mbm.text import SHARED_PROMPTS_PER_MINUTE
 from mbm.uploads import Quota
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ class Page:
     local: bool = False  # only reachable from this computer: index host folders, '@file' queries, switch models
     sessions: SessionSpace | None = None  # this process's visitors' folders (default: a new space in the cache)
     quota: Quota = field(default_factory=Quota)  # what one visitor's uploads may hold in all
+    budget: PromptBudget = field(default_factory=lambda: PromptBudget(SHARED_PROMPTS_PER_MINUTE))  # per session
 
     def __post_init__(self) -> None:
         if self.sessions is None:

@@ -1,7 +1,7 @@
 """Gradio components of the page's own: Gradio's, with checks a stranger's API call needs.
 
-Gradio writes a type stub (`components.pyi`) beside any module that defines a component; it is committed with this
-one, as custom components ship theirs.
+Gradio writes a type stub (`components.pyi`) beside any module that defines a component, on its first import; it is
+derived from this file, so git ignores it.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from demo.charts import heatmap_svg, map_svg, thumb_uri
-from demo.classify_tab import EXAMPLES, parse_labels, parse_templates
+from demo.classify_tab import EXAMPLES, parse_prompts
 from demo.common import Page, friendly, image_input, number, read_image
 from demo.components import Slider
 from demo.search_tab import check_query
@@ -181,10 +181,10 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
         return (*draw_comparison(c, int(k)), knob)
 
     @friendly
-    def show_lab(image, labels_text, templates_text):
+    def show_lab(image, labels_text, templates_text, request: gr.Request):
         if image is None:
             raise gr.Error("Drop an image into the prompt lab first.")
-        labels, templates = parse_labels(labels_text), parse_templates(templates_text)
+        labels, templates = parse_prompts(labels_text, templates_text, page, request.session_hash)
         with warnings.catch_warnings():  # the lab lists truncated prompts itself
             warnings.simplefilter("ignore", UserWarning)
             return draw_lab(engine.prompt_lab(read_image(image), labels, templates))
@@ -199,19 +199,21 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
               "compare_indexes"),
              (show_lab, lab_in, lab_out, (lab_labels.submit, lab_templates.blur, lab_image.change), "prompt_lab"))
     for fn, inputs, outputs, triggers, name in views:
-        triggers[0](fn, inputs, outputs, api_name=name)  # a named endpoint too, for gradio_client
+        group = {"concurrency_id": "prompts", "concurrency_limit": 1} if name == "prompt_lab" else {}  # as Classify
+        triggers[0](fn, inputs, outputs, api_name=name, **group)  # a named endpoint too, for gradio_client
         for trigger in triggers[1:]:
-            trigger(fn, inputs, outputs, api_visibility="private")
+            trigger(fn, inputs, outputs, api_visibility="private", **group)
     kind.change(lambda kind, text, k, choice: show_indexes(text, k, kind, 1, choice),  # a new index: knob from 1
                 [kind, index_text, index_k, choice], index_out, api_visibility="private")
 
-    def draw_all(text, k, method, choice, n, seed, softmax, index_text, index_k, kind, knob, image, labels, templates):
+    def draw_all(text, k, method, choice, n, seed, softmax, index_text, index_k, kind, knob, image, labels, templates,
+                 request: gr.Request):
         """Every view at once when the tab opens: one round trip instead of four queued events. A view that cannot
         be drawn (say, a visitor's gallery of one image has no pairs for a matrix) says why in its own note."""
         return (*_or_note(show_map, (text, k, method, choice), 2, 1),
                 *_or_note(show_matrix, (n, seed, softmax, choice), 2, 1),
                 *_or_note(show_indexes, (index_text, index_k, kind, knob, choice), 4, 2),
-                *_or_note(show_lab, (image, labels, templates), 3, 2))
+                *_or_note(show_lab, (image, labels, templates, request), 3, 2))
 
     tab.select(draw_all, [*map_in, *matrix_in[:3], *index_in[:4], *lab_in],
                [*map_out, *matrix_out, *index_out, *lab_out], api_visibility="private")

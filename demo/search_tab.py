@@ -13,9 +13,9 @@ from demo.common import text as as_text
 from demo.components import Slider
 from mbm.search import Hit, parse_query
 from mbm.text import MAX_TEXT_CHARS, clean_text
+from mbm.text import SHARED_MAX_TEXTS as MAX_TEXTS
 
 MAX_QUERY_CHARS = MAX_TEXT_CHARS
-MAX_TEXTS = 100  # texts ranked for an image at once on the page (image->text with your own texts); a table to read
 MAX_K = 100  # results of one JSON search
 
 
@@ -101,7 +101,7 @@ def build(page: Page, choice: gr.State) -> None:
                    api_visibility="private")
 
     @friendly
-    def describe(image: Image.Image | None, texts: str, k: int, choice: dict | None) -> list[list]:
+    def describe(image: Image.Image | None, texts: str, k: int, choice: dict | None, request: gr.Request) -> list[list]:
         """image->text: rank the given texts (one per line), or else the gallery's captions, for an image."""
         if image is None:
             raise gr.Error("Give an image to describe.")
@@ -110,6 +110,8 @@ def build(page: Page, choice: gr.State) -> None:
             raise gr.Error(f"At most {MAX_TEXTS} texts at once, please; you gave {len(bank):,}.")
         if bank and max(map(len, bank)) > MAX_QUERY_CHARS:
             raise gr.Error(f"Keep each text under {MAX_QUERY_CHARS:,} characters.")
+        if bank:
+            page.budget.spend(request.session_hash, len(bank))
         ranked = page.engine.describe(read_image(image), bank, int(k), page.gallery(choice))
         return [[t, round(s, 4)] for t, s in ranked]
 

@@ -7,6 +7,8 @@ a page open.
   share is told so; nobody else's requests are touched.
 - `LimitBody`: an ASGI middleware that answers 413 to a request body over a size (uploads excepted: Gradio's
   `max_file_size` bounds those), before the body is parsed.
+- `PromptBudget`: how many prompts (labels x templates, texts to rank) one session may have embedded in the last
+  minute, so one visitor's stream of the largest classifications cannot take a core from everyone else.
 - `OpenPages`: an ASGI middleware that counts the heartbeat connections Gradio's page (and `gradio_client`) holds
   open per session, so the session sweep can tell a visitor with an open page from a script that left.
 """
@@ -16,8 +18,11 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections import Counter
+import time
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
+
+from mbm.errors import InputError
 
 SLOW = {"learn": "training", "indexing": "indexing"}  # concurrency ids of the slow kinds of work -> their name
 
@@ -75,6 +80,34 @@ def _refusal(message: str) -> dict:
 
 def _fine() -> dict:
     return {"__type__": "validate", "is_valid": True, "message": ""}
+
+
+class PromptBudget:
+    """Prompts each session may have embedded in the last minute (`per_minute`); the oldest of more than `sessions`
+    sessions are forgotten."""
+
+    def __init__(self, per_minute: int, sessions: int = 10_000):
+        self.per_minute, self.sessions = per_minute, sessions
+        self._spent: OrderedDict[str, deque] = OrderedDict()  # session -> (monotonic time, prompts), oldest first
+        self._lock = threading.Lock()
+
+    def spend(self, session: str, prompts: int) -> None:
+        """Count `prompts` for `session`, or raise `InputError` saying how long to wait when they do not fit."""
+        now = time.monotonic()
+        with self._lock:
+            spent = self._spent.pop(session, None) or deque()
+            while spent and spent[0][0] < now - 60:
+                spent.popleft()
+            self._spent[session] = spent
+            if len(self._spent) > self.sessions:
+                self._spent.popitem(last=False)
+            used = sum(n for _, n in spent)
+            if used + prompts > self.per_minute:
+                wait = max(1, round(60 - (now - spent[0][0]))) if spent else 60
+                raise InputError(f"You have had {used:,} prompts embedded in the last minute, and this asks for "
+                                 f"{prompts:,} more; one visitor may have {self.per_minute:,} a minute on this shared "
+                                 f"page. Wait {wait} s, or use fewer labels or templates.")
+            spent.append((now, prompts))
 
 
 class LimitBody:

@@ -28,6 +28,12 @@ MAX_LABELS = 1000  # a softmax over more labels than this is a mistake, not a cl
 MAX_TEMPLATES = 20  # each label is embedded once per template
 MAX_PROMPTS = 4000  # labels x templates embedded for one request
 MAX_TEXTS = 1000  # texts ranked for one image
+# A page that strangers share (every request costs the others' time): labels and texts fit a table, and one
+# classification embeds at most 400 prompts (about 1 s of a 2-core CPU for the embedded model, docs/BENCHMARKS.md)
+SHARED_MAX_LABELS = 100
+SHARED_MAX_TEXTS = 100
+SHARED_MAX_PROMPTS = 400
+SHARED_PROMPTS_PER_MINUTE = 1200  # what one session may embed in a minute: 3 of the largest requests, or 37 of 32
 WORD_CACHE = 20_000  # words whose BPE a tokenizer remembers; the oldest go first
 
 # C0/C1 controls (tabs and line breaks become spaces first), bidirectional overrides and isolates (U+202A-202E,
@@ -66,11 +72,11 @@ def check_texts(texts: Sequence[str], what: str, most: int | None, least: int = 
     return cleaned
 
 
-def check_prompts(n_labels: int, n_templates: int) -> None:
-    """An `InputError` when labels x templates is more prompts than one request may embed."""
-    if n_labels * n_templates > MAX_PROMPTS:
+def check_prompts(n_labels: int, n_templates: int, most: int = MAX_PROMPTS) -> None:
+    """An `InputError` when labels x templates is more than `most` prompts, what one request may embed."""
+    if n_labels * n_templates > most:
         raise InputError(f"{n_labels:,} labels x {n_templates} templates is {n_labels * n_templates:,} prompts; "
-                         f"one request embeds at most {MAX_PROMPTS:,}: use fewer labels or templates")
+                         f"one request embeds at most {most:,}: use fewer labels or templates")
 
 
 def bound_for_tokenizer(text: str) -> str:

@@ -71,7 +71,8 @@ def test_the_walkthrough_shows_each_stage_of_the_model(client):
     ("/pipeline_trace", ("scene.png", "  "), "type a text"),
     ("/compare_models", ("a red circle",), "Train your model first"),
     ("/compare_models", (" ",), "Type what to look for"),
-    ("/train_live", (5,), "less than minimum value 30"),  # Gradio checks the slider's range itself
+    ("/train_live", (5,), r"\(seconds, start-up included\) must be a whole number between 30 and 120, not 5"),
+    ("/train_live", (None,), "must be a whole number between 30 and 120, not None"),  # the slider checks first
 ])
 def test_bad_input_to_the_teaching_views_gets_a_clear_message(client, api, args, message):
     args = [handle_file(str(EXAMPLES / a)) if isinstance(a, str) and a.endswith(".png") else a for a in args]

@@ -528,7 +528,7 @@ def test_one_visitor_cannot_fill_the_queue(server, observer):
     assert "training requests are already waiting" in others[-1][1]["detail"][0]["message"]
     image = _uploaded(url, RED_CIRCLE)  # and a few quick ones: slow classifications, so that they pile up
     labels = "\n".join(f"label {i} " + "x" * 900 for i in range(100))
-    heavy = [image, labels, "\n".join(f"t{i} {{}}" for i in range(20))]
+    heavy = [image, labels, "\n".join(f"t{i} {{}}" for i in range(4))]  # the most a shared page embeds at once
     quick = [_join(url, "classify", heavy, mine) for _ in range(8)]
     assert [s for s, _ in quick[:4]] == [200] * 4 and quick[-1][0] == 422
     assert "You already have 4 requests waiting or running" in quick[-1][1]["detail"][0]["message"]
@@ -708,3 +708,26 @@ def _png_bytes(image: Image.Image) -> bytes:
 def _multipart(path: Path) -> bytes:
     return (b"--mbm\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.png\"\r\n"
             b"Content-Type: image/png\r\n\r\n" + path.read_bytes() + b"\r\n--mbm--\r\n")
+
+
+def test_a_visitors_prompts_per_minute_are_bounded(server):
+    visitor = Client(server.url, verbose=False)
+    labels, templates = "\n".join(f"thing {i}" for i in range(100)), "a {}.\na photo of a {}.\nthe {}\n{} art"
+    try:
+        for _ in range(3):  # 3 x 400 prompts: this minute's budget
+            label, _, _ = visitor.predict(handle_file(str(RED_CIRCLE)), labels, templates, api_name="/classify")
+            assert len(label["confidences"]) == 5
+        with pytest.raises(AppError, match=r"You have had 1,200 prompts embedded in the last minute, and this asks "
+                                           r"for 400 more; .* Wait \d+ s, or use fewer labels or templates"):
+            visitor.predict(handle_file(str(RED_CIRCLE)), labels, templates, api_name="/classify")
+        with pytest.raises(AppError, match="80 labels x 6 templates is 480 prompts; one request embeds at most 400"):
+            visitor.predict(handle_file(str(RED_CIRCLE)), "\n".join(labels.splitlines()[:80]),
+                            templates + "\nmy {}\nyour {}", api_name="/classify")
+    finally:
+        visitor.close()
+    other = Client(server.url, verbose=False)  # nobody else's budget was touched
+    try:
+        label, _, _ = other.predict(handle_file(str(RED_CIRCLE)), labels, templates, api_name="/classify")
+        assert len(label["confidences"]) == 5
+    finally:
+        other.close()

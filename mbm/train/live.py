@@ -113,7 +113,7 @@ class LiveTraining:
     """
 
     def __init__(self, seconds: float, seed: int = 0, threads: int | None = None, eval_every: float = 4.0,
-                 nice: int = 5):
+                 nice: int = 10):
         if not 0 < seconds <= LIVE_MAX_SECONDS:
             raise InputError(f"seconds must be more than 0 and at most {LIVE_MAX_SECONDS}, got {seconds!r}")
         if threads is not None and threads < 1:
