@@ -1,7 +1,8 @@
 """Many visitors at once: latency, throughput and failures of real page actions, and the queue limit.
 
     python benchmarks/bench_visitors.py [--sessions 20 --seconds 60] [--mix text=50,image=15,classify=25,upload=10]
-                                        [--no-download] [--no-overload] [--flood 30] [--json PATH]
+                                        [--no-download] [--no-overload] [--flood 30] [--no-abuse | --only-abuse]
+                                        [--json PATH]
 
 Load: `python app.py` as a person starts it (embedded model, built-in gallery of ~307 images, default queue:
 64 waiting requests, 2 at a time, indexing 1 at a time) on a free port with a fresh cache. `--sessions`
@@ -32,6 +33,16 @@ plain HTTP gets from POST /gradio_api/queue/join while the queue is full, what /
 while it is full meet (the limit counts the waiting requests of every endpoint together), and that the app
 answers a normal search afterwards.
 
+Abuse (`--no-abuse` skips it): a fresh `app.py` with its default limits; one abusive client floods for `--seconds`:
+it keeps asking to join the queue for live training (raw HTTP, its one session) and submits /classify requests
+with heavy templates (100 labels of 1,000-letter words x 4 templates with padding and attribute format specs:
+the most one request of a shared page may embed; more is refused at once), while
+`--sessions - 1` other visitors run text and image searches, pausing a random 0-2x `--think` seconds after each (a
+person looks at the results; `--think 0` is a closed loop that measures the server's throughput instead). A control
+run with the same searchers and no abuser comes first, on its own fresh app. Reported: both tables, their ratio (the
+target is the searchers' p95 under 1 s and no failure), and how many of the abuser's requests were let in and
+refused, and with which message.
+
 Exits with status 1 when any request failed.
 """
 
@@ -50,6 +61,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -424,11 +436,111 @@ def report_overload(records: list[Record], found: dict) -> None:
         print(f"- afterwards a new visitor's /search answers in {after[0].ms:.0f} ms, top: {found.get('after')!r}")
 
 
+def run_abuse(folder: Path, searchers: int, seconds: float, think: float,
+              abuse: bool = True) -> tuple[list[Record], dict]:
+    """The abuse phase: one client floods training and heavy classifications (unless not `abuse`: the control run)
+    while `searchers` visitors search."""
+    import urllib.error
+    import urllib.request
+
+    from gradio_client import Client, handle_file
+    proc, url, _ = start_app([], folder / "cache", folder / "app.log")
+    records: list[Record] = []
+    found = {"train": Counter(), "classify": Counter(), "messages": Counter()}
+    gate, start = clock_gate(searchers + 2)
+    word = "".join(random.Random(0).choices(string.ascii_lowercase, k=1000))
+    labels = "\n".join(f"{word[i:]}{word[:i]}" for i in range(100))
+    templates = "\n".join(["{:>999999999}", "{0.__class__.__init__.__globals__}", "{{}} {}", "a {}"])  # 400 prompts
+
+    def abuser() -> None:
+        config = json.loads(urllib.request.urlopen(url + "config", timeout=30).read())
+        train = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "train_live")
+        client, session, jobs = Client(url, verbose=False, ssl_verify=False), uuid.uuid4().hex, []
+        gate.wait(timeout=300)
+        deadline = start[0] + seconds
+        try:
+            while abuse and time.perf_counter() < deadline:
+                body = json.dumps({"data": [120], "fn_index": train, "session_hash": session}).encode()
+                try:
+                    urllib.request.urlopen(urllib.request.Request(url + "gradio_api/queue/join", body,
+                                                                  {"Content-Type": "application/json"}), timeout=30)
+                    found["train"]["accepted"] += 1
+                except urllib.error.HTTPError as e:
+                    found["train"][f"refused {e.code}"] += 1
+                    found["messages"][json.loads(e.read())["detail"][0]["message"]] += 1
+                jobs.append(client.submit(handle_file(str(EXAMPLES / "red-circle.png")), labels, templates,
+                                          api_name="/classify"))
+                time.sleep(0.2)
+            for job in jobs:
+                try:
+                    job.result(timeout=1)
+                    found["classify"]["answered"] += 1
+                except Exception as exc:  # refused at the door, or still waiting when the phase ended
+                    found["classify"][type(exc).__name__] += 1
+                    if "validation" in str(exc):
+                        found["messages"][str(exc).splitlines()[-1].split(": ", 1)[-1]] += 1
+        finally:
+            client.close()
+
+    def searcher(sid: int) -> None:
+        visitor = Visitor(url, sid, folder, seed=sid, download=None)
+        gate.wait(timeout=300)
+        try:
+            while time.perf_counter() < start[0] + seconds:
+                action = visitor.rng.choice(["text", "text", "image"])
+                timed(records, "abuse", sid, action, start[0], getattr(visitor, action))
+                time.sleep(visitor.rng.uniform(0, 2 * think))  # a person looks at the results first
+        finally:
+            visitor.client.close()
+
+    try:
+        run_together([threading.Thread(target=abuser, name="abuser")] +
+                     [threading.Thread(target=searcher, args=(i,), name=f"searcher{i:02d}") for i in range(searchers)],
+                     gate)
+    finally:
+        stop_app(proc)
+    return records, found
+
+
+def report_abuse(records: list[Record], found: dict, searchers: int, seconds: float, control: list[Record],
+                 think: float) -> None:
+    pace = f", {think:g} s between searches on average" if think else ", no pause between searches"
+    print(f"\nAbuse, control: {searchers} visitors search for {seconds:g} s{pace}, nobody else on the server:")
+    table(control, seconds)
+    print(f"\nAbuse: one client floods live training and heavy classifications for {seconds:g} s while {searchers} "
+          "visitors search:")
+    table(records, seconds)
+    ratio = lambda q: percentile([r.ms for r in records], q) / percentile([r.ms for r in control], q)
+    print(f"- searches under abuse / control: p50 {ratio(0.5):.2f}x, p95 {ratio(0.95):.2f}x")
+    print(f"- the abuser's training requests: {dict(found['train'])}; its classifications: {dict(found['classify'])}")
+    for message, n in found["messages"].most_common():
+        print(f"- told {n} times: {message!r}")
+
+
 def load_average() -> str:
     try:
         return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
     except OSError:
         return "load average unknown"
+
+
+def load_phase(args, folder: Path) -> tuple[list[Record], list[Record], float]:
+    proc, url, t_start = start_app([], folder / "cache", folder / "app.log")
+    try:
+        print(f"app.py answered in {t_start:.1f} s (fresh cache: it indexed the built-in gallery)")
+        (folder / "visitors").mkdir()
+        records, connects, wall = run_load(url, args.sessions, args.seconds, args.mix, folder / "visitors",
+                                           args.download)
+    finally:
+        stop_app(proc)
+    connect_ms = [r.ms for r in connects]
+    failures = [r for r in records + connects if r.error]
+    print(f"\n{args.sessions} visitors connected (gradio_client reads the page's API): p50 "
+          f"{percentile(connect_ms, 0.5):.0f} ms, max {max(connect_ms):.0f} ms")
+    print(f"requests: {len(records)} in {wall:.1f} s ({len(records) / wall:.2f}/s); failures: {len(failures)}\n")
+    table(records, wall)
+    print_failures(failures)
+    return records, connects, wall
 
 
 def main() -> None:
@@ -445,6 +557,11 @@ def main() -> None:
     parser.add_argument("--flood-queue-size", type=int, default=4, help="--queue-size of the overload phase's app")
     parser.add_argument("--flood-searchers", type=int, default=5,
                         help="visitors who search while the overload phase's queue is full")
+    parser.add_argument("--abuse", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run the abusive-visitor phase (default on)")
+    parser.add_argument("--only-abuse", action="store_true", help="run only the abusive-visitor phase")
+    parser.add_argument("--think", type=float, default=1.0,
+                        help="mean pause of the abuse phase's searchers between searches, in seconds (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="write every request's numbers here")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="mbm-bench-visitors-"))
@@ -455,27 +572,24 @@ def main() -> None:
               f"{'downloaded' if args.download else 'not downloaded'}; overload "
               + (f"{args.flood} visitors vs --queue-size {args.flood_queue_size}" if args.overload else "off"))
         print(f"before: {load_average()}")
-        proc, url, t_start = start_app([], folder / "cache", folder / "app.log")
-        try:
-            print(f"app.py answered in {t_start:.1f} s (fresh cache: it indexed the built-in gallery)")
-            (folder / "visitors").mkdir()
-            records, connects, wall = run_load(url, args.sessions, args.seconds, args.mix, folder / "visitors",
-                                               args.download)
-        finally:
-            stop_app(proc)
-        connect_ms = [r.ms for r in connects]
-        print(f"\n{args.sessions} visitors connected (gradio_client reads the page's API): p50 "
-              f"{percentile(connect_ms, 0.5):.0f} ms, max {max(connect_ms):.0f} ms")
-        failures = [r for r in records + connects if r.error]
-        print(f"requests: {len(records)} in {wall:.1f} s ({len(records) / wall:.2f}/s); failures: {len(failures)}\n")
-        table(records, wall)
-        print_failures(failures)
-        found, over = {}, []
-        if args.overload:
+        records, connects, wall, failures, found, over, abuse = [], [], 0.0, [], {}, [], []
+        if not args.only_abuse:
+            records, connects, wall = load_phase(args, folder)
+            failures = [r for r in records + connects if r.error]
+        if args.overload and not args.only_abuse:
             (folder / "overload").mkdir()
             over, found = run_overload(folder / "overload", args.flood, args.flood_queue_size, args.flood_searchers)
             report_overload(over, found)
             bad = [r for r in over if r.error]
+            failures += bad
+            print_failures(bad)
+        if args.abuse or args.only_abuse:
+            (folder / "abuse").mkdir()
+            (folder / "control").mkdir()
+            control, _ = run_abuse(folder / "control", args.sessions - 1, args.seconds, args.think, abuse=False)
+            abuse, abused = run_abuse(folder / "abuse", args.sessions - 1, args.seconds, args.think)
+            report_abuse(abuse, abused, args.sessions - 1, args.seconds, control, args.think)
+            bad = [r for r in abuse + control if r.error]
             failures += bad
             print_failures(bad)
         print(f"\nafter: {load_average()}")
@@ -483,7 +597,8 @@ def main() -> None:
             args.json.write_text(json.dumps({
                 "machine": machine(), "settings": {k: v for k, v in vars(args).items() if k != "json"},
                 "wall_s": wall, "connects": [asdict(r) for r in connects], "requests": [asdict(r) for r in records],
-                "overload": {"requests": [asdict(r) for r in over], **found}}, indent=1, default=str))
+                "overload": {"requests": [asdict(r) for r in over], **found},
+                "abuse": [asdict(r) for r in abuse]}, indent=1, default=str))
             print(f"raw numbers written to {args.json}")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
