@@ -9,8 +9,9 @@ import warnings
 import gradio as gr
 from PIL import Image
 
-from demo.common import Page, friendly, image_input, read_image
+from demo.common import Page, friendly, image_input, read_drawing, read_image
 from demo.common import text as as_text
+from demo.components import Drawing
 from mbm.classify import DEFAULT_TEMPLATES
 from mbm.errors import InputError
 from mbm.fusion import STRATEGIES
@@ -67,7 +68,12 @@ def _check_lengths(texts: list[str], what: str) -> None:
 
 def build(page: Page) -> None:
     with gr.Row():
-        image = image_input(label="Image", height=260, elem_id="classify-image")
+        with gr.Column():
+            image = image_input(label="Image", height=260, elem_id="classify-image")
+            with gr.Accordion("Or draw it", open=False, elem_id="classify-draw"):
+                drawing = Drawing(label="Draw a shape or a thing: pick the brush on the left, then a colour",
+                                  height=320, elem_id="classify-drawing")
+                draw_button = gr.Button("Classify my drawing", elem_id="classify-drawing-button")
         with gr.Column():
             labels = gr.Textbox(label="Labels (one per line or comma-separated)", lines=3,
                                 value="circle, square, triangle, star, hexagon, cross, diamond, heart")
@@ -93,8 +99,15 @@ def build(page: Page) -> None:
                 f"tokens and were cut short, e.g. “{out.truncated[0][:60]}…”" if out.truncated else "")
         return out.probs, table, note
 
+    @friendly
+    def classify_drawing(drawing, labels_text: str, templates_text: str, request: gr.Request):
+        picture = read_drawing(drawing, "Draw something on the canvas first, then press Classify my drawing.")
+        return classify(picture, labels_text, templates_text, request)
+
     button.click(classify, [image, labels, templates], [result, breakdown, warning], api_name="classify",
                  concurrency_id="prompts", concurrency_limit=1)  # one at a time: a big request may take a second
+    draw_button.click(classify_drawing, [drawing, labels, templates], [result, breakdown, warning],
+                      api_name="classify_drawing", concurrency_id="prompts", concurrency_limit=1)
     shapes = "circle, square, triangle, star, hexagon, cross, diamond, heart"
     colours = "red, orange, yellow, green, blue, purple, pink, brown, black, white"
     gr.Examples(

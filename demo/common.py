@@ -85,14 +85,25 @@ def image_input(**kwargs) -> gr.Image:
     return image
 
 
-def read_image(path: str | Path | None, name: str | None = None) -> Image.Image | None:
-    """The RGB image of an uploaded file (None stays None); a file that is not a usable image is a gr.Error."""
-    if path is None:
-        return None
+def read_image(path: str | Path | Image.Image | None, name: str | None = None) -> Image.Image | None:
+    """The RGB image of an uploaded file (None stays None, a picture already read stays as it is); a file that is not
+    a usable image is a gr.Error."""
+    if path is None or isinstance(path, Image.Image):
+        return path
     try:
         return load_image(path, name=name or Path(path).name)
     except ImageError as e:
         raise gr.Error(_unreadable(e)) from None
+
+
+def read_drawing(value: dict | None, missing: str) -> Image.Image:
+    """The picture drawn on a `demo.components.Drawing` (strokes on white); a gr.Error saying `missing` when there is
+    no drawing or the canvas is blank."""
+    composite = (value or {}).get("composite") if isinstance(value, dict) else None
+    image = read_image(composite, "your drawing") if composite else None
+    if image is None or image.convert("L").getextrema()[0] >= 250:  # nothing darker than the paper
+        raise gr.Error(missing)
+    return image
 
 
 def _unreadable(e: ImageError) -> str:

@@ -20,3 +20,29 @@ class Slider(gr.Slider):
         step_is_whole = float(self.step or 1).is_integer() and float(self.minimum or 0).is_integer()
         value = number(payload, f"{self.label or 'This value'}", self.minimum, self.maximum, integer=step_is_whole)
         return super().preprocess(value)
+
+
+COLOURS = {"black": "#000000", "red": "#dc2828", "orange": "#f08c1e", "yellow": "#f0d21e", "green": "#28a03c",
+           "blue": "#2850dc", "purple": "#8c3cc8", "pink": "#f06eaa", "brown": "#8b5a2b"}  # the shapes world's
+
+
+class Drawing(gr.ImageEditor):
+    """A sketchpad to draw a query on: strokes in the shapes world's colours on a white canvas; the handler gets the
+    picture as a file path (strokes flattened on white). A picture Gradio cannot open is a gr.Error that says so."""
+    is_template = True  # the page draws it as Gradio's image editor
+
+    def __init__(self, **kwargs):
+        brush = gr.Brush(colors=list(COLOURS.values()), default_color=COLOURS["red"], color_mode="defaults",
+                         default_size=12)
+        super().__init__(type="filepath", sources=(), brush=brush, canvas_size=(400, 400), transforms=(),
+                         layers=False, image_mode="RGBA", **kwargs)
+
+    def get_config(self, cls=None):
+        return super().get_config(cls or gr.ImageEditor)  # its settings are the editor's, not this __init__'s
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except Exception as e:  # a script's file that is not a picture, or a decompression bomb
+            raise gr.Error(f"That drawing could not be read ({type(e).__name__}). Draw on the canvas, or send a PNG "
+                           "as the drawing's composite.") from None

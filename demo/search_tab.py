@@ -8,9 +8,9 @@ import gradio as gr
 from PIL import Image
 
 from demo.charts import histogram_svg
-from demo.common import Page, friendly, image_input, number, read_image
+from demo.common import Page, friendly, image_input, number, read_drawing, read_image
 from demo.common import text as as_text
-from demo.components import Slider
+from demo.components import Drawing, Slider
 from mbm.search import Hit, parse_query
 from mbm.text import MAX_TEXT_CHARS, clean_text
 from mbm.text import SHARED_MAX_TEXTS as MAX_TEXTS
@@ -53,6 +53,10 @@ def build(page: Page, choice: gr.State) -> None:
         with gr.Column(scale=2):
             text = gr.Textbox(label="Text", placeholder='a red circle   (or: 2 x "red circle" - blue)', lines=1)
             image = image_input(label="Image (optional)", height=220, elem_id="search-image")
+            with gr.Accordion("Or draw it", open=False, elem_id="search-draw"):
+                drawing = Drawing(label="Draw a shape or a thing: pick the brush on the left, then a colour",
+                                  height=320, elem_id="search-drawing")
+                draw_button = gr.Button("Search my drawing", elem_id="search-drawing-button")
         with gr.Column(scale=1):
             weight = Slider(0, 2, value=1.0, step=0.1, label="Image weight (when text and image are both given)")
             k = Slider(1, 48, value=12, step=1, label="Results (k)")
@@ -93,9 +97,16 @@ def build(page: Page, choice: gr.State) -> None:
         return _tiles(hits), f"**{len(hits)}** images like result {evt.index + 1} in **{took:.0f} ms**", \
             [h.id for h in hits]
 
+    @friendly
+    def search_drawing(drawing, text, weight, k, threshold, choice):
+        """Image->image (with the text too, if any) for a picture drawn on the page."""
+        picture = read_drawing(drawing, "Draw something on the canvas first, then press Search my drawing.")
+        return search(text, picture, weight, k, threshold, choice)
+
     outputs = [results, histogram, timing, captions, hit_ids]
     inputs = [text, image, weight, k, threshold, choice]
     button.click(search, inputs, outputs, api_name="search")
+    draw_button.click(search_drawing, [drawing, *inputs[:1], *inputs[2:]], outputs, api_name="search_drawing")
     text.submit(search, inputs, outputs, api_name="search_on_enter", api_visibility="private")
     results.select(more_like, [hit_ids, k, threshold, choice], [results, timing, hit_ids], api_name="more_like_click",
                    api_visibility="private")

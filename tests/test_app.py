@@ -22,7 +22,8 @@ def test_page_names_the_serving_model(server):
 def test_every_user_facing_event_has_a_named_endpoint(client):
     named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/search", "/describe", "/search_items", "/more_like", "/classify", "/index_uploads",
-            "/use_server_gallery", "/gallery_info", "/load_model", "/classify_fused"} <= named
+            "/use_server_gallery", "/gallery_info", "/load_model", "/classify_fused", "/search_drawing",
+            "/classify_drawing"} <= named
 
 
 def test_search_finds_a_red_circle_first(client):
@@ -157,3 +158,41 @@ def test_a_question_about_an_image_gets_the_fused_answer_and_every_strategy(clie
     assert rows["attention"] == "circle"
     with pytest.raises(AppError, match="type a question"):
         client.predict(handle_file(str(scene)), "  ", "attention", api_name="/classify_fused")
+
+
+def _drawn(folder: Path) -> tuple[dict, Path]:
+    """A red triangle drawn with thick strokes on a transparent canvas, as the page's drawing sends it, and the same
+    picture flattened on white as a file someone could upload."""
+    from PIL import Image, ImageDraw
+    canvas = Image.new("RGBA", (512, 512), (0, 0, 0, 0))
+    ImageDraw.Draw(canvas).line([(256, 90), (420, 400), (92, 400), (256, 90)], fill=(220, 40, 40, 255), width=24)
+    canvas.save(folder / "drawing.png")
+    flat = Image.new("RGB", canvas.size, "white")
+    flat.paste(canvas, mask=canvas.getchannel("A"))
+    flat.save(folder / "flat.png")
+    drawing = {"background": None, "layers": [], "composite": handle_file(str(folder / "drawing.png"))}
+    return drawing, folder / "flat.png"
+
+
+def test_a_drawing_is_searched_and_classified_as_the_same_picture_uploaded(client, tmp_path):
+    drawing, flat = _drawn(tmp_path)
+    tiles, _, timing, captions = client.predict(drawing, "", 1.0, 8, -0.2, api_name="/search_drawing")
+    same, *_ = client.predict("", handle_file(str(flat)), 1.0, 8, -0.2, api_name="/search")
+    assert "image query" in timing and [t["caption"] for t in tiles] == [t["caption"] for t in same]
+    assert len(captions["value"]["data"]) == 10  # the gallery's captions ranked for the drawing (image->text)
+    shapes = ", ".join(SHAPES)
+    label, table, _ = client.predict(drawing, shapes, "a drawing of a {}.", api_name="/classify_drawing")
+    uploaded, _, _ = client.predict(handle_file(str(flat)), shapes, "a drawing of a {}.", api_name="/classify")
+    assert label["label"] == uploaded["label"] and table["headers"][0] == "template"
+    assert [c["confidence"] for c in label["confidences"]] == pytest.approx(
+        [c["confidence"] for c in uploaded["confidences"]], abs=1e-3)
+
+
+def test_a_blank_canvas_is_a_clear_message(client, tmp_path):
+    from PIL import Image
+    Image.new("RGBA", (512, 512), (0, 0, 0, 0)).save(tmp_path / "blank.png")
+    blank = {"background": None, "layers": [], "composite": handle_file(str(tmp_path / "blank.png"))}
+    with pytest.raises(AppError, match="Draw something on the canvas first, then press Search my drawing."):
+        client.predict(blank, "", 1.0, 8, -0.2, api_name="/search_drawing")
+    with pytest.raises(AppError, match="Draw something on the canvas first, then press Classify my drawing."):
+        client.predict(None, "circle, star", "a {}.", api_name="/classify_drawing")

@@ -75,6 +75,30 @@ def test_an_example_works_with_one_click(page):
     assert page.errors == []
 
 
+def _draw_a_triangle(page, where: str) -> None:
+    """Open the drawing under `where`, take the brush and draw a triangle with the mouse, as a visitor does."""
+    page.locator(f"#{where}-draw").click()
+    page.locator(f"#{where}-drawing button[aria-label='Brush']").click()
+    box = page.locator(f"#{where}-drawing canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - 60, y + 50)
+    page.mouse.down()
+    for dx, dy in ((0, -60), (60, 50), (-60, 50)):
+        page.mouse.move(x + dx, y + dy, steps=12)
+    page.mouse.up()
+
+
+def test_a_drawing_made_with_the_mouse_is_searched_and_classified(page):
+    _draw_a_triangle(page, "search")
+    page.get_by_role("button", name="Search my drawing").click()
+    expect(page.locator("#results img")).to_have_count(12, timeout=20_000)
+    expect(page.get_by_text("(image query)")).to_be_visible()
+    page.get_by_role("tab", name="Classify").click()
+    _draw_a_triangle(page, "classify")
+    page.get_by_role("button", name="Classify my drawing").click()
+    expect(page.locator("#zero-shot")).to_contain_text("%", timeout=20_000)  # the shapes' probabilities
+
+
 def test_an_empty_search_shows_a_message_not_a_traceback(page):
     page.get_by_role("button", name="Search", exact=True).click()
     expect(page.get_by_text("Type what you are looking for")).to_be_visible(timeout=20_000)
