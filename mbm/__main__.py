@@ -1,4 +1,6 @@
-"""Command line: `python -m mbm {models,train-clip,eval}`. The library logs; this module prints."""
+"""Command line: `python -m mbm COMMAND`, one function per command (`python -m mbm --help` lists them: index,
+search, describe, classify, models, eval, train-clip, train-fusion, eval-fusion, eval-late-fusion, make-gallery and
+the world's data and model commands). The library logs; this module prints."""
 
 from __future__ import annotations
 
@@ -171,6 +173,7 @@ def _make_gallery(args) -> int:
 
 
 def _train_seednet(args) -> int:
+    from mbm.engine import FUSION_HEADS
     from mbm.train.seednet import SeedNetConfig, evaluate_seednet, save_seednet, train_seednet
     start = time.perf_counter()
     with _training_bar("train SeedNet") as on_step:
@@ -178,7 +181,7 @@ def _train_seednet(args) -> int:
     seconds = time.perf_counter() - start
     metrics = {split: {"n_scenes": args.eval_scenes, **evaluate_seednet(model, split, args.eval_scenes)}
                for split in ("test", "heldout")}
-    out = Path(args.out or "assets/fusion/seednet")
+    out = Path(args.out) if args.out else FUSION_HEADS / "seednet"  # where Engine reads it, from any folder
     save_seednet(model, SeedNetConfig(), out, metrics=metrics,
                  training={"steps": len(history), "seconds": round(seconds, 1), "seed": args.seed})
     for split, m in metrics.items():
@@ -190,6 +193,7 @@ def _train_seednet(args) -> int:
 def _train_fusion(args) -> int:
     if args.backbone == "seednet":
         return _train_seednet(args)
+    from mbm.engine import FUSION_HEADS
     from mbm.fusion import STRATEGIES, save_heads
     from mbm.models import create_model
     from mbm.train.fusion import evaluate_fusion, fusion_table, train_fusion, write_fusion_card
@@ -200,7 +204,7 @@ def _train_fusion(args) -> int:
                          log=lambda line: print(line, flush=True))
     seconds = time.perf_counter() - start
     metrics = evaluate_fusion(encoder, heads, n_scenes=args.eval_scenes)
-    out = Path(args.out or f"assets/fusion/{args.backbone.replace(':', '-').replace('/', '-')}")
+    out = Path(args.out) if args.out else FUSION_HEADS / args.backbone.replace(":", "-").replace("/", "-")
     save_heads(heads, out, backbone=args.backbone, extra={
         "backbone_key": encoder.key, "train_scenes": args.scenes, "epochs": args.epochs, "seed": args.seed,
         "train_seconds": round(seconds, 1), "eval_scenes": args.eval_scenes, "metrics": metrics})
@@ -211,9 +215,11 @@ def _train_fusion(args) -> int:
 
 
 def _eval_fusion(args) -> int:
+    from mbm.engine import FUSION_HEADS
     from mbm.fusion import load_heads
     from mbm.models import create_model
     from mbm.train.fusion import evaluate_fusion, fusion_table, write_fusion_card
+    args.heads = args.heads or str(FUSION_HEADS / "mbm-shapes")
     heads, meta = load_heads(Path(args.heads))
     encoder = create_model(meta["backbone"], device=args.device or "cpu")
     metrics = evaluate_fusion(encoder, heads, n_scenes=args.scenes)
@@ -357,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=_train_fusion)
 
     p = sub.add_parser("eval-fusion", help="accuracy of trained fusion heads per strategy, question type, split")
-    p.add_argument("--heads", default="assets/fusion/mbm-shapes", help="a folder written by train-fusion")
+    p.add_argument("--heads", default=None, help="a folder written by train-fusion (default: the shipped heads of "
+                                                 "mbm-shapes)")
     p.add_argument("--scenes", type=int, default=1000, help="test and held-out scenes")
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

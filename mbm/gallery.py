@@ -533,11 +533,15 @@ def _damaged(store: Path, e: sqlite3.Error) -> StoreDamagedError:
 
 
 def _sha256(path: Path) -> str | None:
+    """The file's SHA-256 in hex, read in 1 MiB pieces (`hashlib.file_digest` needs Python 3.11), or None."""
+    digest = hashlib.sha256()
     try:
         with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+            while chunk := f.read(2**20):
+                digest.update(chunk)
     except OSError:
         return None
+    return digest.hexdigest()
 
 
 def _prefetch(pool: ThreadPoolExecutor, fn: Callable, items: list, ahead: int) -> Iterator:

@@ -26,29 +26,14 @@ log = logging.getLogger(__name__)
 
 FLAT_MAX_VECTORS = 100_000  # at or below this, an exact flat scan is fast enough (see choose_factory)
 HNSW_FACTORY = "HNSW32,Flat"  # M=32 links per node; ",Flat" keeps full vectors, so scores are exact
-# Measured on 2 cores, 50k random 512-d unit vectors, recall@10 vs an exact scan (seeded):
-#   efConstruction 40:  efSearch 1024 -> 0.91, 1280 -> 0.94, 1536 -> 0.96, 1792 -> 0.97, 2048 -> 0.99; build 13-18 s
-#   efConstruction 80:  efSearch 1024 -> 0.93, 1280 -> 0.95, 1536 -> 0.97; build 27-29 s
-# Doubling efConstruction buys about one step of efSearch but doubles the build, so we keep faiss's
-# default 40 and spend on efSearch, with margin over the 0.95 bar. Random high-dimensional vectors are
-# HNSW's worst case (at 100k the same settings give ~0.91); real embeddings are clustered and do far
-# better, so callers who measured their own data can lower it with `set_search_params(ef_search=...)`.
-# At 1M x 128 (benchmarks/bench_query.py, real mbm-shapes text queries, efConstruction 40, build 165 s):
-#   embedding-like vectors (a Gaussian with the covariance of real image embeddings):
-#       efSearch 256 -> 0.958, 512 -> 0.983, 1024 -> 0.995, 2048 -> 0.998 (11 ms a query)
-#   random unit vectors (the worst case): efSearch 2048 -> 0.77 (build 377 s)
-# So the defaults meet the 0.95 bar at 1M on embedding-like data with margin; 512 would too, but 512-d
-# models' real embeddings could not be measured offline, and a page query costs more elsewhere at 1M.
+# faiss's default efConstruction; recall is bought with efSearch instead, which costs no build time and keeps
+# recall@10 >= 0.95 on random 512-d vectors (HNSW's worst case); measured in docs/BENCHMARKS.md, "The FAISS index"
 HNSW_EF_CONSTRUCTION = 40
-HNSW_EF_SEARCH = 2048
+HNSW_EF_SEARCH = 2048  # callers who measured their own (clustered) data can lower it: `set_search_params`
 
-
-# Below this many queries a search runs on one OpenMP thread (faiss's own BLAS threshold is 20). faiss splits
-# one query's exact scan across its threads; the scan is bound by memory bandwidth, so a second thread gains
-# little, and whenever the other core is busy (the text encoder, a second request, a sync) the split waits a
-# scheduler tick for it. Measured on 2 busy cores, one query over 100k x 128: 24 ms p50 on 2 threads, 4-6 ms
-# on 1; over 1M: 88-144 ms against 56-59 ms (benchmarks/bench_query.py). HNSW and IVF already search one
-# query on one thread. The setting is per calling thread, so concurrent searches do not disturb each other.
+# Below this many queries a search runs on one OpenMP thread: one query's exact scan is bound by memory bandwidth,
+# and split over threads it waits for a busy core (docs/BENCHMARKS.md, "Query latency"). The setting is per
+# calling thread, so concurrent searches do not disturb each other.
 FEW_QUERIES = 20
 
 

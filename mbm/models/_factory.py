@@ -1,7 +1,7 @@
 """`create_model(spec, device, precision, backend=...)`: every kind of spec becomes an `Encoder`.
 
-Device, precision and the fast paths (issue 7: bf16 on a CPU that has it, channels_last, the ONNX Runtime
-backend) are resolved once here; model classes, transforms and tokenizers are open_clip's own.
+Device, precision and the fast paths (bf16 on a CPU that has it, channels_last, the ONNX Runtime backend) are
+resolved once here; model classes, transforms and tokenizers are open_clip's own.
 Weights are read as safetensors or with `torch.load(weights_only=True)` (open_clip's loader), never by
 unpickling arbitrary objects.
 """

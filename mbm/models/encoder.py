@@ -2,7 +2,7 @@
 
 Everything above this layer (gallery, search, classifiers, the page) sees images and texts go in
 and `(N, D)` float32 L2-normalised rows come out; device, precision, batching and
-`torch.inference_mode()` stay here, and so do the fast paths (issue 7):
+`torch.inference_mode()` stay here, and so do the fast paths:
 
 - channels_last: a convolutional image tower on the CPU runs with NHWC weights and inputs (on by default there:
   the same numbers, faster);
