@@ -1,15 +1,14 @@
 """What every tab shares: the engine, the visitor's own gallery, and turning library errors into gr.Error.
 
-A visitor's gallery choice lives in a `gr.State` (None = the server's gallery), so one person switching
-to their uploads never changes what anyone else sees.
+A visitor's gallery choice lives in a `gr.State`: None for the server's gallery, their `mbm.sessions.Session` for
+their uploads, or a `Folder` of the host on a local page; so one person switching never changes what anyone else
+sees.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from mbm.engine import Engine
 from mbm.errors import InputError, StoreDamagedError
 from mbm.gallery import Gallery, GalleryLockedError
 from mbm.models import WeightsFileError, WeightsUnavailableError
-from mbm.sessions import SessionSpace
+from mbm.sessions import Session, SessionSpace
 from mbm.text import SHARED_PROMPTS_PER_MINUTE
 from mbm.uploads import Quota
 
@@ -42,26 +41,31 @@ class Page:
         if self.sessions is None:
             self.sessions = SessionSpace(self.engine.config.cache_path())
 
-    def gallery(self, choice: dict | None, progress=None) -> Gallery:
-        """The gallery a visitor searches: theirs if they chose one, else the server's."""
-        if not choice:
-            return self.engine.gallery
-        if choice.get("home"):  # a session folder in use is not idle: the sweep goes by its age
-            with contextlib.suppress(OSError):
-                os.utime(choice["home"])
-        if not Path(choice["root"]).is_dir():  # their session folder was swept away (or its process's cache wiped)
-            self.engine.close_gallery(choice["root"])
-            raise gr.Error(GONE)
-        try:
-            return self.engine.gallery_at(choice["root"], choice.get("store"), progress=progress)
-        except NotADirectoryError:  # swept while we looked
-            raise gr.Error(GONE) from None
+    def gallery(self, choice: Session | Folder | None, progress=None) -> Gallery:
+        """The gallery a visitor searches: theirs if they chose one, else the server's. A session whose folder is
+        gone raises `SessionGone`, which `friendly` shows."""
+        return self.engine.gallery if choice is None else choice.gallery(progress)
+
+    def session(self, request: gr.Request) -> Session:
+        """The visitor's own session (its folder is made by their first upload)."""
+        return self.sessions.session(request.session_hash, self.engine, self.quota)
 
     def header(self) -> str:
         enc = self.engine.encoder
         note = f"\n\n> {self.engine.notice}" if self.engine.notice else ""
         return (f"# mbm: see how image-text models work\nServing **{enc.name}** on {enc.device} "
                 f"({enc.precision}), {enc.embed_dim}-d embeddings.{note}")
+
+
+@dataclass(frozen=True)
+class Folder:
+    """A folder of the host, indexed by path by the page's owner (local pages only)."""
+    engine: Engine
+    root: Path
+    store: Path
+
+    def gallery(self, progress=None) -> Gallery:
+        return self.engine.gallery_at(self.root, self.store, progress=progress)
 
 
 def image_input(**kwargs) -> gr.Image:
@@ -110,7 +114,6 @@ def _unreadable(e: ImageError) -> str:
     return f"That image could not be read: {e}. Try a JPEG or PNG file."
 
 
-GONE = "Your uploaded gallery is gone (the session expired). Upload the images again."
 BUG = ("Something went wrong on the server: this is a bug in mbm, and it has been logged. Try again, or try other "
        "input.")
 

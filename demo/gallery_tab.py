@@ -7,17 +7,13 @@ The server's gallery (built-in, or `--gallery`) is never written to by visitors.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import gradio as gr
 
-from demo.common import Page, friendly
+from demo.common import Folder, Page, friendly
 from mbm.gallery import Gallery
-from mbm.sessions import remove_folder
-from mbm.uploads import UploadLimits, take_uploads
-
-LIMITS = UploadLimits()
+from mbm.sessions import Session
 
 
 def describe(gallery: Gallery, own: bool) -> str:
@@ -55,21 +51,12 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
     def index_uploads(paths: list[str] | None, request: gr.Request, progress=gr.Progress()):
         if not paths:
             raise gr.Error("Choose some images (or a .zip) first, then press Index my uploads.")
-        home = page.sessions.folder(request.session_hash)
-        used_bytes, used_files = page.sessions.usage(home / "images")
-        quota = dataclasses.replace(page.quota, used_bytes=used_bytes, used_files=used_files)
-        intake = take_uploads(paths, home / "images", LIMITS, quota)
-        if not intake.added and not (home / "images").is_dir():
-            why = "; ".join(f"{name}: {reason}" for name, reason in intake.skipped[:3]) or "no image files in them"
-            raise gr.Error(f"None of those files could be used ({why}). Upload JPEG, PNG or WebP images, or a .zip "
-                           "of them.")
-        gallery, report = page.engine.open_gallery(home / "images", store=home / "store",
-                                                   progress=progress_of(progress), activate=False)
+        session = page.session(request)
+        gallery, intake, report = session.add(paths, progress=progress_of(progress))
         why = intake.skipped + [(p, e) for p, e in report.skipped]
         text = (f"{intake.summary()}; indexed {report.encoded} new images in {report.seconds:.1f} s. "
                 f"Your gallery now has **{len(gallery)}** searchable images.")
-        mine = {"root": str(gallery.root), "store": str(gallery.store), "home": str(home)}
-        return mine, describe(gallery, own=True), text, gr.Dataframe(value=_skipped_rows(why), visible=bool(why))
+        return session, describe(gallery, own=True), text, gr.Dataframe(value=_skipped_rows(why), visible=bool(why))
 
     @friendly
     def index_folder(path: str, progress=gr.Progress()):
@@ -82,17 +69,16 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
                                                        progress=progress_of(progress), activate=False)
         except (FileNotFoundError, NotADirectoryError, PermissionError) as e:  # the owner's own path: say which
             raise gr.Error(str(e)) from None
-        mine = {"root": str(gallery.root), "store": str(gallery.store)}
-        return (mine, describe(gallery, own=True), report.summary(),
+        return (Folder(page.engine, gallery.root, gallery.store), describe(gallery, own=True), report.summary(),
                 gr.Dataframe(value=_skipped_rows(report.skipped), visible=bool(report.skipped)))
 
     def use_server_gallery():
         return None, describe(page.engine.gallery, own=False), "", gr.Dataframe(visible=False)
 
     @friendly
-    def gallery_info(choice: dict | None) -> str:
+    def gallery_info(choice: Session | Folder | None) -> str:
         """Which gallery this session searches, its size, model and index type."""
-        return describe(page.gallery(choice), own=bool(choice))
+        return describe(page.gallery(choice), own=choice is not None)
 
     outputs = [choice, info, summary, skipped]
     index_button.click(index_uploads, files, outputs, api_name="index_uploads", concurrency_id="indexing",
@@ -106,8 +92,6 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
     def forget(request: gr.Request) -> None:
         """The page was closed: the visitor's uploads and their index go. (Gradio's own copies of the uploaded files
         stay until its cache sweep, an hour: Gradio shares one copy between visitors who upload the same bytes.)"""
-        home = page.sessions.folder(request.session_hash)
-        page.engine.close_gallery(home / "images")
-        remove_folder(home)
+        page.session(request).close()
 
     demo.unload(forget)

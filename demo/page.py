@@ -8,7 +8,7 @@ import gradio as gr
 from demo import classify_tab, explore_tab, gallery_tab, learn_tab, model_tab, search_tab
 from demo.common import Page
 from mbm.engine import Engine
-from mbm.sessions import SessionSpace
+from mbm.sessions import Session, SessionSpace
 from mbm.uploads import Quota
 
 ABOUT = """mbm embeds images and texts into one space with a CLIP-style model and searches them with FAISS.
@@ -36,7 +36,10 @@ def build_demo(engine: Engine, local: bool = False, sessions: SessionSpace | Non
     with gr.Blocks(title="mbm: multimodal model demo", delete_cache=(600, 3600)) as demo:
         header = gr.Markdown(page.header(), elem_id="header")
         gr.Markdown(ABOUT)
-        choice = gr.State(None)  # this visitor's gallery: None = the server's, else {"root", "store"}
+        # this visitor's gallery: None = the server's, else their Session (or a Folder, locally). When Gradio drops a
+        # closed page's state (an hour later) the session ends if the unload handler has not ended it already; no
+        # time-to-live here: the sweep of untouched folders counts searches as use, Gradio's would not
+        choice = gr.State(None, delete_callback=lambda value: value.close() if isinstance(value, Session) else None)
         with gr.Tabs() as tabs:
             with gr.Tab("Search", id="search"):
                 search_tab.build(page, choice)

@@ -112,7 +112,7 @@ def build(page: Page, choice: gr.State) -> None:
                    api_visibility="private")
 
     @friendly
-    def describe(image: Image.Image | None, texts: str, k: int, choice: dict | None, request: gr.Request) -> list[list]:
+    def describe(image: Image.Image | None, texts: str, k: int, choice, request: gr.Request) -> list[list]:
         """image->text: rank the given texts (one per line), or else the gallery's captions, for an image."""
         if image is None:
             raise gr.Error("Give an image to describe.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -91,6 +92,7 @@ class Engine:
         self.notice = ""  # a line for people when the engine had to fall back from what it was asked
         self.encoder = encoder or self._first_model()
         self.galleries: dict[Path, Gallery] = {}
+        self._galleries_lock = threading.RLock()  # the page's queue runs handlers at once; syncs run outside it
         self._gallery: Gallery | None = None
         self.last_sync: SyncReport | None = None
         self._progress = progress
@@ -148,13 +150,14 @@ class Engine:
             NotADirectoryError: `root` is missing or not a folder.
         """
         root = Path(root).expanduser().resolve()
-        gallery = self.galleries.get(root)
-        if gallery is None or gallery.encoder is not self.encoder:
-            stale = gallery
-            gallery = Gallery(root, self.encoder, store or self.store_for(root), factory=self.config.index_factory)
-            self.galleries[root] = gallery
-            if stale is not None and stale is not self._gallery:  # opened for an earlier model
-                stale.close()
+        with self._galleries_lock:
+            gallery = self.galleries.get(root)
+            if gallery is None or gallery.encoder is not self.encoder:
+                stale = gallery
+                gallery = Gallery(root, self.encoder, store or self.store_for(root), factory=self.config.index_factory)
+                self.galleries[root] = gallery
+                if stale is not None and stale is not self._gallery:  # opened for an earlier model
+                    stale.close()
         report = gallery.sync(progress=progress)
         if activate:
             self._gallery = gallery
@@ -162,7 +165,8 @@ class Engine:
 
     def close_gallery(self, root: str | Path) -> None:
         """Forget a gallery (e.g. a visitor's, when the session ends); its files are the caller's business."""
-        gallery = self.galleries.pop(Path(root).expanduser().resolve(), None)
+        with self._galleries_lock:
+            gallery = self.galleries.pop(Path(root).expanduser().resolve(), None)
         if gallery is not None:
             gallery.close()
 
@@ -173,18 +177,22 @@ class Engine:
         encoder = self.config.create_model(spec)
         active = self._gallery
         self.encoder, self.config.model, self.notice = encoder, spec, ""
-        for root in list(self.galleries):  # reopened (and synced for the new model) when next used
+        with self._galleries_lock:
+            roots = list(self.galleries)
+        for root in roots:  # reopened (and synced for the new model) when next used
             if active is None or root != active.root:
                 self.close_gallery(root)
         if active is not None:
-            self.galleries.pop(active.root, None)
+            with self._galleries_lock:
+                self.galleries.pop(active.root, None)
             self._gallery, self.last_sync = self.open_gallery(active.root, store=active.store, progress=progress)
             active.close()
 
     def gallery_at(self, root: str | Path, store: str | Path | None = None,
                    progress: Progress | None = None) -> Gallery:
         """The open gallery of a folder for the current model, opened (and synced) only if it is not yet."""
-        gallery = self.galleries.get(Path(root).expanduser().resolve())
+        with self._galleries_lock:
+            gallery = self.galleries.get(Path(root).expanduser().resolve())
         if gallery is not None and gallery.encoder is self.encoder:
             return gallery
         return self.open_gallery(root, store=store, progress=progress, activate=False)[0]

@@ -1,4 +1,5 @@
-"""Per-visitor folders: where one session's uploads and their index live, whose they are, and their removal.
+"""Visitors' sessions: one `Session` owns a visitor's folder, uploads, gallery, quota, last use and close; a
+`SessionSpace` holds every session of this process, whose they are, and their removal.
 
 A folder is named by an HMAC of the session id with a per-process secret, so knowing (or guessing) a
 session id does not tell anyone where its files are. Every process keeps its visitors' folders under a
@@ -19,7 +20,16 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mbm.errors import InputError
+from mbm.uploads import Intake, Quota, UploadLimits, take_uploads
+
+if TYPE_CHECKING:
+    from mbm.engine import Engine
+    from mbm.gallery import Gallery, SyncReport
 
 try:
     import fcntl
@@ -91,6 +101,68 @@ def _newest_mtime(folder: Path) -> float:
 
 
 OWNER = ".owner"  # in a process's space: the lock it holds while it lives, and its pid
+GONE = "Your uploaded gallery is gone (the session expired). Upload the images again."
+
+
+class SessionGone(InputError):
+    """The visitor's session folder is gone: swept after it lay untouched, or removed with its process's space."""
+
+    def __init__(self) -> None:
+        super().__init__(GONE)
+
+
+class Session:
+    """One visitor's own gallery: their folder (`home`), the images they uploaded (`images`) and its store, what
+    they may add (`quota`, `limits`), when they last used it, and its end.
+
+    Args:
+        home: the session's folder (from `SessionSpace.folder`); created by the first upload.
+        engine: the engine whose model indexes and searches the uploads.
+    """
+
+    def __init__(self, home: Path, engine: Engine, quota: Quota | None = None, limits: UploadLimits | None = None):
+        self.home, self.engine = Path(home), engine
+        self.quota, self.limits = quota or Quota(), limits or UploadLimits()
+        self.images, self.store = self.home / "images", self.home / "store"
+
+    def __repr__(self) -> str:
+        return f"Session({self.home.name})"
+
+    def add(self, uploads: list[str], progress=None) -> tuple[Gallery, Intake, SyncReport]:
+        """Take the images among uploaded files and zips (within the quota) and index them.
+
+        Raises:
+            InputError: none of the files could be used and the session has no images yet.
+        """
+        used_bytes, used_files = SessionSpace.usage(self.images)
+        quota = replace(self.quota, used_bytes=used_bytes, used_files=used_files)
+        intake = take_uploads(uploads, self.images, self.limits, quota)
+        if not intake.added and not self.images.is_dir():
+            why = "; ".join(f"{name}: {reason}" for name, reason in intake.skipped[:3]) or "no image files in them"
+            raise InputError(f"None of those files could be used ({why}). Upload JPEG, PNG or WebP images, or a "
+                             ".zip of them.")
+        gallery, report = self.engine.open_gallery(self.images, store=self.store, progress=progress, activate=False)
+        return gallery, intake, report
+
+    def gallery(self, progress=None) -> Gallery:
+        """The session's gallery, its use counted as a touch (the sweep goes by age). Raises `SessionGone`."""
+        self.touch()
+        if not self.images.is_dir():
+            self.engine.close_gallery(self.images)
+            raise SessionGone()
+        try:
+            return self.engine.gallery_at(self.images, self.store, progress=progress)
+        except NotADirectoryError:  # swept while we looked
+            raise SessionGone() from None
+
+    def touch(self) -> None:
+        with contextlib.suppress(OSError):
+            os.utime(self.home)
+
+    def close(self) -> None:
+        """The visitor left: their gallery is closed and their folder removed."""
+        self.engine.close_gallery(self.images)
+        remove_folder(self.home)
 
 
 class SessionSpace:
@@ -109,6 +181,11 @@ class SessionSpace:
         self.home.mkdir(parents=True)
         self._owner = _hold(self.home / OWNER)
         self._hashes: dict[Path, str] = {}  # folder -> session id, for `sweep`'s question "is its page open?"
+
+    def session(self, session_hash: str, engine: Engine, quota: Quota | None = None,
+                limits: UploadLimits | None = None) -> Session:
+        """The `Session` of one visitor (its folder is created by the first upload)."""
+        return Session(self.folder(session_hash), engine, quota, limits)
 
     def folder(self, session_hash: str) -> Path:
         """The folder of one visitor's session (not created)."""
