@@ -3,73 +3,23 @@ then a question about the same image answered by the fused image+text heads, eve
 
 from __future__ import annotations
 
-import re
 import warnings
 
 import gradio as gr
 from PIL import Image
 
-from demo.common import Page, friendly, image_input, read_drawing, read_image
+from demo.common import EXAMPLES, Page, friendly, read_drawing, read_image
 from demo.common import text as as_text
-from demo.components import Drawing
+from demo.components import Drawing, Picture
+from demo.queries import parse_prompts
 from mbm.classify import DEFAULT_TEMPLATES
-from mbm.errors import InputError
 from mbm.fusion import STRATEGIES
-from mbm.models._registry import ASSETS
-from mbm.text import MAX_TEMPLATES, SHARED_MAX_PROMPTS, check_prompts, clean_text
-from mbm.text import MAX_TEXT_CHARS as MAX_PROMPT_CHARS
-from mbm.text import SHARED_MAX_LABELS as MAX_LABELS
-
-EXAMPLES = ASSETS / "examples"
-
-
-def parse_labels(text: str) -> list[str]:
-    """Labels from one-per-line or comma-separated text, stripped, duplicates dropped, order kept; a gr.Error unless
-    there are 2 to `MAX_LABELS` of them, each at most `MAX_PROMPT_CHARS` long."""
-    parts = re.split(r"[\n,]", clean_text(as_text(text, "The labels"), keep_lines=True))
-    labels = list(dict.fromkeys(s.strip() for s in parts if s.strip()))
-    if len(labels) < 2:
-        raise gr.Error("Give at least two labels (different ones), one per line or separated by commas.")
-    if len(labels) > MAX_LABELS:
-        raise gr.Error(f"At most {MAX_LABELS} labels, please; you gave {len(labels):,}.")
-    _check_lengths(labels, "label")
-    return labels
-
-
-def parse_templates(text: str) -> list[str]:
-    lines = clean_text(as_text(text, "The templates"), keep_lines=True).splitlines()
-    templates = list(dict.fromkeys(t.strip() for t in lines if t.strip()))
-    if not templates:
-        raise gr.Error('Give at least one prompt template, one per line, with {} where the label goes, '
-                       'e.g. "a photo of a {}."')
-    if len(templates) > MAX_TEMPLATES:
-        raise gr.Error(f"At most {MAX_TEMPLATES} prompt templates, please; you gave {len(templates):,}.")
-    _check_lengths(templates, "template")
-    return templates
-
-
-def parse_prompts(labels_text: str, templates_text: str, page: Page, session: str) -> tuple[list[str], list[str]]:
-    """`parse_labels` and `parse_templates`, and a gr.Error when together they make more prompts than one request of
-    a shared page may embed (`mbm.text.SHARED_MAX_PROMPTS`), or than the session's budget has left this minute."""
-    labels, templates = parse_labels(labels_text), parse_templates(templates_text)
-    try:
-        check_prompts(len(labels), len(templates), SHARED_MAX_PROMPTS)
-    except InputError as e:
-        raise gr.Error(f"{str(e)[0].upper()}{str(e)[1:]}.") from None
-    page.budget.spend(session, len(labels) * len(templates))  # InputError: `friendly` shows it
-    return labels, templates
-
-
-def _check_lengths(texts: list[str], what: str) -> None:
-    long = next((t for t in texts if len(t) > MAX_PROMPT_CHARS), None)
-    if long is not None:
-        raise gr.Error(f"Keep each {what} under {MAX_PROMPT_CHARS:,} characters; one has {len(long):,}.")
 
 
 def build(page: Page) -> None:
     with gr.Row():
         with gr.Column():
-            image = image_input(label="Image", height=260, elem_id="classify-image")
+            image = Picture(label="Image", height=260, elem_id="classify-image")
             with gr.Accordion("Or draw it", open=False, elem_id="classify-draw"):
                 drawing = Drawing(label="Draw a shape or a thing: pick the brush on the left, then a colour",
                                   height=320, elem_id="classify-drawing")
@@ -149,9 +99,8 @@ def _build_fused(page: Page, image: gr.Image) -> None:
         rows = [[name, *next(iter(probs.items()))] for name, probs in every.items()]
         return every[strategy], [[n, a, round(p, 3)] for n, a, p in rows]
 
-    ask.click(answer, [image, question, strategy], [fused, table], api_name="classify_fused")
-    question.submit(answer, [image, question, strategy], [fused, table], api_name="classify_fused_on_enter",
-                    api_visibility="private")
+    gr.on([ask.click, question.submit], answer, [image, question, strategy], [fused, table],
+          api_name="classify_fused")
     gr.Examples(
         examples=[[str(EXAMPLES / "scene.png"), "what shape is at the top right?", "attention"],
                   [str(EXAMPLES / "scene.png"), "how many shapes are there?", "concat"],

@@ -20,12 +20,13 @@ from mbm.data.images import ImageError, load_image
 from mbm.engine import Engine
 from mbm.errors import InputError, StoreDamagedError
 from mbm.gallery import Gallery, GalleryLockedError
-from mbm.models import WeightsFileError, WeightsUnavailableError
+from mbm.models import ASSETS, WeightsFileError, WeightsUnavailableError
 from mbm.sessions import Session, SessionSpace
 from mbm.text import SHARED_PROMPTS_PER_MINUTE
 from mbm.uploads import Quota
 
 log = logging.getLogger(__name__)
+EXAMPLES = ASSETS / "examples"  # pictures the page's examples use
 
 
 @dataclass
@@ -66,27 +67,6 @@ class Folder:
 
     def gallery(self, progress=None) -> Gallery:
         return self.engine.gallery_at(self.root, self.store, progress=progress)
-
-
-def image_input(**kwargs) -> gr.Image:
-    """A `gr.Image` for visitors' uploads. Its value reaches the handler as a file path, which `read_image` decodes
-    with mbm's loader (EXIF orientation, 16-bit and CMYK scaled, transparency on white, first frame of an animation).
-    A file Gradio itself cannot open (empty, not an image, a decompression bomb) becomes a gr.Error that says what is
-    wrong with it, instead of Gradio's message that the app "has raised an exception"."""
-    image = gr.Image(type="filepath", image_mode=None, **kwargs)
-    gradio_preprocess = image.preprocess  # opens the file with Pillow to check its mode
-
-    def preprocess(payload):
-        try:
-            return gradio_preprocess(payload)
-        except gr.Error:
-            raise
-        except Exception:
-            read_image(payload.path, getattr(payload, "orig_name", None))  # raises the gr.Error that says why
-            return str(payload.path)  # mbm's loader reads what Pillow's plain open could not
-
-    image.preprocess = preprocess
-    return image
 
 
 def read_image(path: str | Path | Image.Image | None, name: str | None = None) -> Image.Image | None:

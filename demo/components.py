@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from demo.common import number
+from demo.common import number, read_image
 
 
 class Slider(gr.Slider):
@@ -46,3 +46,26 @@ class Drawing(gr.ImageEditor):
         except Exception as e:  # a script's file that is not a picture, or a decompression bomb
             raise gr.Error(f"That drawing could not be read ({type(e).__name__}). Draw on the canvas, or send a PNG "
                            "as the drawing's composite.") from None
+
+
+class Picture(gr.Image):
+    """A `gr.Image` for visitors' uploads. Its value reaches the handler as a file path, which `read_image` decodes
+    with mbm's loader (EXIF orientation, 16-bit and CMYK scaled, transparency on white, first frame of an animation).
+    A file Gradio itself cannot open (empty, not an image, a decompression bomb) becomes a gr.Error that says what is
+    wrong with it, instead of Gradio's message that the app "has raised an exception"."""
+    is_template = True  # the page draws it as Gradio's image
+
+    def __init__(self, **kwargs):
+        super().__init__(type="filepath", image_mode=None, **kwargs)
+
+    def get_config(self, cls=None):
+        return super().get_config(cls or gr.Image)  # its settings are the image's, not this __init__'s
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)  # opens the file with Pillow to check its mode
+        except gr.Error:
+            raise
+        except Exception:
+            read_image(payload.path, getattr(payload, "orig_name", None))  # raises the gr.Error that says why
+            return str(payload.path)  # mbm's loader reads what Pillow's plain open could not

@@ -15,10 +15,9 @@ import numpy as np
 from PIL import Image
 
 from demo.charts import heatmap_svg, map_svg, thumb_uri
-from demo.classify_tab import EXAMPLES, parse_prompts
-from demo.common import Page, friendly, image_input, number, read_image
-from demo.components import Slider
-from demo.search_tab import check_query
+from demo.common import EXAMPLES, Page, friendly, number, read_image
+from demo.components import Picture, Slider
+from demo.queries import check_query, parse_prompts
 from mbm.classify import DEFAULT_TEMPLATES
 from mbm.explore import (
     INDEX_KINDS,
@@ -149,7 +148,7 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
 
     gr.Markdown("### 4. Prompt lab: what each prompt template says")
     with gr.Row():
-        lab_image = image_input(label="Image", height=200, value=str(EXAMPLES / "red-circle.png"),
+        lab_image = Picture(label="Image", height=200, value=str(EXAMPLES / "red-circle.png"),
                                 elem_id="lab-image")
         with gr.Column(scale=2):
             lab_labels = gr.Textbox(label="Labels", value=LAB_LABELS, elem_id="lab-labels")
@@ -200,20 +199,16 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
              (show_lab, lab_in, lab_out, (lab_labels.submit, lab_templates.blur, lab_image.change), "prompt_lab"))
     for fn, inputs, outputs, triggers, name in views:
         group = {"concurrency_id": "prompts", "concurrency_limit": 1} if name == "prompt_lab" else {}  # as Classify
-        triggers[0](fn, inputs, outputs, api_name=name, **group)  # a named endpoint too, for gradio_client
-        for trigger in triggers[1:]:
-            trigger(fn, inputs, outputs, api_visibility="private", **group)
+        gr.on(list(triggers), fn, inputs, outputs, api_name=name, **group)  # a named endpoint too, for gradio_client
     kind.change(lambda kind, text, k, choice: show_indexes(text, k, kind, 1, choice),  # a new index: knob from 1
                 [kind, index_text, index_k, choice], index_out, api_visibility="private")
 
-    def draw_all(text, k, method, choice, n, seed, softmax, index_text, index_k, kind, knob, image, labels, templates,
-                 request: gr.Request):
+    def draw_all(values: dict, request: gr.Request):
         """Every view at once when the tab opens: one round trip instead of four queued events. A view that cannot
         be drawn (say, a visitor's gallery of one image has no pairs for a matrix) says why in its own note."""
-        return (*_or_note(show_map, (text, k, method, choice), 2, 1),
-                *_or_note(show_matrix, (n, seed, softmax, choice), 2, 1),
-                *_or_note(show_indexes, (index_text, index_k, kind, knob, choice), 4, 2),
-                *_or_note(show_lab, (image, labels, templates, request), 3, 2))
+        of = lambda components: tuple(values[c] for c in components)  # `values`: each input component's value
+        return (*_or_note(show_map, of(map_in), 2, 1), *_or_note(show_matrix, of(matrix_in), 2, 1),
+                *_or_note(show_indexes, of(index_in), 4, 2), *_or_note(show_lab, (*of(lab_in), request), 3, 2))
 
-    tab.select(draw_all, [*map_in, *matrix_in[:3], *index_in[:4], *lab_in],
-               [*map_out, *matrix_out, *index_out, *lab_out], api_visibility="private")
+    tab.select(draw_all, {*map_in, *matrix_in, *index_in, *lab_in}, [*map_out, *matrix_out, *index_out, *lab_out],
+               api_visibility="private")

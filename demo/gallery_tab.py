@@ -21,8 +21,7 @@ def describe(gallery: Gallery, own: bool) -> str:
     errors = len(gallery.errors())
     return (f"**Searching:** {kind}: `{gallery.root.name}`, **{len(gallery)}** images"
             + (f" ({errors} unreadable files skipped)" if errors else "")
-            + f" · model **{gallery.encoder.name}** · index `{gallery.index.factory}`"
-            + (" (exact)" if gallery.index.exact else " (approximate)"))
+            + f" · model **{gallery.encoder.name}** · index {gallery.index_kind()}")
 
 
 def _skipped_rows(skipped: list[tuple[str, str]]) -> list[list[str]]:

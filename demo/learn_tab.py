@@ -15,11 +15,10 @@ import gradio as gr
 from PIL import Image
 
 from demo.charts import cells_svg, curve_svg, heatmap_svg, image_uri, vector_svg
-from demo.classify_tab import EXAMPLES
-from demo.common import Page, friendly, image_input, read_image
+from demo.common import EXAMPLES, Page, friendly, read_image
 from demo.common import text as as_text
-from demo.components import Slider
-from demo.search_tab import MAX_QUERY_CHARS, _tiles, check_query
+from demo.components import Picture, Slider
+from demo.queries import MAX_QUERY_CHARS, check_query, tiles
 from mbm.data.shapes import render
 from mbm.engine import BUILTIN_GALLERY
 from mbm.train.live import (
@@ -139,10 +138,10 @@ def build_training(page: Page, demo: gr.Blocks) -> None:
         if mine["embedded"] is None:  # the built-in gallery through their model, once, in memory
             mine = {**mine, "embedded": embed_gallery(mine["encoder"], gallery)}
         hits = search_with(mine["encoder"], gallery, text, k=8, embedded=mine["embedded"])
-        return _tiles(shipped), _tiles(hits), mine
+        return tiles(shipped), tiles(hits), mine
 
-    compare_button.click(compare, [query, mine], [theirs, yours, mine], api_name="compare_models")
-    query.submit(compare, [query, mine], [theirs, yours, mine], api_visibility="private")
+    gr.on([compare_button.click, query.submit], compare, [query, mine], [theirs, yours, mine],
+          api_name="compare_models")
 
 
 STAGES = (  # (stage, image, text, the code that does it)
@@ -166,7 +165,7 @@ PIPELINE = ("### How it works: one image and one text, stage by stage\nThe seed 
 def build_walkthrough(page: Page, tabs: gr.Tabs) -> None:
     gr.Markdown(PIPELINE)
     with gr.Row():
-        image = image_input(label="Image", height=200, value=str(EXAMPLES / "scene.png"), elem_id="trace-image")
+        image = Picture(label="Image", height=200, value=str(EXAMPLES / "scene.png"), elem_id="trace-image")
         with gr.Column(scale=2):
             text = gr.Textbox(label="Text (a caption or a question)", value="what shape is at the top right?",
                               elem_id="trace-text")

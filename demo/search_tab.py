@@ -8,51 +8,21 @@ import gradio as gr
 from PIL import Image
 
 from demo.charts import histogram_svg
-from demo.common import Page, friendly, image_input, number, read_drawing, read_image
+from demo.common import Page, friendly, number, read_drawing, read_image
 from demo.common import text as as_text
-from demo.components import Drawing, Slider
-from mbm.search import Hit, parse_query
-from mbm.text import MAX_TEXT_CHARS, clean_text
+from demo.components import Drawing, Picture, Slider
+from demo.queries import MAX_QUERY_CHARS, check_query, tiles
+from mbm.search import Hit
 from mbm.text import SHARED_MAX_TEXTS as MAX_TEXTS
 
-MAX_QUERY_CHARS = MAX_TEXT_CHARS
 MAX_K = 100  # results of one JSON search
-
-
-def _tiles(hits: list[Hit]) -> list[tuple[Image.Image, str]]:
-    """`(thumbnail, "score · caption")` pairs for gr.Gallery. Images, not paths: Gradio copies them to its own
-    cache, so no folder of the host (or of another session) has to be opened to the web."""
-    tiles = []
-    for h in hits:
-        image = Image.open(h.thumbnail if h.thumbnail else h.path)
-        image.draft("RGB", (256, 256))
-        tiles.append((image, f"{h.score:.3f} · {h.caption}"))
-    return tiles
-
-
-def check_query(text: str | None, image: Image.Image | str | None,
-                missing: str = "Type what you are looking for, or drop an image, then press Search.",
-                local: bool = False) -> str:
-    """The query text, stripped; a gr.Error saying `missing` when there is neither text nor image, when the text is
-    too long, or when it names a file (`@photo.jpg`) and the page is not `local`: such terms read files of the host,
-    which only its owner may do. A text that is not a query raises `parse_query`'s ValueError (callers are
-    `friendly`)."""
-    text = clean_text(as_text(text, "The query")).strip()
-    if not text and image is None:
-        raise gr.Error(missing)
-    if len(text) > MAX_QUERY_CHARS:
-        raise gr.Error(f"That query is {len(text):,} characters long; keep it under {MAX_QUERY_CHARS:,}.")
-    if text and not local and any(t.kind == "image" for t in parse_query(text)):  # a bad query: ValueError
-        raise gr.Error("'@file' terms read files on the server, so they only work when mbm runs on your own "
-                       "computer. Drop the image into the Image box instead.")
-    return text
 
 
 def build(page: Page, choice: gr.State) -> None:
     with gr.Row():
         with gr.Column(scale=2):
             text = gr.Textbox(label="Text", placeholder='a red circle   (or: 2 x "red circle" - blue)', lines=1)
-            image = image_input(label="Image (optional)", height=220, elem_id="search-image")
+            image = Picture(label="Image (optional)", height=220, elem_id="search-image")
             with gr.Accordion("Or draw it", open=False, elem_id="search-draw"):
                 drawing = Drawing(label="Draw a shape or a thing: pick the brush on the left, then a colour",
                                   height=320, elem_id="search-drawing")
@@ -83,7 +53,7 @@ def build(page: Page, choice: gr.State) -> None:
         kind = "text+image" if text and image is not None else "text" if text else "image"
         note = (f"**{len(hits)}** of {len(scores)} images ({kind} query) in **{took:.0f} ms**"
                 + ("" if hits else " — none scores above the threshold; lower it to see more."))
-        return (_tiles(hits), histogram_svg(scores, threshold, [h.score for h in hits]), note,
+        return (tiles(hits), histogram_svg(scores, threshold, [h.score for h in hits]), note,
                 gr.Dataframe(value=[[t, round(s, 4)] for t, s in ranked], visible=bool(ranked)), [h.id for h in hits])
 
     @friendly
@@ -94,7 +64,7 @@ def build(page: Page, choice: gr.State) -> None:
         start = time.perf_counter()
         hits = page.engine.more_like(hit_ids[evt.index], int(k), threshold, gallery)
         took = (time.perf_counter() - start) * 1000
-        return _tiles(hits), f"**{len(hits)}** images like result {evt.index + 1} in **{took:.0f} ms**", \
+        return tiles(hits), f"**{len(hits)}** images like result {evt.index + 1} in **{took:.0f} ms**", \
             [h.id for h in hits]
 
     @friendly
@@ -105,9 +75,8 @@ def build(page: Page, choice: gr.State) -> None:
 
     outputs = [results, histogram, timing, captions, hit_ids]
     inputs = [text, image, weight, k, threshold, choice]
-    button.click(search, inputs, outputs, api_name="search")
+    gr.on([button.click, text.submit], search, inputs, outputs, api_name="search")
     draw_button.click(search_drawing, [drawing, *inputs[:1], *inputs[2:]], outputs, api_name="search_drawing")
-    text.submit(search, inputs, outputs, api_name="search_on_enter", api_visibility="private")
     results.select(more_like, [hit_ids, k, threshold, choice], [results, timing, hit_ids], api_name="more_like_click",
                    api_visibility="private")
 

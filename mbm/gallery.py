@@ -219,6 +219,11 @@ class Gallery:
         return int(value or 0)
 
     # ---------------------------------------------------------------- the FAISS index
+    def index_kind(self) -> str:
+        """The FAISS index in words, e.g. "`Flat` (exact)" or "`HNSW32,Flat` (approximate)"."""
+        index = self.index
+        return f"`{index.factory}` ({'exact' if index.exact else 'approximate'})"
+
     @property
     def index(self) -> Index:
         """The FAISS index of the current model's image embeddings, loaded or rebuilt when stale."""

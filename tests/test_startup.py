@@ -1,7 +1,6 @@
-"""Start-up of the page: what `python app.py` imports when, Gradio's import-time stub upkeep skipped, the
-start-up log line. No timings are asserted here; `benchmarks/bench_page.py` measures them."""
+"""Start-up of the page: what `python app.py` imports when, and the start-up log line. No timings are asserted
+here; `benchmarks/bench_page.py` measures them."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -36,42 +35,6 @@ print(json.dumps({{"import": after_import, "help": [m for m in {heavy!r} if m in
 """)
     assert got["import"] == [] and got["help"] == []
     assert got["code"] == 0 and "--model" in got["usage"]
-
-
-def test_the_page_package_skips_gradios_stub_upkeep_and_leaves_the_import_system_as_it_was():
-    got = child("""
-import json, sys
-import demo
-import gradio.component_meta as cm
-from demo import _gradio_import
-print(json.dumps({"patched": cm.create_or_modify_pyi.__qualname__,
-                  "finder": any(isinstance(f, _gradio_import._Finder) for f in sys.meta_path),
-                  "again": _gradio_import.install(), "build_demo": callable(demo.build_demo)}))
-""")
-    assert got["patched"].startswith("skip_existing_stubs")
-    assert not got["finder"]  # it left once gradio.component_meta was imported
-    assert got["again"] is False and got["build_demo"]
-
-
-def test_a_component_without_a_stub_still_gets_one(tmp_path, monkeypatch):
-    """Gradio's own upkeep runs for a component whose .pyi is missing (a Gradio developer's new component)."""
-    spec = importlib.util.spec_from_file_location("gradio_import", ROOT / "demo" / "_gradio_import.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # the file alone: this test needs neither gradio nor the demo package
-    (tmp_path / "widget.py").write_text("class Widget:\n    pass\n")
-    spec = importlib.util.spec_from_file_location("widget", tmp_path / "widget.py")
-    widget = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "widget", widget)  # where inspect.getfile finds a class's file
-    spec.loader.exec_module(widget)
-    calls = []
-    upkeep = module.skip_existing_stubs(lambda cls, name, events: calls.append(name))
-    upkeep(widget.Widget, "Widget", ["click"])
-    assert calls == ["Widget"]  # no stub yet: gradio writes it
-    (tmp_path / "widget.pyi").write_text("class Widget: ...\n")
-    upkeep(widget.Widget, "Widget", ["click"])
-    assert calls == ["Widget"]  # the stub is there: skipped
-    upkeep(int, "int", [])  # a class that lives in no file goes to gradio, as before
-    assert calls == ["Widget", "int"]
 
 
 def test_the_app_logs_where_its_start_went(server):

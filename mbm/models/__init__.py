@@ -10,8 +10,8 @@ from mbm.models._factory import (
     resolve_device,
     resolve_precision,
 )
-from mbm.models._registry import KNOWN_MODELS, list_models
+from mbm.models._registry import ASSETS, KNOWN_MODELS, list_models
 from mbm.models.encoder import Encoder
 
-__all__ = ["Encoder", "KNOWN_MODELS", "WeightsFileError", "WeightsUnavailableError", "create_model",
+__all__ = ["ASSETS", "Encoder", "KNOWN_MODELS", "WeightsFileError", "WeightsUnavailableError", "create_model",
            "default_cache_dir", "default_model", "is_cached", "list_models", "resolve_device", "resolve_precision"]
