@@ -18,7 +18,7 @@ with its efConstruction, or each `--ef-construction`) and `IVF<lists>,Flat`. The
   latency (`Index.search`), over a sweep of efSearch (HNSW) or nprobe (IVF);
 - end to end, at mbm's default efSearch and at the cheapest swept setting with recall@10 >= 0.95:
   `search` = `Engine.search(text, k=10)` (embed the text, FAISS, result rows: what `/search_items` runs),
-  `page` = the Search tab's work, `Engine.search_with_scores` (the same plus a score for every image) and
+  `page` = the Search tab's work, `Engine.search` and its results' `scores` (a score for every image) and
   the histogram drawn from those scores (`demo.charts.histogram_svg`); p50 and p95 over `--timed` queries;
 - per size and kind, one page query part by part on the exact index.
 """
@@ -113,8 +113,8 @@ def e2e_ms(engine: Engine, gallery, texts: list[str]) -> tuple[list[float], list
     from demo.charts import histogram_svg
 
     def page(text):
-        hits, scores = engine.search_with_scores(text, None, 1.0, K, 0.0, gallery)
-        histogram_svg(scores, 0.0, [h.score for h in hits])
+        hits = engine.search(text, None, 1.0, K, 0.0, gallery)
+        histogram_svg(hits.scores, 0.0, [h.score for h in hits])
 
     engine.search(texts[0], k=K, gallery=gallery)
     page(texts[0])

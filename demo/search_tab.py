@@ -47,7 +47,8 @@ def build(page: Page, choice: gr.State) -> None:
         gallery = page.gallery(choice)
         start = time.perf_counter()
         vec = page.engine.embed_image(image) if image is not None else None  # once, for search and captions
-        hits, scores = page.engine.search_with_scores(text or None, vec, weight, int(k), threshold, gallery)
+        hits = page.engine.search(text or None, vec, weight, int(k), threshold, gallery)
+        scores = hits.scores
         ranked = page.engine.describe(vec, k=10, gallery=gallery) if vec is not None else []
         took = (time.perf_counter() - start) * 1000
         kind = "text+image" if text and image is not None else "text" if text else "image"

@@ -173,7 +173,7 @@ def _make_gallery(args) -> int:
 
 
 def _train_seednet(args) -> int:
-    from mbm.engine import FUSION_HEADS
+    from mbm.fusion import FUSION_HEADS
     from mbm.train.seednet import SeedNetConfig, evaluate_seednet, save_seednet, train_seednet
     start = time.perf_counter()
     with _training_bar("train SeedNet") as on_step:
@@ -193,8 +193,7 @@ def _train_seednet(args) -> int:
 def _train_fusion(args) -> int:
     if args.backbone == "seednet":
         return _train_seednet(args)
-    from mbm.engine import FUSION_HEADS
-    from mbm.fusion import STRATEGIES, save_heads
+    from mbm.fusion import FUSION_HEADS, STRATEGIES, save_heads
     from mbm.models import create_model
     from mbm.train.fusion import evaluate_fusion, fusion_table, train_fusion, write_fusion_card
     encoder = create_model(args.backbone, device=args.device or "cpu")
@@ -215,8 +214,7 @@ def _train_fusion(args) -> int:
 
 
 def _eval_fusion(args) -> int:
-    from mbm.engine import FUSION_HEADS
-    from mbm.fusion import load_heads
+    from mbm.fusion import FUSION_HEADS, load_heads
     from mbm.models import create_model
     from mbm.train.fusion import evaluate_fusion, fusion_table, write_fusion_card
     args.heads = args.heads or str(FUSION_HEADS / "mbm-shapes")

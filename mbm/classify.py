@@ -10,12 +10,16 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from mbm.errors import InputError
 from mbm.models import Encoder
+
+if TYPE_CHECKING:
+    from mbm.gallery import Gallery
 from mbm.text import MAX_LABELS, MAX_TEMPLATES, check_prompts, check_texts, fill
 
 log = logging.getLogger(__name__)
@@ -124,8 +128,30 @@ def neighbour_vote(scores: np.ndarray, neighbour_labels: list[str], labels: list
     return vote / vote.sum() if vote.sum() > 0 else np.full(len(labels), 1 / len(labels))
 
 
-def late_fusion(zero_shot_probs: np.ndarray, vote: np.ndarray, alpha: float) -> np.ndarray:
+def blend(zero_shot_probs: np.ndarray, vote: np.ndarray, alpha: float) -> np.ndarray:
     """`alpha * zero-shot + (1 - alpha) * neighbour vote`: alpha 1 is pure zero-shot, 0 pure k-NN."""
     if not 0 <= alpha <= 1:
         raise InputError(f"alpha must be between 0 and 1, got {alpha}")
     return alpha * zero_shot_probs + (1 - alpha) * vote
+
+
+def late_fusion(encoder: Encoder, gallery: Gallery, image: Image.Image, labels: list[str] | None = None, k: int = 10,
+                alpha: float = 0.5, templates: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Zero-shot blended with a similarity-weighted vote of the k nearest labelled images of `gallery`.
+
+    Labels default to the gallery's own (its sub-folder names). Returns `{"zero-shot": .., "neighbours": ..,
+    "blend": ..}`, each `{label: probability}` best first, so the parts can be compared with the whole.
+    """
+    known = gallery.labels()
+    labels = labels or sorted(set(known.values()))
+    if not known:
+        raise InputError("this gallery's images carry no labels: put them in one sub-folder per label")
+    vec = encoder.encode_images([image])[0]  # (D,), for both parts
+    zs = zero_shot(encoder, vec, labels, templates)
+    labels = list(zs.probs)  # cleaned, in the ensemble's order
+    scores, ids = gallery.index.search(vec, min(len(gallery), 4 * k))
+    pairs = [(s, known[i]) for s, i in zip(scores[0], ids[0]) if i in known][:k]
+    vote = neighbour_vote(np.array([s for s, _ in pairs]), [lab for _, lab in pairs], labels)
+    zs_p = np.array([zs.probs[label] for label in labels])
+    ranked = lambda p: dict(sorted(zip(labels, map(float, p)), key=lambda kv: -kv[1]))
+    return {"zero-shot": zs.probs, "neighbours": ranked(vote), "blend": ranked(blend(zs_p, vote, alpha))}

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mbm.classify import ZeroShot, zero_shot
+from mbm.classify import ZeroShot, late_fusion, zero_shot
 from mbm.errors import InputError
 from mbm.explore import (
     EmbeddingMap,
@@ -30,17 +30,15 @@ from mbm.explore import (
     prompt_lab,
     similarity_matrix,
 )
+from mbm.fusion import FusedHeads
 from mbm.gallery import Gallery, Progress, SyncReport
 from mbm.models import Encoder, WeightsUnavailableError, create_model, default_cache_dir, default_model
 from mbm.models._registry import ASSETS, EMBEDDED
-from mbm.search import Hit, Term, parse_query, query_vector, rank_texts, search
-from mbm.text import clean_text
+from mbm.search import Results, Term, parse_query, query_vector, rank_texts, search
 from mbm.trace import PipelineTrace, pipeline_trace
 
 log = logging.getLogger(__name__)
 BUILTIN_GALLERY = ASSETS / "gallery"
-FUSION_HEADS = ASSETS / "fusion"  # FUSION_HEADS / <backbone spec> holds the heads `train-fusion` wrote
-MAX_QUESTION_CHARS = 300
 
 
 @dataclass
@@ -96,7 +94,7 @@ class Engine:
         self._gallery: Gallery | None = None
         self.last_sync: SyncReport | None = None
         self._progress = progress
-        self._heads: tuple[str, dict, dict] | None = None  # (encoder key, heads, metadata)
+        self._fused: FusedHeads | None = None  # the current model's fused classifiers, once asked for
 
     def _first_model(self) -> Encoder:
         """The configured model; an unnamed default that cannot load (say, a Space gone offline) falls back."""
@@ -112,11 +110,6 @@ class Engine:
             spec, encoder = EMBEDDED, cfg.create_model(EMBEDDED)
         cfg.model = spec
         return encoder
-
-    @classmethod
-    def from_config(cls, config: EngineConfig | None = None, **overrides) -> Engine:
-        """An engine from `EngineConfig.from_env(**overrides)` when no config is given."""
-        return cls(config or EngineConfig.from_env(**overrides))
 
     def __repr__(self) -> str:
         return f"Engine(model={self.encoder.name!r}, gallery={str(self.gallery.root)!r}, items={len(self.gallery)})"
@@ -215,33 +208,20 @@ class Engine:
             raise InputError("the query is empty: type some text, or give an image")
         return terms
 
-    def search(self, text: str | None = None, image: Image.Image | str | Path | None = None,
+    def search(self, text: str | None = None, image: Image.Image | str | Path | np.ndarray | None = None,
                image_weight: float = 1.0, k: int = 10, threshold: float | None = None,
-               gallery: Gallery | None = None) -> list[Hit]:
-        """text->image and image->image (or both, weighted), best first, in `gallery` (default: the active one)."""
+               gallery: Gallery | None = None) -> Results:
+        """text->image and image->image (or both, weighted), best first, in `gallery` (default: the active one);
+        the results' `scores` are the query's cosine to every image, for a histogram."""
         terms = self.query(text, image, image_weight)  # bad input fails before the gallery is opened
-        return search(self._or_active(gallery), terms, k=k, threshold=threshold)
-
-    def search_with_scores(self, text: str | None = None, image: Image.Image | str | Path | np.ndarray | None = None,
-                           image_weight: float = 1.0, k: int = 10, threshold: float | None = None,
-                           gallery: Gallery | None = None) -> tuple[list[Hit], np.ndarray]:
-        """`search`, plus the query's cosine to every image of the gallery `(N,)` (for a score histogram),
-        with the query embedded once."""
         gallery = self._or_active(gallery)
-        vec = query_vector(self.encoder, self.query(text, image, image_weight), gallery)
-        return search(gallery, vec, k=k, threshold=threshold), gallery.image_matrix()[1] @ vec
+        return search(gallery, query_vector(self.encoder, terms, gallery), k=k, threshold=threshold)
 
     def more_like(self, item_id: int, k: int = 10, threshold: float | None = None,
-                  gallery: Gallery | None = None) -> list[Hit]:
+                  gallery: Gallery | None = None) -> Results:
         """The images closest to a gallery item, the item itself left out."""
         return search(self._or_active(gallery), [Term(1.0, "item", int(item_id))], k=k, threshold=threshold,
                       exclude=(int(item_id),))
-
-    def scores(self, text: str | None = None, image: Image.Image | str | Path | None = None,
-               image_weight: float = 1.0, gallery: Gallery | None = None) -> np.ndarray:
-        """The query's cosine to every searchable image of the gallery, `(N,)`: for histograms."""
-        gallery = self._or_active(gallery)
-        return gallery.image_matrix()[1] @ query_vector(self.encoder, self.query(text, image, image_weight), gallery)
 
     def describe(self, image: Image.Image | str | Path | np.ndarray, texts: list[str] | None = None, k: int = 10,
                  gallery: Gallery | None = None) -> list[tuple[str, float]]:
@@ -257,73 +237,23 @@ class Engine:
 
     def late_fusion(self, image: Image.Image, labels: list[str] | None = None, k: int = 10, alpha: float = 0.5,
                     templates: list[str] | None = None, gallery: Gallery | None = None) -> dict[str, dict[str, float]]:
-        """Zero-shot blended with a similarity-weighted vote of the k nearest labelled gallery images.
+        """Zero-shot blended with a vote of the k nearest labelled gallery images (see `mbm.classify.late_fusion`)."""
+        return late_fusion(self.encoder, self._or_active(gallery), image, labels, k, alpha, templates)
 
-        Labels default to the gallery's own (its sub-folder names). Returns `{"zero-shot": .., "neighbours": ..,
-        "blend": ..}`, each `{label: probability}` best first, so the parts can be compared with the whole.
-        """
-        from mbm.classify import late_fusion, neighbour_vote
-        gallery = self._or_active(gallery)
-        known = gallery.labels()
-        labels = labels or sorted(set(known.values()))
-        if not known:
-            raise InputError("this gallery's images carry no labels: put them in one sub-folder per label")
-        vec = self.encoder.encode_images([image])[0]  # (D,), for both parts
-        zs = self.zero_shot(vec, labels, templates)
-        labels = list(zs.probs)  # cleaned, in the ensemble's order
-        scores, ids = gallery.index.search(vec, min(len(gallery), 4 * k))
-        pairs = [(s, known[i]) for s, i in zip(scores[0], ids[0]) if i in known][:k]
-        vote = neighbour_vote(np.array([s for s, _ in pairs]), [lab for _, lab in pairs], labels)
-        zs_p = np.array([zs.probs[label] for label in labels])
-        ranked = lambda p: dict(sorted(zip(labels, map(float, p)), key=lambda kv: -kv[1]))
-        return {"zero-shot": zs.probs, "neighbours": ranked(vote), "blend": ranked(late_fusion(zs_p, vote, alpha))}
-
-    def fusion_heads(self) -> tuple[dict, dict]:
-        """The fused heads trained for the current model, and their metadata (loaded once per model).
-
-        Raises:
-            ValueError: none were trained for this model; the message says how to train them.
-        """
-        if self._heads is None or self._heads[0] != self.encoder.key:
-            from mbm.fusion import load_heads
-            folder = FUSION_HEADS / self.encoder.name.replace(":", "-").replace("/", "-")
-            heads, meta = load_heads(folder) if (folder / "heads.json").is_file() else ({}, {})
-            if meta.get("backbone_key") != self.encoder.key:
-                raise InputError(f"no fused image+text heads are trained for {self.encoder.name}: run "
-                                 f"`python -m mbm train-fusion --backbone {self.encoder.name}` (minutes on a CPU)")
-            self._heads = (self.encoder.key, heads, meta)
-        return self._heads[1], self._heads[2]
+    def fused(self) -> FusedHeads:
+        """The fused classifiers of the current model (loaded once per model). InputError if none were trained."""
+        if self._fused is None or self._fused.encoder is not self.encoder:
+            self._fused = FusedHeads.load(self.encoder)
+        return self._fused
 
     def classify_fused(self, image: Image.Image, question: str, strategy: str = "attention") -> dict[str, float]:
         """Answer a question about an image with one fused head: `{answer: probability}`, best first."""
-        return self.fused_answers(image, question, (strategy,))[strategy]
+        return self.fused().answers(image, question, (strategy,))[strategy]
 
     def fused_answers(self, image: Image.Image, question: str,
                       strategies: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
         """`{strategy: {answer: probability}}` for the same input, so fusion can be compared with the baselines."""
-        import torch
-
-        from mbm.data.vqa import ANSWERS
-        from mbm.fusion import featurize
-        question = clean_text(question or "").strip()
-        if not question:
-            raise InputError("type a question about the image, e.g. 'what shape is at the top left?'")
-        if len(question) > MAX_QUESTION_CHARS:
-            raise InputError(f"that question is {len(question):,} characters; keep it under {MAX_QUESTION_CHARS}")
-        heads, _ = self.fusion_heads()
-        seednet = self._seednet()
-        known = [*heads, *(["seednet"] if seednet else [])]
-        unknown = [s for s in strategies or () if s not in known]
-        if unknown:
-            raise InputError(f"unknown fusion strategy {unknown[0]!r}; choose from {known}")
-        feats = featurize(self.encoder, [image.convert("RGB")], [question])
-        out = {}
-        with torch.inference_mode():
-            for name in strategies or known:
-                logits = seednet_logits(seednet, image, question) if name == "seednet" else heads[name](feats)[0]
-                probs = torch.softmax(logits, dim=-1).tolist()
-                out[name] = dict(sorted(zip(ANSWERS, probs), key=lambda kv: -kv[1]))
-        return out
+        return self.fused().answers(image, question, strategies)
 
     # ---------------------------------------------------------------- explore (see mbm.explore)
     def embedding_map(self, text: str | None = None, image: Image.Image | str | Path | np.ndarray | None = None,
@@ -359,24 +289,8 @@ class Engine:
 
     def pipeline_trace(self, image: Image.Image, text: str) -> PipelineTrace:
         """The live output of each stage, pre-processing to fused answer, for one image and one text."""
-        return pipeline_trace(self, image, text)
-
-    def _seednet(self):
-        """The shipped from-scratch SeedNet (no backbone needed), loaded once; None if it is not there."""
-        if not hasattr(self, "_seednet_model"):
-            from mbm.train.seednet import load_seednet
-            folder = FUSION_HEADS / "seednet"
-            self._seednet_model = load_seednet(folder) if (folder / "seednet.json").is_file() else None
-        return self._seednet_model
-
-
-def seednet_logits(model, image: Image.Image, question: str):
-    """SeedNet's logits `(len(ANSWERS),)` for any image: squashed to its input size, normalised like training."""
-    import torch
-
-    from mbm.data.vqa import tokenize
-    from mbm.train.seednet import MEAN, STD
-    size = model.cfg.image_size
-    arr = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), np.float32) / 255
-    x = (torch.from_numpy(arr).permute(2, 0, 1) - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
-    return model(x.unsqueeze(0), torch.tensor([tokenize(question)]))[0]
+        try:
+            fused, why = self.fused(), ""
+        except InputError as e:  # no heads for this model: the trace shows every other stage and says so
+            fused, why = None, str(e)
+        return pipeline_trace(self.encoder, image, text, fused, why)

@@ -31,7 +31,8 @@ from torch import nn
 from mbm.data.shapes import render
 from mbm.data.vqa import ANSWERS, QUESTION_TYPES, WORDS, Example, tokenize
 from mbm.errors import InputError
-from mbm.models import Encoder
+from mbm.models import ASSETS, Encoder
+from mbm.text import clean_text
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("concat", "gated", "attention", "image-only", "text-only")
@@ -242,3 +243,59 @@ def load_heads(folder: Path) -> tuple[dict[str, FusionClassifier], dict]:
             model.load_state_dict(load_file(folder / f"{name}.safetensors"))
         heads[name] = model.eval()
     return heads, meta
+
+
+FUSION_HEADS = ASSETS / "fusion"  # FUSION_HEADS / <backbone spec> holds the heads `train-fusion` wrote
+MAX_QUESTION_CHARS = 300
+
+
+class FusedHeads:
+    """Every fused classifier that can answer a question about an image for one encoder: the heads trained over it,
+    and the from-scratch SeedNet beside them (it needs no backbone). Load with `FusedHeads.load(encoder)`."""
+
+    def __init__(self, encoder: Encoder, heads: dict[str, FusionClassifier], seednet: nn.Module | None = None):
+        self.encoder, self.heads, self.seednet = encoder, heads, seednet
+
+    @classmethod
+    def load(cls, encoder: Encoder, folder: Path = FUSION_HEADS) -> FusedHeads:
+        """The shipped heads of `encoder`'s model (and SeedNet, if shipped).
+
+        Raises:
+            InputError: none were trained for this model; the message says how to train them.
+        """
+        from mbm.train.seednet import load_seednet
+        own = folder / encoder.name.replace(":", "-").replace("/", "-")
+        heads, meta = load_heads(own) if (own / "heads.json").is_file() else ({}, {})
+        if meta.get("backbone_key") != encoder.key:
+            raise InputError(f"no fused image+text heads are trained for {encoder.name}: run "
+                             f"`python -m mbm train-fusion --backbone {encoder.name}` (minutes on a CPU)")
+        seednet = load_seednet(folder / "seednet") if (folder / "seednet" / "seednet.json").is_file() else None
+        return cls(encoder, heads, seednet)
+
+    @property
+    def strategies(self) -> list[str]:
+        return [*self.heads, *(["seednet"] if self.seednet is not None else [])]
+
+    def answers(self, image: Image.Image, question: str,
+                strategies: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
+        """`{strategy: {answer: probability}}` (best first) for one image and question, every strategy by default,
+        so fusion can be compared with the baselines. InputError for an empty or over-long question or an unknown
+        strategy."""
+        from mbm.train.seednet import answer_logits
+        question = clean_text(question or "").strip()
+        if not question:
+            raise InputError("type a question about the image, e.g. 'what shape is at the top left?'")
+        if len(question) > MAX_QUESTION_CHARS:
+            raise InputError(f"that question is {len(question):,} characters; keep it under {MAX_QUESTION_CHARS}")
+        unknown = [s for s in strategies or () if s not in self.strategies]
+        if unknown:
+            raise InputError(f"unknown fusion strategy {unknown[0]!r}; choose from {self.strategies}")
+        feats = featurize(self.encoder, [image.convert("RGB")], [question])
+        out = {}
+        with torch.inference_mode():
+            for name in strategies or self.strategies:
+                logits = answer_logits(self.seednet, image, question) if name == "seednet" else \
+                    self.heads[name](feats)[0]
+                probs = torch.softmax(logits, dim=-1).tolist()
+                out[name] = dict(sorted(zip(ANSWERS, probs), key=lambda kv: -kv[1]))
+        return out

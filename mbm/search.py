@@ -156,8 +156,23 @@ def _embed(encoder: Encoder, term: Term, gallery: Gallery | None) -> np.ndarray:
     return vecs[where[0]]
 
 
+class Results(list):
+    """Hits, best first (a list), and `scores`: the query's cosine to every searchable image of the gallery, `(N,)`,
+    what a histogram of the query needs (computed when first asked)."""
+
+    def __init__(self, hits: list[Hit], gallery: Gallery, vector: np.ndarray):
+        super().__init__(hits)
+        self._gallery, self._vector, self._scores = gallery, vector, None
+
+    @property
+    def scores(self) -> np.ndarray:
+        if self._scores is None:
+            self._scores = self._gallery.image_matrix()[1] @ self._vector
+        return self._scores
+
+
 def search(gallery: Gallery, query: str | list[Term] | np.ndarray, k: int = 10, threshold: float | None = None,
-           exclude: tuple[int, ...] = ()) -> list[Hit]:
+           exclude: tuple[int, ...] = ()) -> Results:
     """The gallery images closest to a query, best first.
 
     Args:
@@ -175,8 +190,8 @@ def search(gallery: Gallery, query: str | list[Term] | np.ndarray, k: int = 10, 
     keep = [(s, i) for s, i in zip(scores[0], ids[0]) if i >= 0 and i not in exclude
             and (threshold is None or s >= threshold)][:k]
     items = {it.id: it for it in gallery.items([i for _, i in keep])}
-    return [Hit(int(i), gallery.file(items[i]), items[i].caption, float(s), gallery.thumbnail(items[i]),
-                items[i].path) for s, i in keep if i in items]
+    return Results([Hit(int(i), gallery.file(items[i]), items[i].caption, float(s), gallery.thumbnail(items[i]),
+                        items[i].path) for s, i in keep if i in items], gallery, vec)
 
 
 def rank_texts(encoder: Encoder, image: Image.Image | str | Path | np.ndarray, texts: list[str] | None = None,

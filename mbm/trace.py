@@ -11,17 +11,14 @@ import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from mbm.errors import InputError
+from mbm.fusion import COLOUR_GRID, FusedHeads, colour_cells
 from mbm.models import Encoder
 from mbm.text import clean_text
-
-if TYPE_CHECKING:
-    from mbm.engine import Engine
 
 
 @dataclass
@@ -56,15 +53,16 @@ class PipelineTrace:
     note: str  # which heads answered, or why none did
 
 
-def pipeline_trace(source: Engine | Encoder, image: Image.Image, text: str) -> PipelineTrace:
+def pipeline_trace(encoder: Encoder, image: Image.Image, text: str, fused: FusedHeads | None = None,
+                   why_not_fused: str = "") -> PipelineTrace:
     """The live output of every stage for one image and one text (a question, for the fused heads).
 
     Args:
-        source: an `Engine` (then its fused heads answer too, if trained for its model) or a bare `Encoder`.
+        encoder: the image-text model.
         image: any PIL image.
         text: a caption or a question.
+        fused: the fused classifiers of `encoder`'s model, which then answer too; else `why_not_fused` says why not.
     """
-    encoder = source if isinstance(source, Encoder) else source.encoder
     text = clean_text(text or "").strip()
     if image is None or not text:
         raise InputError("give an image and type a text (or a question about it) to follow through the model")
@@ -73,7 +71,7 @@ def pipeline_trace(source: Engine | Encoder, image: Image.Image, text: str) -> P
     tokens = encoder.tokens(text)
     with _capture(encoder, len(tokens)) as seen:
         image_vec, text_vec = encoder.encode_images([image])[0], encoder.encode_texts([text])[0]
-    answers, note, colour = _fused(source, image, text)
+    answers, note, colour = _fused(fused, why_not_fused, image, text)
     return PipelineTrace(encoder.name, _seen_image(encoder, pixels), tuple(pixels.shape), text, tokens,
                          encoder.count_tokens(text), encoder.context_length, seen["image"], seen["text"],
                          image_vec, text_vec, float(image_vec @ text_vec), encoder.logit_scale, colour, answers, note)
@@ -130,18 +128,12 @@ def _seen_image(encoder: Encoder, pixels) -> Image.Image:
     return Image.fromarray((x.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
 
 
-def _fused(source: Engine | Encoder, image: Image.Image, text: str
+def _fused(fused: FusedHeads | None, why_not: str, image: Image.Image, text: str
            ) -> tuple[dict[str, dict[str, float]], str, np.ndarray | None]:
-    """(answers of the attention and concat heads, a note, the colour branch's input), or ({}, why, None)."""
-    from mbm.fusion import COLOUR_GRID, colour_cells
-
-    if isinstance(source, Encoder):
-        return {}, "the fused heads are loaded by an Engine; this trace was given a bare encoder", None
-    try:
-        heads, _ = source.fusion_heads()
-    except ValueError as e:
-        return {}, str(e), None
-    strategies = tuple(s for s in ("attention", "concat") if s in heads) or tuple(heads)
+    """(answers of the attention and concat heads, a note, the colour branch's input), or ({}, why not, None)."""
+    if fused is None:
+        return {}, why_not or "no fused heads were given to this trace", None
+    strategies = tuple(s for s in ("attention", "concat") if s in fused.heads) or tuple(fused.heads)
     colour = colour_cells([image])[0].reshape(COLOUR_GRID, COLOUR_GRID, 3)
-    note = f"the {' and '.join(strategies)} heads trained for {source.encoder.name} answer"
-    return source.fused_answers(image, text, strategies), note, colour
+    note = f"the {' and '.join(strategies)} heads trained for {fused.encoder.name} answer"
+    return fused.answers(image, text, strategies), note, colour

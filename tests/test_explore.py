@@ -282,7 +282,7 @@ def test_the_trace_shows_each_stage_for_one_example(engine, scene):
 
 def test_the_trace_without_fused_heads_says_why(shapes_model, scene):
     t = trace.pipeline_trace(shapes_model, scene, "a red circle")
-    assert t.answers == {} and t.colour is None and "Engine" in t.note
+    assert t.answers == {} and t.colour is None and "no fused heads" in t.note
     assert t.cosine == pytest.approx(float(t.image_embedding @ t.text_embedding))
 
 

@@ -7,8 +7,8 @@ import torch
 
 from mbm.data.shapes import make_scene, render
 from mbm.data.vqa import ANSWERS, MAX_WORDS, examples
-from mbm.engine import FUSION_HEADS
 from mbm.fusion import (
+    FUSION_HEADS,
     STRATEGIES,
     Features,
     FusionClassifier,
@@ -104,13 +104,13 @@ def test_a_model_without_trained_heads_points_to_train_fusion(shapes_model, tmp_
 def test_the_neighbour_vote_weights_closer_images_more():
     import numpy as np
 
-    from mbm.classify import late_fusion, neighbour_vote
+    from mbm.classify import blend, neighbour_vote
     vote = neighbour_vote(np.array([0.9, 0.5, 0.5]), ["cat", "dog", "dog"], ["cat", "dog", "bird"], temperature=0.1)
     assert vote[0] > vote[1] > vote[2] == 0 and vote.sum() == pytest.approx(1.0)
     assert neighbour_vote(np.array([0.9]), ["fish"], ["cat", "dog"]).tolist() == [0.5, 0.5]
-    np.testing.assert_allclose(late_fusion(np.array([1.0, 0.0]), np.array([0.0, 1.0]), 0.25), [0.25, 0.75])
+    np.testing.assert_allclose(blend(np.array([1.0, 0.0]), np.array([0.0, 1.0]), 0.25), [0.25, 0.75])
     with pytest.raises(ValueError, match="alpha"):
-        late_fusion(np.array([1.0]), np.array([1.0]), 1.5)
+        blend(np.array([1.0]), np.array([1.0]), 1.5)
 
 
 def test_late_fusion_on_a_labelled_gallery(engine, tmp_path):

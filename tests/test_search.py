@@ -82,7 +82,7 @@ def test_results_carry_files_captions_scores_and_thumbnails(engine):
 
 
 def test_k_and_the_threshold_cut_the_results(engine):
-    scores = np.sort(engine.scores("a green star"))[::-1]
+    scores = np.sort(engine.search("a green star", k=1).scores)[::-1]
     cut = float(scores[7] + scores[8]) / 2  # halfway between the 8th and 9th best
     hits = engine.search("a green star", k=50, threshold=cut)
     assert len(hits) == 8 and min(h.score for h in hits) >= cut
@@ -153,5 +153,5 @@ def test_an_empty_gallery_given_explicitly_is_searched_not_swapped_for_the_activ
     empty = engine.gallery_at(tmp_path / "photos", store=tmp_path / "store")
     assert len(empty) == 0 and len(engine.gallery) > 0
     assert engine.search("a red circle", k=5, gallery=empty) == []
-    assert engine.scores("a red circle", gallery=empty).shape == (0,)
+    assert engine.search("a red circle", k=5, gallery=empty).scores.shape == (0,)
     assert len(engine.search("a red circle", k=5)) == 5  # the active gallery is still what a None means

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from mbm.data.language import questions
@@ -304,3 +305,11 @@ def load_seednet(folder: str | Path, device: str = "cpu") -> SeedNet:
     model = SeedNet(SeedNetConfig(**info["config"]))
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
+
+
+def answer_logits(model: SeedNet, image: Image.Image, question: str) -> torch.Tensor:
+    """SeedNet's logits `(len(ANSWERS),)` for any image: squashed to its input size, normalised like training."""
+    size = model.cfg.image_size
+    arr = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), np.float32) / 255
+    x = (torch.from_numpy(arr).permute(2, 0, 1) - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+    return model(x.unsqueeze(0), torch.tensor([tokenize(question)]))[0]
