@@ -28,13 +28,14 @@ from mbm.explore import (
     SimilarityMatrix,
     available_methods,
 )
+from mbm.search import Query
 
 log = logging.getLogger(__name__)
 DEFAULT_QUERY = "a red circle"
 LAB_LABELS = "red, green, blue, yellow"
 
 
-def _text(text: str | None, local: bool) -> str:
+def _text(text: str | None, local: bool) -> Query:
     return check_query(text, None, missing="Type a query (or drop an image) to place it on the map.", local=local)
 
 
@@ -161,9 +162,9 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
 
     @friendly
     def show_map(text, k, method, choice):
-        text = _text(text, page.local)
-        m = engine.embedding_map(text, k=int(k), method=method, gallery=page.gallery(choice))
-        return draw_map(m, text)
+        query = _text(text, page.local)
+        m = engine.embedding_map(query, k=int(k), method=method, gallery=page.gallery(choice))
+        return draw_map(m, text.strip())
 
     @friendly
     def show_matrix(n, seed, softmax, choice):
@@ -172,8 +173,8 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
 
     @friendly
     def show_indexes(text, k, kind, knob, choice):
-        text = _text(text, page.local)
-        c = engine.compare_indexes(text, k=int(k), kind=kind, knob=int(knob), gallery=page.gallery(choice))
+        query = _text(text, page.local)
+        c = engine.compare_indexes(query, k=int(k), kind=kind, knob=int(knob), gallery=page.gallery(choice))
         label = f"{c.knob_name} ({'IVF lists scanned' if kind == 'ivf' else 'HNSW candidates kept'})"
         # a slider needs min < max: with one IVF list (a tiny gallery) there is nothing to turn
         knob = Slider(maximum=max(c.knob_max, 2), value=c.knob, label=label, interactive=c.knob_max > 1)

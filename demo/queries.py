@@ -11,7 +11,7 @@ from PIL import Image
 from demo.common import Page
 from demo.common import text as as_text
 from mbm.errors import InputError
-from mbm.search import Hit, parse_query
+from mbm.search import Hit, Query
 from mbm.text import MAX_TEMPLATES, MAX_TEXT_CHARS, SHARED_MAX_PROMPTS, check_prompts, clean_text
 from mbm.text import SHARED_MAX_LABELS as MAX_LABELS
 
@@ -31,20 +31,23 @@ def tiles(hits: list[Hit]) -> list[tuple[Image.Image, str]]:
 
 def check_query(text: str | None, image: Image.Image | str | None,
                 missing: str = "Type what you are looking for, or drop an image, then press Search.",
-                local: bool = False) -> str:
-    """The query text, stripped; a gr.Error saying `missing` when there is neither text nor image, when the text is
-    too long, or when it names a file (`@photo.jpg`) and the page is not `local`: such terms read files of the host,
-    which only its owner may do. A text that is not a query raises `parse_query`'s ValueError (callers are
-    `friendly`)."""
+                local: bool = False) -> Query | None:
+    """The query text parsed once (None when there is none but an image); a gr.Error saying `missing` when there is
+    neither text nor image, when the text is too long, or when it names a file (`@photo.jpg`) and the page is not
+    `local`: such terms read files of the host, which only its owner may do. A text that is not a query raises
+    `Query.parse`'s InputError (callers are `friendly`)."""
     text = clean_text(as_text(text, "The query")).strip()
     if not text and image is None:
         raise gr.Error(missing)
     if len(text) > MAX_QUERY_CHARS:
         raise gr.Error(f"That query is {len(text):,} characters long; keep it under {MAX_QUERY_CHARS:,}.")
-    if text and not local and any(t.kind == "image" for t in parse_query(text)):  # a bad query: ValueError
+    if not text:
+        return None
+    query = Query.parse(text)
+    if query.reads_files and not local:
         raise gr.Error("'@file' terms read files on the server, so they only work when mbm runs on your own "
                        "computer. Drop the image into the Image box instead.")
-    return text
+    return query
 
 
 def parse_labels(text: str) -> list[str]:

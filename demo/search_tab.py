@@ -42,16 +42,16 @@ def build(page: Page, choice: gr.State) -> None:
 
     @friendly
     def search(text, image, weight, k, threshold, choice):
-        text = check_query(text, image, local=page.local)
+        query = check_query(text, image, local=page.local)
         image = read_image(image)
         gallery = page.gallery(choice)
         start = time.perf_counter()
         vec = page.engine.embed_image(image) if image is not None else None  # once, for search and captions
-        hits = page.engine.search(text or None, vec, weight, int(k), threshold, gallery)
+        hits = page.engine.search(query, vec, weight, int(k), threshold, gallery)
         scores = hits.scores
         ranked = page.engine.describe(vec, k=10, gallery=gallery) if vec is not None else []
         took = (time.perf_counter() - start) * 1000
-        kind = "text+image" if text and image is not None else "text" if text else "image"
+        kind = "text+image" if query and image is not None else "text" if query else "image"
         note = (f"**{len(hits)}** of {len(scores)} images ({kind} query) in **{took:.0f} ms**"
                 + ("" if hits else " — none scores above the threshold; lower it to see more."))
         return (tiles(hits), histogram_svg(scores, threshold, [h.score for h in hits]), note,
@@ -105,8 +105,8 @@ def build(page: Page, choice: gr.State) -> None:
     @friendly
     def search_items(text: str, k: int = 12, threshold: float = -1.0) -> list[dict]:
         """text->image in the server's gallery as JSON rows: id, file (inside the gallery), caption, score."""
-        text = check_query(text, None, local=page.local)
-        return _rows(page.engine.search(text, k=_check_k(k), threshold=_check_threshold(threshold)))
+        query = check_query(text, None, local=page.local)
+        return _rows(page.engine.search(query, k=_check_k(k), threshold=_check_threshold(threshold)))
 
     @friendly
     def more_like(item_id: int, k: int = 12, threshold: float = -1.0) -> list[dict]:

@@ -34,7 +34,7 @@ from mbm.fusion import FusedHeads
 from mbm.gallery import Gallery, Progress, SyncReport
 from mbm.models import Encoder, WeightsUnavailableError, create_model, default_cache_dir, default_model
 from mbm.models._registry import ASSETS, EMBEDDED
-from mbm.search import Results, Term, parse_query, query_vector, rank_texts, search
+from mbm.search import Query, Results, Term, query_vector, rank_texts, search
 from mbm.trace import PipelineTrace, pipeline_trace
 
 log = logging.getLogger(__name__)
@@ -195,27 +195,15 @@ class Engine:
         """`(D,)` unit embedding of an image, to hand to several calls (search, describe) that would each embed it."""
         return self.encoder.encode_images([image])[0]
 
-    def query(self, text: str | None = None, image: Image.Image | str | Path | np.ndarray | None = None,
-              image_weight: float = 1.0, item: int | None = None) -> list[Term]:
-        """Terms from what a person gave: query text (with the string syntax), an image (or its embedding),
-        a gallery item."""
-        terms = parse_query(text) if text and text.strip() else []
-        if image is not None:
-            terms.append(Term(image_weight, "image", image))
-        if item is not None:
-            terms.append(Term(1.0, "item", int(item)))
-        if not terms:
-            raise InputError("the query is empty: type some text, or give an image")
-        return terms
-
-    def search(self, text: str | None = None, image: Image.Image | str | Path | np.ndarray | None = None,
+    def search(self, text: str | Query | None = None, image: Image.Image | str | Path | np.ndarray | None = None,
                image_weight: float = 1.0, k: int = 10, threshold: float | None = None,
                gallery: Gallery | None = None) -> Results:
         """text->image and image->image (or both, weighted), best first, in `gallery` (default: the active one);
-        the results' `scores` are the query's cosine to every image, for a histogram."""
-        terms = self.query(text, image, image_weight)  # bad input fails before the gallery is opened
+        the results' `scores` are the query's cosine to every image, for a histogram. `text` may be a parsed
+        `Query`."""
+        query = Query.parse(text, image, image_weight)  # bad input fails before the gallery is opened
         gallery = self._or_active(gallery)
-        return search(gallery, query_vector(self.encoder, terms, gallery), k=k, threshold=threshold)
+        return search(gallery, query_vector(self.encoder, list(query.terms), gallery), k=k, threshold=threshold)
 
     def more_like(self, item_id: int, k: int = 10, threshold: float | None = None,
                   gallery: Gallery | None = None) -> Results:
@@ -256,13 +244,13 @@ class Engine:
         return self.fused().answers(image, question, strategies)
 
     # ---------------------------------------------------------------- explore (see mbm.explore)
-    def embedding_map(self, text: str | None = None, image: Image.Image | str | Path | np.ndarray | None = None,
+    def embedding_map(self, text: str | Query | None = None, image: Image.Image | str | Path | np.ndarray | None = None,
                       k: int = 10, method: str = "pca", gallery: Gallery | None = None) -> EmbeddingMap:
         """The gallery's images and captions in 2-D, with the query (if any) and its top-k hits on the map."""
         gallery = self._or_active(gallery)
-        if not (text and text.strip()) and image is None:  # no query: just the two clouds
+        if (text is None or isinstance(text, str) and not text.strip()) and image is None:  # no query: two clouds
             return embedding_map(gallery, method=method)
-        vec = query_vector(self.encoder, self.query(text, image), gallery)
+        vec = query_vector(self.encoder, list(Query.parse(text, image).terms), gallery)
         hits = search(gallery, vec, k=k)
         return embedding_map(gallery, vec, [h.id for h in hits], method=method)
 
@@ -271,13 +259,13 @@ class Engine:
         """`n` sampled images x their captions: cosine and per-row softmax (see `mbm.explore.similarity_matrix`)."""
         return similarity_matrix(self._or_active(gallery), n=n, seed=seed, softmax=softmax)
 
-    def compare_indexes(self, text: str | None = None, image: Image.Image | str | Path | np.ndarray | None = None,
-                        k: int = 10, kind: str = "ivf", knob: int = 1,
-                        gallery: Gallery | None = None) -> IndexComparison:
+    def compare_indexes(self, text: str | Query | None = None,
+                        image: Image.Image | str | Path | np.ndarray | None = None, k: int = 10, kind: str = "ivf",
+                        knob: int = 1, gallery: Gallery | None = None) -> IndexComparison:
         """One query on the exact index and on an approximate one ("ivf": knob is nprobe; "hnsw": efSearch)."""
         approximate_index(kind, 0)  # an unknown kind fails before the query is embedded
         gallery = self._or_active(gallery)
-        vec = query_vector(self.encoder, self.query(text, image), gallery)
+        vec = query_vector(self.encoder, list(Query.parse(text, image).terms), gallery)
         return compare_indexes(gallery, vec, k=k, kind=kind, knob=knob)
 
     def prompt_lab(self, image: Image.Image | np.ndarray, labels: list[str],

@@ -49,6 +49,40 @@ class Term:
 
 
 @dataclass(frozen=True)
+class Query:
+    """What a person asks for, parsed once at the edge (page, command line, API) and passed on as it is: a weighted
+    sum of terms, from query text (the syntax above), an image (or its embedding) and a gallery item."""
+    terms: tuple[Term, ...]
+
+    @classmethod
+    def parse(cls, text: str | Query | None = None, image: object = None, image_weight: float = 1.0,
+              item: int | None = None) -> Query:
+        """The query of what was given; `text` may be a `Query` already, to which the image and item are added.
+
+        Raises:
+            InputError: nothing was given, or the text is not a query (see `parse_query`).
+        """
+        terms = list(text.terms) if isinstance(text, Query) else parse_query(text) if text and text.strip() else []
+        if image is not None:
+            terms.append(Term(image_weight, "image", image))
+        if item is not None:
+            terms.append(Term(1.0, "item", int(item)))
+        if not terms:
+            raise InputError("the query is empty: type some text, or give an image")
+        return cls(tuple(terms))
+
+    @property
+    def reads_files(self) -> bool:
+        """Whether a term names an image file (`@photo.jpg`), which reads a file of the machine answering."""
+        return any(t.kind == "image" and isinstance(t.value, (str, Path)) for t in self.terms)
+
+    @property
+    def kinds(self) -> str:
+        """The kinds of its terms in words, e.g. "text", "text+image"."""
+        return "+".join(dict.fromkeys(t.kind for t in self.terms))
+
+
+@dataclass(frozen=True)
 class Hit:
     """One search result."""
     id: int

@@ -34,7 +34,7 @@ from mbm.data.shapes import Scene
 from mbm.errors import InputError
 from mbm.evaluate import caption_pairs
 from mbm.models import Encoder
-from mbm.search import Hit, parse_query, query_vector
+from mbm.search import Hit, Query, query_vector
 from mbm.train.clip import TrainConfig, default_model_cfg
 
 if TYPE_CHECKING:
@@ -324,14 +324,14 @@ def embed_gallery(encoder: Encoder, gallery: Gallery, batch_size: int = 128) -> 
     return np.array(out_ids, np.int64), vectors
 
 
-def search_with(encoder: Encoder, gallery: Gallery, text: str, k: int = 10,
+def search_with(encoder: Encoder, gallery: Gallery, text: str | Query, k: int = 10,
                 embedded: tuple[np.ndarray, np.ndarray] | None = None) -> list[Hit]:
     """The gallery images closest to a query, ranked by `encoder` instead of the gallery's own model.
 
     Args:
         encoder: the model to rank with (e.g. `LiveTraining.encoder()`).
         gallery: where the images, captions and thumbnails come from; nothing is written to it.
-        text: a query string (`mbm.search` syntax; `#item` terms are not supported here).
+        text: a query string (`mbm.search` syntax; `#item` terms are not supported here), or a parsed `Query`.
         k: at most this many results.
         embedded: `embed_gallery(encoder, gallery)`, when the caller keeps it between queries.
     Returns:
@@ -339,7 +339,7 @@ def search_with(encoder: Encoder, gallery: Gallery, text: str, k: int = 10,
     """
     if k < 1:
         raise InputError(f"k must be at least 1, got {k}")
-    terms = parse_query(text)
+    terms = list(Query.parse(text).terms)
     if any(t.kind == "item" for t in terms):
         raise InputError("search by gallery item (#id) is not available with this model; use words or an image")
     ids, vectors = embedded if embedded is not None else embed_gallery(encoder, gallery)
