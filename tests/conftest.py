@@ -1,8 +1,12 @@
-"""Shared fixtures. Tests never touch the network: the hub is switched off before anything imports it."""
+"""Shared fixtures. Tests never touch the network: the hub is switched off before anything imports it, and its
+cache is a fresh empty folder, so what this machine happens to have cached changes no test (nor the model an
+app.py started by a test chooses to serve)."""
 
 import os
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="mbm-test-hf-home-")
 
 import socket  # noqa: E402
 import subprocess  # noqa: E402

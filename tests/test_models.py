@@ -1,7 +1,11 @@
 """The model factory: every kind of spec, the offline error, unknown specs, devices, safe loading."""
 
 import json
+import os
 import pickle
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +23,14 @@ from mbm.models import (
     WeightsFileError,
     WeightsUnavailableError,
     create_model,
+    default_model,
     list_models,
     resolve_device,
     resolve_precision,
 )
 from mbm.train.clip import TrainConfig, default_model_cfg, save, train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {  # a tiny open_clip ViT: builds in milliseconds, never downloads
     "embed_dim": 16,
@@ -205,3 +212,44 @@ def test_a_space_that_cannot_download_its_default_falls_back_and_says_so(tmp_pat
     engine = Engine(config)
     assert engine.encoder.name == "mbm-shapes" and config.model == "mbm-shapes"
     assert "ViT-B-32:laion2b_s34b_b79k could not be loaded here" in engine.notice
+
+
+def test_an_open_clip_tag_loads_offline_from_a_real_hugging_face_cache(tmp_path):
+    """ViT-B-32:laion2b_s34b_b79k with random weights, laid out as huggingface_hub caches a download (blobs, a
+    snapshot linking to them, refs/main), loaded with HF_HUB_OFFLINE=1 in a fresh process: nothing is patched."""
+    from open_clip.pretrained import get_pretrained_cfg
+    repo = get_pretrained_cfg("ViT-B-32", "laion2b_s34b_b79k")["hf_hub"].strip("/")
+    hub = tmp_path / "hf" / "hub" / f"models--{repo.replace('/', '--')}"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    torch.manual_seed(7)
+    model = open_clip.create_model("ViT-B-32")
+    (hub / "blobs").mkdir(parents=True)
+    blob = hub / "blobs" / "c0ffee"
+    save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(blob))
+    (hub / "snapshots" / revision).mkdir(parents=True)
+    (hub / "snapshots" / revision / "open_clip_model.safetensors").symlink_to(blob)
+    (hub / "refs").mkdir()
+    (hub / "refs" / "main").write_text(revision)
+    code = """
+import json, sys, torch
+from mbm.models import create_model, default_model, is_cached
+enc = create_model("ViT-B-32:laion2b_s34b_b79k", device="cpu")
+torch.manual_seed(7)
+import open_clip
+want = open_clip.create_model("ViT-B-32").state_dict()
+got = enc.model.state_dict()
+print(json.dumps({"dim": enc.embed_dim, "cached": is_cached("ViT-B-32:laion2b_s34b_b79k"),
+                  "default": default_model(False), "differ": max(float((got[k].float() - want[k].half().float())
+                  .abs().max()) for k in want), "emb": enc.encode_texts(["a red circle"]).shape[1]}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["dim"] == got["emb"] == 512 and got["cached"] and got["default"] == "ViT-B-32:laion2b_s34b_b79k"
+    assert got["differ"] == 0.0  # exactly the weights in the cache
+
+
+def test_the_tests_hugging_face_cache_is_their_own():
+    assert os.environ["HF_HOME"].startswith(tempfile.gettempdir()) and "mbm-test-hf-home-" in os.environ["HF_HOME"]
+    assert default_model(False) == "mbm-shapes"  # whatever this machine has cached
