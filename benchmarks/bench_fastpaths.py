@@ -55,7 +55,7 @@ from bench_encoder import (  # noqa: E402
 )
 
 from mbm.models import Encoder  # noqa: E402  (bench_encoder put the checkout on sys.path)
-from mbm.models._factory import cpu_has_bf16  # noqa: E402
+from mbm.models._device import cpu_has_bf16  # noqa: E402
 from mbm.models.encoder import Runner  # noqa: E402
 
 PATHS = ("eager", "channels_last", "bf16", "compile", "onnx")

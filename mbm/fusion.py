@@ -232,7 +232,7 @@ def load_heads(folder: Path) -> tuple[dict[str, FusionClassifier], dict]:
     """The heads saved by `save_heads` (safetensors only) and their metadata."""
     from safetensors.torch import load_file
 
-    from mbm.models._factory import reading_weights
+    from mbm.models._weights import reading_weights
     meta = json.loads((folder / "heads.json").read_text())
     if meta["answers"] != list(ANSWERS):
         raise ValueError(f"{folder}: the heads were trained for another answer vocabulary; retrain them")

@@ -13,7 +13,7 @@ import mbm.models._onnx as onnx_backend
 from mbm.data.shapes import make_scene, render
 from mbm.engine import Engine, EngineConfig
 from mbm.models import create_model
-from mbm.models._factory import cpu_has_bf16
+from mbm.models._device import cpu_has_bf16
 from mbm.models.encoder import Encoder
 
 QUERIES = ["a red circle", "a blue square", "a green triangle on the left", "two yellow stars", "a purple heart",
@@ -152,7 +152,7 @@ def test_settings_that_cannot_be_met_are_clear_errors(monkeypatch):
         create_model("mbm-shapes", device="cpu", backend="tensorrt")
     with pytest.raises(ValueError, match="onnx backend runs fp32"):
         create_model("mbm-shapes", device="cpu", backend="onnx", precision="bf16")
-    monkeypatch.setattr("mbm.models._factory.cpu_has_bf16", lambda: False)
+    monkeypatch.setattr("mbm.models._device.cpu_has_bf16", lambda: False)
     with pytest.raises(ValueError, match="needs bf16 instructions"):
         create_model("mbm-shapes", device="cpu", precision="bf16")
 

@@ -1,16 +1,20 @@
-"""The table of models mbm knows by name, and how a spec string is told apart.
+"""The table of models mbm knows by name, how a spec string becomes a `Spec` (once), and the loaders by scheme.
 
-A spec is one of:
-- `mbm-shapes`: the embedded model, weights shipped in `assets/mbm-shapes/`, works offline; likewise
+A spec is one of (the scheme prefix may be left out where the form says which it is):
+- `mbm:NAME` or `NAME`: an embedded model whose weights ship in `assets/NAME/`, working offline: `mbm-shapes`, and
   `mbm-world` (widened shapes + emoji concepts in 28 languages) where `assets/mbm-world/` holds its weights;
-- `ARCH:TAG`: any open_clip architecture with one of its pretrained tags (weights from the
-  Hugging Face cache or hub), or `ARCH:/path/to/weights` for a local checkpoint of that architecture;
-- a local path: a folder holding `open_clip_config.json` and weights (open_clip's own layout),
-  or a weights file with `open_clip_config.json` beside it.
+- `open_clip:ARCH:TAG` or `ARCH:TAG`: an open_clip architecture with one of its pretrained tags (weights from the
+  Hugging Face cache or hub);
+- `hf-hub:ORG/REPO`: a model on the Hugging Face hub in open_clip's layout (config and weights);
+- `checkpoint:ARCH:/path/to/weights` or `ARCH:/path/to/weights`: a local checkpoint of a known architecture;
+- `local-dir:PATH` or a path: a folder holding `open_clip_config.json` and weights (open_clip's own layout), or a
+  weights file with `open_clip_config.json` beside it.
+Loaders register themselves by scheme (`@register("open_clip")`, as timm registers its models).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,15 +57,61 @@ def embedded_dir(name: str = EMBEDDED) -> Path:
     return ASSETS / name
 
 
+@dataclass(frozen=True)
+class Spec:
+    """A model spec parsed once: its scheme and what the scheme's loader needs."""
+    text: str  # as given; also the model's name in pages and stores
+    scheme: str  # "mbm" | "open_clip" | "hf-hub" | "checkpoint" | "local-dir"
+    name: str  # the embedded model, the architecture, the hub repo, or the path
+    tag: str = ""  # the pretrained tag, or a checkpoint's file
+
+
+SCHEMES = ("mbm", "open_clip", "hf-hub", "checkpoint", "local-dir")
+
+
+def parse_spec(text: str) -> Spec | None:
+    """The `Spec` of a spec string, or None when it is none of the forms above (no I/O beyond one stat)."""
+    scheme, sep, rest = text.partition(":")
+    if sep and scheme in SCHEMES:
+        return _explicit(text, scheme, rest)
+    if text in EMBEDDED_NAMES or (text == WORLD and _shipped(WORLD)):
+        return Spec(text, "mbm", text)
+    if not text.strip():
+        return None
+    if Path(text).expanduser().exists():
+        return Spec(text, "local-dir", str(Path(text).expanduser()))
+    arch, sep, tag = text.partition(":")
+    if not (sep and arch and tag):
+        return None
+    return Spec(text, "checkpoint" if Path(tag).expanduser().is_file() else "open_clip", arch, tag)
+
+
+def _explicit(text: str, scheme: str, rest: str) -> Spec | None:
+    if scheme in ("open_clip", "checkpoint"):
+        arch, _, tag = rest.partition(":")
+        return Spec(text, scheme, arch, tag) if arch and tag else None
+    return Spec(text, scheme, rest) if rest else None
+
+
+EMBEDDED_NAMES = (EMBEDDED,)
+_LOADERS: dict[str, Callable] = {}
+
+
+def register(scheme: str) -> Callable:
+    """`@register("open_clip")` makes the function the loader of that scheme: `(Spec, torch.device) -> (model,
+    preprocess, tokenizer)`."""
+    def add(loader: Callable) -> Callable:
+        _LOADERS[scheme] = loader
+        return loader
+    return add
+
+
+def loader(scheme: str) -> Callable:
+    return _LOADERS[scheme]
+
+
 def classify_spec(spec: str) -> str:
-    """'embedded', 'path', 'open_clip' or 'unknown' for a spec string (no I/O beyond a stat)."""
-    if spec == EMBEDDED or (spec == WORLD and _shipped(WORLD)):
-        return "embedded"
-    if not spec.strip():
-        return "unknown"
-    if Path(spec).expanduser().exists():
-        return "path"
-    arch, sep, tag = spec.partition(":")
-    if sep and arch and tag:
-        return "open_clip"
-    return "unknown"
+    """'embedded', 'path', 'open_clip' or 'unknown' for a spec string, in the words of the model picker."""
+    parsed = parse_spec(spec)
+    kind = parsed.scheme if parsed else "unknown"
+    return {"mbm": "embedded", "local-dir": "path"}.get(kind, "unknown" if kind == "unknown" else "open_clip")
