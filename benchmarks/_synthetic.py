@@ -45,8 +45,9 @@ from PIL import Image
 
 from mbm.data.images import caption_from_filename, save_thumbnail
 from mbm.data.shapes import COLOURS, SHAPES
-from mbm.gallery import THUMB_SIZE, Gallery
+from mbm.gallery import Gallery
 from mbm.models import Encoder
+from mbm.sync import THUMB_SIZE
 
 KINDS = ("isotropic", "embedding-like")
 
@@ -253,12 +254,12 @@ def make_gallery(root: str | os.PathLike, encoder: Encoder, images: np.ndarray, 
             else:
                 size, mtime = len(jpegs[c]), 0
             rows.append((i + 1, name, size, mtime, shas[c], 8, 8, caption_from_filename(name)))
-        with gallery._transaction() as db:  # the Gallery's own connection, lock and BEGIN IMMEDIATE
+        with gallery.db.transaction() as db:  # the Gallery's own connection, lock and BEGIN IMMEDIATE
             db.executemany("INSERT INTO items (id, path, size, mtime_ns, sha256, width, height, caption, error) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)", rows)
             for kind, vecs in (("image", images), ("caption", captions)):
                 db.executemany("INSERT INTO vectors VALUES (?, ?, ?, ?)",
                                ((r[0], encoder.key, kind, vecs[r[0] - 1].tobytes()) for r in rows))
             if start + chunk >= n:
-                gallery._bump(db)  # one new generation: caches (index, matrix) see a changed gallery
+                gallery.db.bump(db)  # one new generation: caches (index, matrix) see a changed gallery
     return gallery

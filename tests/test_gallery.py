@@ -90,7 +90,7 @@ def test_resync_with_nothing_changed_encodes_nothing(folder, shapes_model):
 def test_changed_files_and_only_those_are_re_encoded(folder, shapes_model):
     gallery = Gallery(folder, shapes_model)
     gallery.sync()
-    ids_before = dict(gallery._all("SELECT path, id FROM items"))
+    ids_before = dict(gallery.db.all("SELECT path, id FROM items"))
     changed = originals(folder)[:10]
     for i, path in enumerate(changed):
         render(make_scene("val", i), size=100).save(path, quality=90)
@@ -102,7 +102,7 @@ def test_changed_files_and_only_those_are_re_encoded(folder, shapes_model):
     report = gallery.sync()
 
     assert (report.changed, report.encoded, report.unchanged) == (10, 10, 30)
-    assert dict(gallery._all("SELECT path, id FROM items")) == ids_before  # the same items, new embeddings
+    assert dict(gallery.db.all("SELECT path, id FROM items")) == ids_before  # the same items, new embeddings
     new = render(make_scene("val", 0), size=100)
     top = gallery.items(gallery.index.search(shapes_model.encode_images([new]), 1)[1][0])[0]
     assert folder / top.path == changed[0]
@@ -120,7 +120,7 @@ def test_deleted_files_disappear_and_renames_keep_their_embeddings(folder, shape
 
     assert (report.removed, report.renamed, report.encoded) == (10, 1, 0)
     assert len(gallery) == 30
-    paths = {p for (p,) in gallery._all("SELECT path FROM items")}
+    paths = {p for (p,) in gallery.db.all("SELECT path FROM items")}
     assert "renamed.jpg" in paths and not {str(p.relative_to(folder)) for p in files[:10]} & paths
     assert len(list((gallery.store / "thumbs").glob("*/*.jpg"))) == 30  # thumbnails of deleted files go too
 
@@ -177,7 +177,7 @@ def test_switching_models_keeps_the_embeddings_of_both(folder, shapes_model):
     Gallery(folder, shapes_model).sync()
     assert Gallery(folder, other).sync().encoded == 40
     assert Gallery(folder, shapes_model).sync().encoded == 0  # back again: nothing to redo
-    models = Gallery(folder, shapes_model)._all("SELECT model, COUNT(*) FROM vectors WHERE kind='image' GROUP BY model")
+    models = Gallery(folder, shapes_model).db.all("SELECT model, COUNT(*) FROM vectors WHERE kind='image' GROUP BY model")
     assert sorted(n for _, n in models) == [40, 40]
 
 
@@ -199,7 +199,7 @@ def test_kill_9_during_sync_then_sync_again_loses_and_duplicates_nothing(tmp_pat
 
     assert len(gallery) == len(files) == _count(store, "SELECT COUNT(*) FROM vectors WHERE kind='image'")
     assert report.encoded <= len(files) - done  # it resumed: what was committed before the kill stays
-    paths = [p for (p,) in gallery._all("SELECT path FROM items")]
+    paths = [p for (p,) in gallery.db.all("SELECT path FROM items")]
     assert len(paths) == len(set(paths)) == len(files)
 
 
@@ -233,7 +233,7 @@ def test_the_2000_jpeg_bar_counts(tmp_path, shapes_model):
     assert gallery.sync().encoded == 2000 and len(gallery) == 2000
     assert gallery.sync().encoded == 0
 
-    ids = dict(gallery._all("SELECT path, id FROM items"))
+    ids = dict(gallery.db.all("SELECT path, id FROM items"))
     rewritten = [f"{i:04d}.jpg" for i in range(0, 2000, 200)]
     for i, name in enumerate(rewritten):
         render(make_scene("val", i), size=64, supersample=1).save(folder / name, quality=85)
