@@ -61,14 +61,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(args: list[str], cache: Path, log: Path, root: Path = ROOT,
-              timeout: float = 900) -> tuple[subprocess.Popen, str, float]:
+def start_app(args: list[str], cache: Path, log: Path, root: Path = ROOT, timeout: float = 900,
+              env: dict | None = None) -> tuple[subprocess.Popen, str, float]:
     """`python root/app.py ARGS` on a free port, offline, its stores under `cache` and its output in `log`
-    (rewritten), with no `MBM_*` setting of this shell leaking in; waits until the page answers HTTP.
-    Returns the process, the page's URL and the seconds from the launch to the answer."""
+    (rewritten), with no `MBM_*` setting of this shell leaking in (but those of `env`); waits until the page answers
+    HTTP. Returns the process, the page's URL and the seconds from the launch to the answer; an app that exits or
+    does not answer in `timeout` is a SystemExit with the end of its log. The tests start their apps with it too."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MBM_")}
-    env.update(MBM_CACHE=str(cache), HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("MBM_")},
+           "MBM_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
     t0 = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *args], cwd=root, stdout=out,

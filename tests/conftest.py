@@ -8,17 +8,17 @@ import tempfile
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="mbm-test-hf-home-")
 
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import _synthetic  # noqa: E402  one way to start and stop app.py, shared with the benchmarks
+from _synthetic import free_port, stop_app  # noqa: E402, F401  (tests import them from here)
 
 
 @pytest.fixture(scope="session")
@@ -51,44 +51,16 @@ def run_mbm(*args: str, timeout: float = 600, wrapper: list[str] | None = None) 
                           text=True, timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_app(folder: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, Server]:
-    """`python app.py ARGS` on a free port with its own MBM_CACHE under `folder`, once it answers HTTP."""
-    port = free_port()
+    """`python app.py ARGS` on a free port with its own MBM_CACHE under `folder` (or `env`'s), once it answers HTTP:
+    the benchmarks' way (`benchmarks/_synthetic.start_app`), with a test failure instead of an exit."""
     cache = Path((env or {}).get("MBM_CACHE") or folder / "cache")
     log = folder / "app.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *args], cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1",
-                                                               "GRADIO_ANALYTICS_ENABLED": "False",
-                                                               "MBM_CACHE": str(cache), **(env or {})})
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"app.py exited early:\n{log.read_text()}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return proc, Server(url, cache, log, proc.pid)
-        except OSError:
-            if time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"app.py did not answer within 120 s:\n{log.read_text()}")
-            time.sleep(0.3)
-
-
-def stop_app(proc: subprocess.Popen) -> None:
-    proc.terminate()
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        proc, url, _ = _synthetic.start_app(list(args), cache, log, timeout=120, env=env)
+    except SystemExit as e:
+        pytest.fail(str(e))
+    return proc, Server(url, cache, log, proc.pid)
 
 
 @pytest.fixture(scope="session")
