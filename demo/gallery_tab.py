@@ -16,7 +16,7 @@ from mbm.gallery import Gallery
 from mbm.sessions import Session
 
 
-def describe(gallery: Gallery, own: bool) -> str:
+def gallery_line(gallery: Gallery, own: bool) -> str:
     kind = "your uploads (only you see them)" if own else "the server's gallery (read-only)"
     errors = len(gallery.errors())
     return (f"**Searching:** {kind}: `{gallery.root.name}`, **{len(gallery)}** images"
@@ -29,7 +29,7 @@ def _skipped_rows(skipped: list[tuple[str, str]]) -> list[list[str]]:
 
 
 def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
-    info = gr.Markdown(describe(page.engine.gallery, own=False), elem_id="gallery-info")
+    info = gr.Markdown(gallery_line(page.engine.gallery, own=False), elem_id="gallery-info")
     with gr.Row():
         with gr.Column():
             files = gr.File(label="Your images, or a .zip of them", file_count="multiple",
@@ -55,7 +55,7 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
         why = intake.skipped + [(p, e) for p, e in report.skipped]
         text = (f"{intake.summary()}; indexed {report.encoded} new images in {report.seconds:.1f} s. "
                 f"Your gallery now has **{len(gallery)}** searchable images.")
-        return session, describe(gallery, own=True), text, gr.Dataframe(value=_skipped_rows(why), visible=bool(why))
+        return session, gallery_line(gallery, own=True), text, gr.Dataframe(value=_skipped_rows(why), visible=bool(why))
 
     @friendly
     def index_folder(path: str, progress=gr.Progress()):
@@ -68,16 +68,16 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
                                                        progress=progress_of(progress), activate=False)
         except (FileNotFoundError, NotADirectoryError, PermissionError) as e:  # the owner's own path: say which
             raise gr.Error(str(e)) from None
-        return (Folder(page.engine, gallery.root, gallery.store), describe(gallery, own=True), report.summary(),
+        return (Folder(page.engine, gallery.root, gallery.store), gallery_line(gallery, own=True), report.summary(),
                 gr.Dataframe(value=_skipped_rows(report.skipped), visible=bool(report.skipped)))
 
     def use_server_gallery():
-        return None, describe(page.engine.gallery, own=False), "", gr.Dataframe(visible=False)
+        return None, gallery_line(page.engine.gallery, own=False), "", gr.Dataframe(visible=False)
 
     @friendly
     def gallery_info(choice: Session | Folder | None) -> str:
         """Which gallery this session searches, its size, model and index type."""
-        return describe(page.gallery(choice), own=choice is not None)
+        return gallery_line(page.gallery(choice), own=choice is not None)
 
     outputs = [choice, info, summary, skipped]
     index_button.click(index_uploads, files, outputs, api_name="index_uploads", concurrency_id="indexing",

@@ -12,7 +12,7 @@ from demo.common import Page, friendly
 from mbm.models import KNOWN_MODELS, is_cached
 
 
-def describe(page: Page) -> str:
+def model_line(page: Page) -> str:
     enc = page.engine.encoder
     return (f"**Active model:** `{enc.name}` · device **{enc.device}** · precision **{enc.precision}** · "
             f"{enc.embed_dim}-d embeddings · {enc.image_size}-px images · {enc.context_length}-token texts")
@@ -25,7 +25,7 @@ def _choices() -> list[tuple[str, str]]:
 
 
 def build(page: Page, header: gr.Markdown) -> None:
-    info = gr.Markdown(describe(page), elem_id="model-info")
+    info = gr.Markdown(model_line(page), elem_id="model-info")
     with gr.Row():
         picker = gr.Dropdown(_choices(), value=page.engine.encoder.name, allow_custom_value=True, scale=3,
                              label="Model (any open_clip ARCH:TAG, or a local checkpoint folder, also works)",
@@ -44,9 +44,9 @@ def build(page: Page, header: gr.Markdown) -> None:
         if not spec:
             raise gr.Error("Pick a model first.")
         if spec == page.engine.encoder.name:
-            return describe(page), page.header()
+            return model_line(page), page.header()
         progress(0.1, desc=f"loading {spec}")
         page.engine.use_model(spec, progress=lambda d, t, w: progress(0.3 + 0.7 * d / max(t, 1), desc=w))
-        return describe(page), page.header()
+        return model_line(page), page.header()
 
     button.click(load, picker, [info, header], api_name="load_model", concurrency_id="model", concurrency_limit=1)
