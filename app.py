@@ -24,7 +24,9 @@ LOOPBACK = {None, "127.0.0.1", "localhost", "::1"}
 log = logging.getLogger("mbm")
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_flags(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags, each defaulting to its `MBM_*` variable; read before the heavy imports, so `--help` and a bad flag
+    answer at once."""
     parser = argparse.ArgumentParser(description="mbm: a multimodal model demo")
     parser.add_argument("--model", default=None, help="model spec (default: $MBM_MODEL, a cached open_clip model, "
                                                       "or mbm-shapes)")
@@ -50,23 +52,27 @@ def main(argv: list[str] | None = None) -> None:
                         help="files one visitor's uploads may hold in all (default 2000)")
     parser.add_argument("--max-request-kb", type=float, default=float(os.environ.get("MBM_MAX_REQUEST_KB", 1024)),
                         help="largest request body other than an upload, in KB (default 1024)")
-    args = parser.parse_args(argv)  # before the heavy imports: `--help` and a bad flag answer at once
+    args = parser.parse_args(argv)
     numbers = ("queue_size", "max_upload_mb", "session_hours", "session_idle_minutes", "session_quota_mb",
                "session_max_files", "max_request_kb")
     if not all(getattr(args, name) > 0 for name in numbers):
         parser.error(", ".join("--" + name.replace("_", "-") for name in numbers) + " must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_flags(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     marks = [("python", START)]
     from starlette.middleware import Middleware
 
     from demo import build_demo  # Gradio, then mbm and PyTorch (the page's modules import the engine's)
-    from demo.server import LimitBody, OpenPages, is_open, share_queue_fairly
+    from demo.server import LimitBody, OpenPages, share_queue_fairly
     from mbm.engine import Engine, EngineConfig
     from mbm.errors import InputError, StoreDamagedError
     from mbm.gallery import GalleryLockedError
     from mbm.models import WeightsFileError, WeightsUnavailableError
-    from mbm.sessions import SessionSpace, sweep_periodically
     from mbm.uploads import Quota
     marks.append(("imports", time.perf_counter()))
     try:
@@ -77,14 +83,8 @@ def main(argv: list[str] | None = None) -> None:
             StoreDamagedError) as e:  # a bad --model or --gallery, damaged weights or store (the message names the
         sys.exit(f"error: {e}")  # file): a line for people, no traceback
     marks.append(("gallery", time.perf_counter()))
-    sessions = SessionSpace(engine.config.cache_path())  # this process's; other processes' living ones are theirs
-    close = lambda folder: engine.close_gallery(folder / "images")
-    swept = sessions.sweep_orphans(before_remove=close)  # left by processes that are gone
-    log.info("%d stale session folders removed", swept)
     pages = Counter()  # open heartbeat connections per session, counted by OpenPages
-    ttl, idle = args.session_hours * 3600, args.session_idle_minutes * 60
-    sweep_periodically(lambda: sessions.sweep(idle, ttl, lambda session: is_open(pages, session), close),
-                       every_s=min(3600.0, ttl / 4, idle / 2))
+    sessions = start_sessions(engine, args, pages)
     local = args.host in LOOPBACK and not args.share and not engine.config.on_space
     quota = Quota(max_bytes=int(args.session_quota_mb * 2**20), max_files=args.session_max_files)
     demo = build_demo(engine, local=local, sessions=sessions, quota=quota)
@@ -101,6 +101,20 @@ def main(argv: list[str] | None = None) -> None:
     atexit.register(sessions.close)  # visitors' uploads do not outlive the process that took them
     if not getattr(sys, "ps1", sys.flags.interactive):  # as launch() itself: a script keeps serving, a REPL goes on
         demo.block_thread()
+
+
+def start_sessions(engine, args: argparse.Namespace, pages: Counter):
+    """This process's `SessionSpace`: the spaces of processes that are gone are removed now, and its own sessions
+    are swept from now on (idle without an open page, or past --session-hours)."""
+    from demo.server import is_open
+    from mbm.sessions import SessionSpace, sweep_periodically
+    sessions = SessionSpace(engine.config.cache_path())  # this process's; other processes' living ones are theirs
+    close = lambda folder: engine.close_gallery(folder / "images")
+    log.info("%d stale session folders removed", sessions.sweep_orphans(before_remove=close))
+    ttl, idle = args.session_hours * 3600, args.session_idle_minutes * 60
+    sweep_periodically(lambda: sessions.sweep(idle, ttl, lambda session: is_open(pages, session), close),
+                       every_s=min(3600.0, ttl / 4, idle / 2))
+    return sessions
 
 
 if __name__ == "__main__":
