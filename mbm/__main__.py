@@ -278,14 +278,11 @@ def _gallery_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mbm", description="mbm: a multimodal model demo",
-                                     epilog=EXIT_CODES)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress of the library")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("models", help="list the models mbm knows by name").set_defaults(run=_models)
+def _flags_models(p: argparse.ArgumentParser) -> None:
+    """`models` takes no flags."""
 
-    p = sub.add_parser("train-clip", help="train the embedded CLIP-style model on the shapes world")
+
+def _flags_train_clip(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget (default 10)")
     p.add_argument("--steps", type=int, default=0, help="train exactly this many steps instead")
     p.add_argument("--out", required=True, help="folder for weights, config and MODEL_CARD.md")
@@ -299,55 +296,51 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", type=int, default=1000, help="held-out pairs for the final evaluation")
     p.add_argument("--zero-shot", type=int, default=500, help="single-object scenes for the final evaluation")
     _cli_world().add_train_flags(p)
-    p.set_defaults(run=_train_clip)
 
-    p = sub.add_parser("eval", help="retrieval recall and zero-shot accuracy on the shapes world")
+
+def _flags_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="mbm-shapes", help="model spec (default mbm-shapes)")
     p.add_argument("--device", default="auto")
     p.add_argument("--pairs", type=int, default=1000, help="held-out image-caption pairs per split")
     p.add_argument("--zero-shot", type=int, default=500, help="single-object scenes per split")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _cli_world().add_eval_flags(p)
-    p.set_defaults(run=_eval)
 
-    p = sub.add_parser("prepare-data", help="fetch (npm, apt), check and render the emoji concepts of mbm-world")
+
+def _flags_prepare_data(p: argparse.ArgumentParser) -> None:
     _cli_world().add_prepare_flags(p)
-    p.set_defaults(run=_prepare_data)
 
-    p = sub.add_parser("index", help="make a folder of images searchable (incremental; safe to interrupt)",
-                       epilog=EXIT_CODES)
+
+def _flags_index(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", help="the folder of images (searched recursively)")
     _store_flags(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a summary")
-    p.set_defaults(run=_index)
 
-    p = sub.add_parser("search", help="text->image, image->image or a weighted mix, in a gallery",
-                       description='QUERY may mix terms: 2 x "red circle" + @photo.jpg - 0.5 x blue + #12 '
-                                   "(@ an image file, # a gallery item id).", epilog=EXIT_CODES)
+
+def _flags_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("query", nargs="?", default=None, help='text or a query expression (optional with --image)')
     p.add_argument("--image", default=None, help="an image file to search with")
     p.add_argument("--image-weight", type=float, default=1.0, help="weight of --image against the text")
     p.add_argument("--more-like", type=int, default=None, metavar="ID", help="images like gallery item ID")
     p.add_argument("--threshold", type=float, default=None, help="drop results with a lower cosine score")
     _gallery_flags(p)
-    p.set_defaults(run=_search)
 
-    p = sub.add_parser("describe", help="image->text: rank the gallery's captions (or --texts) for an image",
-                       epilog=EXIT_CODES)
+
+def _flags_describe(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", help="an image file")
     p.add_argument("--texts", nargs="+", default=None, help="texts to rank instead of the gallery's captions")
     _gallery_flags(p)
-    p.set_defaults(run=_describe)
 
-    p = sub.add_parser("classify", help="zero-shot classification of an image among labels", epilog=EXIT_CODES)
+
+def _flags_classify(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", help="an image file")
     p.add_argument("--labels", nargs="+", required=True, help="labels, space- or comma-separated")
     p.add_argument("--templates", nargs="+", default=None, help='prompt templates with {} for the label')
     _model_flags(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(run=_classify)
 
-    p = sub.add_parser("train-fusion", help="train fused image+text heads (Shapes-VQA) over a frozen backbone")
+
+def _flags_train_fusion(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", default="all", help="concat, gated, attention, image-only, text-only, or all")
     p.add_argument("--backbone", default="mbm-shapes",
                    help="a ResNet CLIP spec (default mbm-shapes), or seednet: the seed's CNN + GRU from scratch")
@@ -358,33 +351,71 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-scenes", type=int, default=1000, help="test and held-out scenes for the table")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="folder for the heads (default assets/fusion/BACKBONE)")
-    p.set_defaults(run=_train_fusion)
 
-    p = sub.add_parser("eval-fusion", help="accuracy of trained fusion heads per strategy, question type, split")
+
+def _flags_eval_fusion(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heads", default=None, help="a folder written by train-fusion (default: the shipped heads of "
                                                  "mbm-shapes)")
     p.add_argument("--scenes", type=int, default=1000, help="test and held-out scenes")
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--record", action="store_true", help="write the measured table into the heads' heads.json")
-    p.set_defaults(run=_eval_fusion)
 
-    p = sub.add_parser("eval-late-fusion", help="zero-shot blended with a k-NN vote of labelled gallery images")
+
+def _flags_eval_late_fusion(p: argparse.ArgumentParser) -> None:
     _model_flags(p)
     p.add_argument("--per-class", type=int, default=20, help="labelled gallery images per shape")
     p.add_argument("--queries", type=int, default=500)
     p.add_argument("-k", type=int, default=10, help="neighbours that vote")
     p.add_argument("--split", default="heldout", help="where the queries come from (test or heldout)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(run=_eval_late_fusion)
 
-    p = sub.add_parser("make-gallery", help="write synthetic scenes with caption sidecars to a folder")
+
+def _flags_make_gallery(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="the folder to write")
     p.add_argument("-n", type=int, default=300, help="how many scenes (default 300)")
     p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     p.add_argument("--split", default="test", choices=("train", "val", "test", "heldout"),
                    help="which scenes (default test)")
-    p.set_defaults(run=_make_gallery)
+
+
+SEARCH_SYNTAX = ('QUERY may mix terms: 2 x "red circle" + @photo.jpg - 0.5 x blue + #12 (@ an image file, # a gallery '
+                 "item id).")
+# name: (what it does, the function adding its flags, the function running it, more add_parser settings)
+COMMANDS = {
+    "models": ("list the models mbm knows by name", _flags_models, _models, {}),
+    "train-clip": ("train the embedded CLIP-style model on the shapes world", _flags_train_clip, _train_clip, {}),
+    "eval": ("retrieval recall and zero-shot accuracy on the shapes world", _flags_eval, _eval, {}),
+    "prepare-data": ("fetch (npm, apt), check and render the emoji concepts of mbm-world", _flags_prepare_data,
+                     _prepare_data, {}),
+    "index": ("make a folder of images searchable (incremental; safe to interrupt)", _flags_index, _index,
+              {"epilog": EXIT_CODES}),
+    "search": ("text->image, image->image or a weighted mix, in a gallery", _flags_search, _search,
+               {"description": SEARCH_SYNTAX, "epilog": EXIT_CODES}),
+    "describe": ("image->text: rank the gallery's captions (or --texts) for an image", _flags_describe, _describe,
+                 {"epilog": EXIT_CODES}),
+    "classify": ("zero-shot classification of an image among labels", _flags_classify, _classify,
+                 {"epilog": EXIT_CODES}),
+    "train-fusion": ("train fused image+text heads (Shapes-VQA) over a frozen backbone", _flags_train_fusion,
+                     _train_fusion, {}),
+    "eval-fusion": ("accuracy of trained fusion heads per strategy, question type, split", _flags_eval_fusion,
+                    _eval_fusion, {}),
+    "eval-late-fusion": ("zero-shot blended with a k-NN vote of labelled gallery images", _flags_eval_late_fusion,
+                         _eval_late_fusion, {}),
+    "make-gallery": ("write synthetic scenes with caption sidecars to a folder", _flags_make_gallery, _make_gallery,
+                     {}),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mbm", description="mbm: a multimodal model demo",
+                                     epilog=EXIT_CODES)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress of the library")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (what, flags, run, settings) in COMMANDS.items():
+        command = sub.add_parser(name, help=what, **settings)
+        flags(command)
+        command.set_defaults(run=run)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
