@@ -177,7 +177,8 @@ def test_switching_models_keeps_the_embeddings_of_both(folder, shapes_model):
     Gallery(folder, shapes_model).sync()
     assert Gallery(folder, other).sync().encoded == 40
     assert Gallery(folder, shapes_model).sync().encoded == 0  # back again: nothing to redo
-    models = Gallery(folder, shapes_model).db.all("SELECT model, COUNT(*) FROM vectors WHERE kind='image' GROUP BY model")
+    models = Gallery(folder, shapes_model).db.all(
+        "SELECT model, COUNT(*) FROM vectors WHERE kind='image' GROUP BY model")
     assert sorted(n for _, n in models) == [40, 40]
 
 
