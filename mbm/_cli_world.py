@@ -22,11 +22,15 @@ def add_prepare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=64, help="side of the rendered emoji arrays in pixels (default 64)")
 
 
-def add_train_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--world", action="store_true",
-                   help="train mbm-world: widened shapes + emoji concepts (needs `prepare-data` first)")
+def _world_flags(p: argparse.ArgumentParser, world: str, holdout: str) -> None:
+    """--world, --cache and --holdout-style, which train-clip and eval share."""
+    p.add_argument("--world", action="store_true", help=f"{world} (needs `prepare-data` first)")
     p.add_argument("--cache", default=None, help="with --world: the cache prepare-data filled")
-    p.add_argument("--holdout-style", default="twemoji", help="with --world: the art style never trained on")
+    p.add_argument("--holdout-style", default="twemoji", help=f"with --world: {holdout}")
+
+
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    _world_flags(p, "train mbm-world: widened shapes + emoji concepts", "the art style never trained on")
     p.add_argument("--emoji-fraction", type=float, default=0.5, help="with --world: emoji share of each batch")
     p.add_argument("--width", type=int, default=32, help="with --world: image tower width")
     p.add_argument("--embed-dim", type=int, default=256, help="with --world: shared embedding size")
@@ -37,10 +41,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_eval_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--world", action="store_true",
-                   help="also emoji retrieval and shapes robustness (needs `prepare-data` first)")
-    p.add_argument("--cache", default=None, help="with --world: the cache prepare-data filled")
-    p.add_argument("--holdout-style", default="twemoji", help="with --world: the art style held out of training")
+    _world_flags(p, "also emoji retrieval and shapes robustness", "the art style held out of training")
     p.add_argument("--robust", type=int, default=200, help="with --world: single shapes per robustness row")
     p.add_argument("--card", action="store_true",
                    help="with --world and a model folder: write MODEL_CARD.md and metrics.json into it")
