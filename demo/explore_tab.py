@@ -7,7 +7,6 @@ comes from `mbm.explore` through the engine; this module only draws.
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import gradio as gr
@@ -30,7 +29,6 @@ from mbm.explore import (
 )
 from mbm.search import Query
 
-log = logging.getLogger(__name__)
 DEFAULT_QUERY = "a red circle"
 LAB_LABELS = "red, green, blue, yellow"
 
@@ -103,16 +101,13 @@ def draw_lab(lab: PromptLab) -> tuple[str, list[list], str]:
 
 
 def _or_note(fn, args: tuple, n_outputs: int, note: int) -> tuple:
-    """`fn(*args)`, or why not in output `note` with the other outputs left as they are: one view that cannot be
-    drawn must not blank the other three."""
+    """`fn(*args)` (a `friendly` view, so every failure arrives as a gr.Error, a bug's already logged), or why not in
+    output `note` with the other outputs left as they are: one view that cannot be drawn must not blank the other
+    three."""
     try:
         return fn(*args)
     except gr.Error as e:
-        message = e.message
-    except Exception:  # a bug: logged in full for the host, a short line for the class
-        log.exception("drawing %s failed", fn.__name__)
-        message = "This view could not be drawn (the server log says why); the others are fine."
-    return tuple(f"**{message}**" if i == note else gr.skip() for i in range(n_outputs))
+        return tuple(f"**{e.message}**" if i == note else gr.skip() for i in range(n_outputs))
 
 
 # ---------------------------------------------------------------- the tab
