@@ -4,6 +4,9 @@ Each repeat starts a new Python, so imports (torch, open_clip) are counted as a 
 A second fresh process per repeat takes the imports apart: torch, then `torch._dynamo` (which torchvision
 imports at its top, for `torchvision.ops`), torchvision, open_clip, then building the model; these are the
 seconds `python app.py` spends on the model before the page can answer (see benchmarks/bench_page.py).
+A third measures the refusal of an open_clip model that is not cached, on this machine's network with no
+`HF_HUB_OFFLINE` flag and an empty Hugging Face cache: the seconds from `create_model` to its error (issue 18's
+bar: < 2 s; huggingface_hub alone retries an unreachable hub for about a minute).
 Run: python benchmarks/bench_load.py [--repeats 7]
 """
 
@@ -16,6 +19,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +51,17 @@ marks.append(time.perf_counter())
 names = ["torch", "torch._dynamo", "torchvision", "open_clip", "create_model"]
 print(json.dumps({n: b - a for n, a, b in zip(names, marks, marks[1:])}))
 """
+REFUSE = """
+import time, json
+from mbm.models import WeightsUnavailableError, create_model
+import open_clip  # imported already when a page asks for another model
+t0 = time.perf_counter()
+try:
+    create_model("ViT-B-32:laion2b_s34b_b79k", device="cpu")
+except WeightsUnavailableError:
+    pass
+print(json.dumps({"refused": time.perf_counter() - t0}))
+"""
 PART_NAMES = {"torch": "import torch", "torch._dynamo": "+ torch._dynamo (torchvision.ops imports it)",
               "torchvision": "+ torchvision", "open_clip": "+ open_clip (and timm)",
               "create_model": "+ mbm.models, create_model (build, weights)"}
@@ -57,12 +72,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    child = lambda code: json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
-                                                    capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    runs, parts = [], []
-    for _ in range(args.repeats):  # interleaved, so that both see the same load
-        runs.append(child(CHILD))
-        parts.append(child(PARTS))
+    child = lambda code, environ=env: json.loads(subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=environ, check=True, capture_output=True, text=True,
+        timeout=300).stdout.strip().splitlines()[-1])
+    runs, parts, refusals = [], [], []
+    with tempfile.TemporaryDirectory() as empty:
+        online = {k: v for k, v in env.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+        for _ in range(args.repeats):  # interleaved, so that all see the same load
+            runs.append(child(CHILD))
+            parts.append(child(PARTS))
+            refusals.append(child(REFUSE, online | {"HF_HOME": empty})["refused"])
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU threads, Python {platform.python_version()}")
     for key in ("import", "create", "first_query", "total"):
         values = [r[key] for r in runs]
@@ -72,6 +91,8 @@ def main() -> None:
     for key, what in PART_NAMES.items():
         values = [r[key] for r in parts]
         print(f"{what:46} median {statistics.median(values):.2f} s  (min {min(values):.2f}, max {max(values):.2f})")
+    print(f"\nuncached ViT-B-32:laion2b_s34b_b79k refused, no offline flag: median {statistics.median(refusals):.2f} s "
+          f"(min {min(refusals):.2f}, max {max(refusals):.2f})")
 
 
 if __name__ == "__main__":

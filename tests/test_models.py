@@ -123,6 +123,7 @@ def test_open_clip_tag_offline_gives_one_clear_error(tiny_arch, monkeypatch):
 def test_open_clip_tag_loads_the_downloaded_weights(tiny_arch, monkeypatch, tmp_path):
     reference, weights = _tiny_weights(tmp_path / "hub")
     asked = []
+    monkeypatch.setattr("mbm.models._factory.hub_reachable", lambda url=None, timeout=1.0: True)
 
     def download(repo_id, filename, **kwargs):
         asked.append((repo_id, filename))
@@ -249,6 +250,66 @@ print(json.dumps({"dim": enc.embed_dim, "cached": is_cached("ViT-B-32:laion2b_s3
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["dim"] == got["emb"] == 512 and got["cached"] and got["default"] == "ViT-B-32:laion2b_s34b_b79k"
     assert got["differ"] == 0.0  # exactly the weights in the cache
+
+
+def _unreachable_hub(tmp_path) -> dict:
+    """A process environment whose hub endpoint is a closed port on loopback, with no offline flag: what a machine
+    without a network looks like to huggingface_hub, which would retry it for about a minute."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: connections are refused
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    return env | {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{port}"}
+
+
+def test_an_uncached_model_is_refused_at_once_when_the_hub_is_unreachable(tmp_path):
+    code = """
+import json
+from mbm.models import WeightsUnavailableError, create_model
+out = {}
+for spec in ("ViT-B-32:laion2b_s34b_b79k", "hf-hub:someone/nothing-cached"):
+    try:
+        create_model(spec, device="cpu")
+    except WeightsUnavailableError as e:
+        out[spec] = str(e)
+print(json.dumps(out))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env=_unreachable_hub(tmp_path))
+    assert out.returncode == 0, out.stderr
+    refused = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(refused) == {"ViT-B-32:laion2b_s34b_b79k", "hf-hub:someone/nothing-cached"}
+    assert all("not in the local cache" in m and "mbm-shapes" in m for m in refused.values())
+    assert "Retrying" not in out.stderr  # huggingface_hub was never asked to reach the hub
+
+
+def test_a_cached_hub_repo_loads_when_the_hub_is_unreachable(tmp_path):
+    """hf-hub:ORG/REPO in a real cache layout (config and weights in a snapshot), no offline flag set, the hub
+    refusing connections: the model loads from the cache, as it would on a laptop on a train."""
+    from mbm.train.clip import default_model_cfg
+    snapshot = tmp_path / "hf" / "hub" / "models--someone--tiny-clip" / "snapshots" / ("ab" * 20)
+    snapshot.mkdir(parents=True)
+    cfg = default_model_cfg()
+    (snapshot / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    torch.manual_seed(3)
+    model = open_clip.CLIP(**cfg)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(snapshot / "open_clip_model.safetensors"))
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("ab" * 20)
+    tokens = open_clip.SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])(["a red circle"])
+    want = model.encode_text(tokens, normalize=True)[0]
+    code = """
+import json
+from mbm.models import create_model
+enc = create_model("hf-hub:someone/tiny-clip", device="cpu")
+print(json.dumps(enc.encode_texts(["a red circle"])[0].tolist()))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env=_unreachable_hub(tmp_path))
+    assert out.returncode == 0, out.stderr
+    got = torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert torch.allclose(got, want.detach(), atol=1e-5)
 
 
 def test_the_tests_hugging_face_cache_is_their_own():

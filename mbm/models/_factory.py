@@ -106,27 +106,38 @@ def _local_dir(spec: Spec, device: torch.device):
 def _hf_hub(spec: Spec, device: torch.device):
     """A hub repository in open_clip's layout, read from the Hugging Face cache (downloaded once when online)."""
     import open_clip
+    from huggingface_hub import try_to_load_from_cache
+    config = try_to_load_from_cache(spec.name, "open_clip_config.json")
+    if not hub_reachable():
+        if not isinstance(config, str):
+            raise _unavailable(spec.text, ConnectionError("the hub cannot be reached"))
+        return _local_dir(Spec(spec.text, "local-dir", str(Path(config).parent)), device)  # the cached snapshot
     name = f"hf-hub:{spec.name}"
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
-    except (OSError, RuntimeError, ValueError) as e:  # offline with nothing cached, no such repo, a hub error
+    except (OSError, RuntimeError, ValueError) as e:  # no such repo, a hub error
         raise _unavailable(spec.text, e) from e
     return model, preprocess, open_clip.get_tokenizer(name)
 
 
 @register_loader("open_clip")
 def _open_clip(spec: Spec, device: torch.device):
-    """An open_clip architecture with one of its pretrained tags: the weights are resolved once (cache, else hub)."""
+    """An open_clip architecture with one of its pretrained tags: its weights from the Hugging Face cache with no
+    network at all, else downloaded once; refused at once when they are not cached and the hub is unreachable."""
     import open_clip
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
     pretrained_cfg = get_pretrained_cfg(_known_arch(spec), spec.tag)
     if not pretrained_cfg:
         raise InputError(f"unknown model {spec.text!r}: {spec.name} has no pretrained tag {spec.tag!r}; choose "
                          f"from {open_clip.list_pretrained_tags_by_model(spec.name)} or give a weights file")
-    try:  # a cache hit returns at once; a miss tries the hub
-        weights = Path(download_pretrained(pretrained_cfg))
-    except Exception as e:  # noqa: BLE001 - offline, DNS, HTTP, missing cache: one message for people
-        raise _unavailable(spec.text, e) from e
+    weights = _cached_weights(pretrained_cfg.get("hf_hub", ""))
+    if weights is None:
+        if not hub_reachable(pretrained_cfg.get("url") or None):
+            raise _unavailable(spec.text, ConnectionError("the hub cannot be reached"))
+        try:
+            weights = Path(download_pretrained(pretrained_cfg))
+        except Exception as e:  # noqa: BLE001 - DNS, HTTP, a hub error: one message for people
+            raise _unavailable(spec.text, e) from e
     return _checkpoint(Spec(spec.text, "checkpoint", spec.name, str(weights)), device)
 
 
@@ -158,16 +169,53 @@ def _unavailable(spec: str, e: Exception) -> WeightsUnavailableError:
 
 def is_cached(spec: str, cache_dir: str | None = None) -> bool:
     """True if an open_clip `ARCH:TAG`'s weights are already in the local Hugging Face cache (no network)."""
-    from huggingface_hub import try_to_load_from_cache
     from open_clip.pretrained import get_pretrained_cfg
     arch, _, tag = spec.partition(":")
     parsed = parse_spec(spec)
     hub = get_pretrained_cfg(arch, tag).get("hf_hub", "") if parsed and parsed.scheme == "open_clip" else ""
+    return _cached_weights(hub, cache_dir) is not None
+
+
+def _cached_weights(hub: str, cache_dir: str | None = None) -> Path | None:
+    """The cached weights file of an open_clip `hf_hub` entry ("org/name/" or "org/name/file"), or None."""
+    from huggingface_hub import try_to_load_from_cache
     if not hub:
-        return False
+        return None
     repo_id, filename = os.path.split(hub)  # "org/name/" -> open_clip's default file names
     names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-    return any(isinstance(try_to_load_from_cache(repo_id, name, cache_dir=cache_dir), str) for name in names)
+    found = (try_to_load_from_cache(repo_id, name, cache_dir=cache_dir) for name in names)
+    return next((Path(f) for f in found if isinstance(f, str)), None)
+
+
+def hub_reachable(url: str | None = None, timeout: float = 1.0) -> bool:
+    """Whether the model hub (or `url`'s host, or the proxy in between) accepts a connection within `timeout`
+    seconds. huggingface_hub retries an unreachable host for about a minute; this asks once. False in
+    `HF_HUB_OFFLINE` mode. Name lookup runs in a daemon thread, so a resolver that hangs cannot hold the caller."""
+    import socket
+    import threading
+    import urllib.parse
+    import urllib.request
+
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE:
+        return False
+    target = urllib.parse.urlsplit(url or constants.ENDPOINT)
+    proxy = urllib.request.getproxies().get(target.scheme)
+    if proxy and not urllib.request.proxy_bypass(target.hostname or ""):
+        target = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    port = target.port or (443 if target.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((target.hostname, port), timeout=timeout).close()
+            result.append(True)
+        except (OSError, ValueError, TypeError):
+            result.append(False)
+    worker = threading.Thread(target=connect, name="mbm-hub-probe", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(result and result[0])
 
 
 def default_model(on_space: bool, cache_dir: str | None = None) -> str:
