@@ -58,6 +58,13 @@ class Page:
                 f"({enc.precision}), {enc.embed_dim}-d embeddings.{note}")
 
 
+def searching_line(gallery: Gallery, choice: Session | Folder | None) -> str:
+    """One line saying which gallery a visitor's searches go to, and how many images it holds."""
+    whose = ("the server's gallery" if choice is None else "your uploads" if isinstance(choice, Session)
+             else f"your folder `{gallery.root.name}`")
+    return f"Searching **{whose}** ({len(gallery):,} images) · change it in the Gallery tab"
+
+
 @dataclass(frozen=True)
 class Folder:
     """A folder of the host, indexed by path by the page's owner (local pages only)."""
@@ -77,7 +84,7 @@ def read_image(path: str | Path | Image.Image | None, name: str | None = None) -
     try:
         return load_image(path, name=name or Path(path).name)
     except ImageError as e:
-        raise gr.Error(_unreadable(e)) from None
+        raise quiet(gr.Error(_unreadable(e)), "reading an image") from None
 
 
 def read_drawing(value: dict | None, missing: str) -> Image.Image:
@@ -86,7 +93,7 @@ def read_drawing(value: dict | None, missing: str) -> Image.Image:
     composite = (value or {}).get("composite") if isinstance(value, dict) else None
     image = read_image(composite, "your drawing") if composite else None
     if image is None or image.convert("L").getextrema()[0] >= 250:  # nothing darker than the paper
-        raise gr.Error(missing)
+        raise quiet(gr.Error(missing), "reading an image")
     return image
 
 
@@ -100,16 +107,26 @@ BUG = ("Something went wrong on the server: this is a bug in mbm, and it has bee
 
 def friendly(fn):
     """Errors meant for people become a gr.Error that says what to do (`message_for`); nothing reaches the page as a
-    traceback, and no message names a path of the server unless the page is the owner's own."""
+    traceback, and no message names a path of the server unless the page is the owner's own. The server's log gets
+    one line per refusal (a real bug still gets its traceback, from `message_for`)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
+        except gr.Error as e:
+            raise quiet(e, fn.__name__) from None
         except Exception as e:
-            raise gr.Error(message_for(e, fn.__name__)) from None
+            raise quiet(gr.Error(message_for(e, fn.__name__)), fn.__name__) from None
     return wrapper
+
+
+def quiet(error: gr.Error, where: str) -> gr.Error:
+    """`error` logged as one line, and told not to make Gradio's queue print its traceback: a visitor's mistake
+    is not the server's, and a page under a classroom's hands would otherwise fill the log with tracebacks."""
+    error.print_exception = False
+    first = (str(error.message or "").splitlines() or [""])[0][:300]
+    logging.getLogger("mbm.page").info("refused in %s: %s", where, first)
+    return error
 
 
 def message_for(e: Exception, where: str = "a handler") -> str:
@@ -138,7 +155,7 @@ def text(value, what: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise gr.Error(f"{what} must be text, not {type(value).__name__}.")
+        raise quiet(gr.Error(f"{what} must be text, not {type(value).__name__}."), what)
     return value
 
 
@@ -152,5 +169,5 @@ def number(value, what: str, lo: float, hi: float, integer: bool = False) -> flo
         x = None
     if isinstance(value, bool) or x is None or not lo <= x <= hi:  # NaN fails every comparison
         shown = repr(value) if not isinstance(value, str) else f"'{value[:20]}{'…' if len(value) > 20 else ''}'"
-        raise gr.Error(f"{what} must be {kind} between {lo:g} and {hi:g}, not {shown}.")
+        raise quiet(gr.Error(f"{what} must be {kind} between {lo:g} and {hi:g}, not {shown}."), what)
     return round(x) if integer else x

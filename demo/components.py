@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from demo.common import number, read_image
+from demo.common import number, quiet, read_image
 
 
 class Slider(gr.Slider):
@@ -44,8 +44,8 @@ class Drawing(gr.ImageEditor):
         try:
             return super().preprocess(payload)
         except Exception as e:  # a script's file that is not a picture, or a decompression bomb
-            raise gr.Error(f"That drawing could not be read ({type(e).__name__}). Draw on the canvas, or send a PNG "
-                           "as the drawing's composite.") from None
+            raise quiet(gr.Error(f"That drawing could not be read ({type(e).__name__}). Draw on the canvas, or send "
+                                 "a PNG as the drawing's composite."), "a drawing") from None
 
 
 class Picture(gr.Image):

@@ -731,3 +731,25 @@ def test_a_visitors_prompts_per_minute_are_bounded(server):
         assert len(label["confidences"]) == 5
     finally:
         other.close()
+
+
+def test_a_refusal_is_one_line_in_the_server_log_not_a_traceback(server, tmp_path):
+    """A classroom's mistakes (an empty query, a slider sent as text, a file that is no image) each leave one line
+    in the log: a log full of tracebacks for visitors' typos hides the one that is a bug."""
+    client = Client(server.url, verbose=False)
+    before = server.log.stat().st_size
+    not_image = tmp_path / "notes.png"
+    not_image.write_bytes(b"this is text, not a picture")
+    picture = handle_file(str(not_image))
+    for args, api, says in [(("", None, 1.0, 5, 0.0), "/search", "Type what you are looking for"),
+                            (("a red circle", None, 1.0, "many", 0.0), "/search", "must be a whole number"),
+                            ((picture, "circle\nsquare", "a {}."), "/classify", "could not be read")]:
+        with pytest.raises(AppError, match=says):
+            client.predict(*args, api_name=api)
+    with open(server.log, "rb") as f:
+        f.seek(before)
+        written = f.read().decode(errors="replace")
+    assert "Traceback" not in written
+    refused = [line for line in written.splitlines() if "refused in" in line]
+    assert len(refused) == 3 and all(len(line) < 400 for line in refused), written[-2000:]
+    assert any("Type what you are looking for" in line for line in refused)
