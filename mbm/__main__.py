@@ -63,6 +63,7 @@ def _index(args) -> int:
     engine = _engine(args, gallery=args.folder)
     gallery = engine.gallery  # opening it syncs it
     report = engine.last_sync
+    shipped = gallery.write_shipped_vectors() if args.ship_vectors else None
     if args.json:
         print(json.dumps({**{k: v for k, v in report.__dict__.items() if k != "skipped"},
                           "items": len(gallery), "skipped": [dict(path=p, error=e) for p, e in report.skipped],
@@ -72,6 +73,8 @@ def _index(args) -> int:
     print(report.summary())
     for path, error in report.skipped:
         print(f"  skipped {path}: {error}")
+    if shipped:
+        print(f"vectors for {engine.encoder.key} written to {shipped}")
     return 0
 
 
@@ -152,6 +155,8 @@ def _flags_index(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", help="the folder of images (searched recursively)")
     _store_flags(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a summary")
+    p.add_argument("--ship-vectors", action="store_true",
+                   help="also write FOLDER/.vectors/<model>.npz, so a copy of the folder indexes without the model")
 
 
 def _flags_search(p: argparse.ArgumentParser) -> None:

@@ -1,13 +1,20 @@
 """The sync half of a `Gallery`: reconcile the store with the folder (new, changed, renamed, deleted files), then
 embed what the current model lacks, one committed batch at a time, so a sync killed at any moment resumes where it
-stopped. Decoding runs on every core ahead of the encoder."""
+stopped. Decoding runs on every core ahead of the encoder.
+
+A folder may ship its embeddings for a model (`ROOT/.vectors/<model>.npz`, written by `write_shipped_vectors`, i.e.
+`python -m mbm index FOLDER --ship-vectors`): an image whose bytes (SHA-256) and a caption whose text are in it, for
+exactly these weights (`Encoder.key`), takes its vector from there instead of the model. The built-in gallery ships
+them for the embedded models, so a first start decodes its thumbnails but encodes nothing."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import re
 import time
+import zipfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +36,18 @@ from mbm.data.images import (
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]  # (done, total, what) -> None
 THUMB_SIZE = 256  # the side of a cached thumbnail, in pixels
+SHIPPED = ".vectors"  # ROOT/SHIPPED/<model>.npz: the embeddings a folder ships for a model
+
+
+@dataclass
+class Shipped:
+    """Vectors a folder ships for the current weights: by image SHA-256 and by caption text."""
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+    captions: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def shipped_path(root: Path, model_name: str) -> Path:
+    return root / SHIPPED / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', model_name)}.npz"
 
 
 @dataclass
@@ -40,13 +59,15 @@ class SyncReport:
     removed: int = 0
     unchanged: int = 0
     encoded: int = 0  # images embedded in this run
+    reused: int = 0  # of those, the ones whose vector came from the folder's shipped vectors
     captions_encoded: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
     def summary(self) -> str:
         return (f"{self.added} added, {self.changed} changed, {self.renamed} renamed, {self.removed} removed, "
-                f"{self.unchanged} unchanged; {self.encoded} images encoded, {len(self.skipped)} skipped "
+                f"{self.unchanged} unchanged; {self.encoded} images encoded"
+                f"{f' ({self.reused} from shipped vectors)' if self.reused else ''}, {len(self.skipped)} skipped "
                 f"in {self.seconds:.1f} s")
 
 
@@ -70,9 +91,10 @@ class Syncing:
         with self._sync_lock:  # one sync at a time; searches go on between its committed batches
             found, unreadable = self._scan()
             self._reconcile(found, unreadable, report)
+            shipped = self._shipped()
             self._encode_images(report, progress, batch_size or self.encoder.image_batch,
-                                workers or min(8, os.cpu_count() or 2))
-            self._encode_captions(report, progress)
+                                workers or min(8, os.cpu_count() or 2), shipped.images)
+            self._encode_captions(report, progress, shipped.captions)
             report.skipped = [*unreadable.items(), *((i.path, i.error) for i in self.errors())]
             self.index  # noqa: B018 - build and save it now, not during the first query
         report.seconds = time.perf_counter() - start
@@ -167,12 +189,55 @@ class Syncing:
         db.execute("DELETE FROM vectors WHERE item_id=? AND kind='image'", (item_id,))  # for every model
         report.changed += 1
 
-    def _encode_images(self, report: SyncReport, progress: Progress | None, batch_size: int, workers: int) -> None:
+    def _shipped(self) -> Shipped:
+        """The folder's shipped vectors for these weights; none if there are none, they are for other weights (the
+        model was retrained), or the file is not what `write_shipped_vectors` writes (then a warning)."""
+        path = shipped_path(self.root, self.encoder.name)
+        if not path.is_file():
+            return Shipped()
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["model"]) != self.encoder.key:
+                    log.info("%s holds vectors of other weights than %s: not used", path, self.encoder.key)
+                    return Shipped()
+                shas, images, texts, captions = z["sha256"], z["images"], z["captions"], z["caption_vectors"]
+            dim = self.encoder.embed_dim
+            if images.shape != (len(shas), dim) or captions.shape != (len(texts), dim) or not (
+                    np.isfinite(images).all() and np.isfinite(captions).all()):
+                raise ValueError("arrays of the wrong shape, or not finite")
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:  # damaged or foreign: not used
+            log.warning("ignoring %s: %s", path, e)
+            return Shipped()
+        return Shipped(dict(zip(shas.tolist(), images.astype(np.float32))),
+                       dict(zip(texts.tolist(), captions.astype(np.float32))))
+
+    def write_shipped_vectors(self) -> Path:
+        """Write `ROOT/.vectors/<model>.npz`: this store's vectors for the current weights, by image content and
+        caption text, for a copy of this folder to start from (see the module's docstring). Sync first."""
+        key = self.encoder.key
+        images = self.db.all("SELECT i.sha256, v.vector FROM items i JOIN vectors v ON v.item_id=i.id "
+                             "WHERE v.model=? AND v.kind='image' AND i.sha256 IS NOT NULL ORDER BY i.id", (key,))
+        captions = self.db.all("SELECT i.caption, v.vector FROM items i JOIN vectors v ON v.item_id=i.id "
+                               "WHERE v.model=? AND v.kind='caption' ORDER BY i.id", (key,))
+        captions = list(dict(captions).items())  # one row per distinct caption
+        as_matrix = lambda rows: np.stack([np.frombuffer(v, np.float32) for _, v in rows]) if rows else \
+            np.zeros((0, self.encoder.embed_dim), np.float32)
+        path = shipped_path(self.root, self.encoder.name)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, model=np.array(key), sha256=np.array([s for s, _ in images], dtype=str),
+                 images=as_matrix(images), captions=np.array([c for c, _ in captions], dtype=str),
+                 caption_vectors=as_matrix(captions))
+        os.replace(tmp, path)
+        return path
+
+    def _encode_images(self, report: SyncReport, progress: Progress | None, batch_size: int, workers: int,
+                       shipped: dict[str, np.ndarray]) -> None:
         todo = self.db.all("SELECT id, path FROM items WHERE error IS NULL AND id NOT IN "
                          "(SELECT item_id FROM vectors WHERE model=? AND kind='image') ORDER BY id",
                          (self.encoder.key,))
         draft = max(THUMB_SIZE, self.encoder.image_size)
-        decode = lambda row: self._decode(row, draft)
+        decode = lambda row: self._decode(row, draft, shipped)
         done = 0
         with ThreadPoolExecutor(workers, thread_name_prefix="mbm-decode") as pool:
             if self.encoder.device.type == "cpu":
@@ -188,8 +253,8 @@ class Syncing:
                 if progress:
                     progress(done, len(todo), "encoding images")
 
-    def _decode(self, row: tuple[int, str], draft: int) -> dict:
-        """In a worker thread: read, hash, decode, thumbnail and transform one file."""
+    def _decode(self, row: tuple[int, str], draft: int, shipped: dict[str, np.ndarray]) -> dict:
+        """In a worker thread: read, hash, decode, thumbnail and transform one file (or take its shipped vector)."""
         item_id, path = row
         try:
             data = (self.root / path).read_bytes()
@@ -202,13 +267,18 @@ class Syncing:
             # the model sees no more than image_size pixels: transform the thumbnail when it is big enough
             source = small if min(small.size) >= self.encoder.image_size else image
             full_size = image.info.get("full_size", image.size)  # the draft may have decoded fewer pixels
+            if sha in shipped:
+                return dict(id=item_id, sha=sha, size=full_size, vector=shipped[sha])
             return dict(id=item_id, sha=sha, size=full_size, pixels=self.encoder.prepare(source))
         except (ImageError, OSError) as e:
             return dict(id=item_id, error=str(e) if isinstance(e, ImageError) else f"{path}: {e.strerror or e}")
 
     def _store_batch(self, batch: list[dict], report: SyncReport) -> None:
         good = [d for d in batch if "error" not in d]
-        vecs = self.encoder.encode_pixels(_stack([d["pixels"] for d in good]), len(good)) if good else []
+        new = [d for d in good if "pixels" in d]
+        for d, v in zip(new, self.encoder.encode_pixels(_stack([d["pixels"] for d in new]), len(new)) if new else []):
+            d["vector"] = v
+        vecs = [d["vector"] for d in good]
         with self.db.transaction() as db:
             for d, v in zip(good, vecs):
                 db.execute("UPDATE items SET sha256=?, width=?, height=?, error=NULL WHERE id=?",
@@ -220,14 +290,18 @@ class Syncing:
                     db.execute("UPDATE items SET error=? WHERE id=?", (d["error"], d["id"]))
             self.db.bump(db)
         report.encoded += len(good)
+        report.reused += len(good) - len(new)
 
-    def _encode_captions(self, report: SyncReport, progress: Progress | None, batch_size: int = 256) -> None:
+    def _encode_captions(self, report: SyncReport, progress: Progress | None, shipped: dict[str, np.ndarray],
+                         batch_size: int = 256) -> None:
         todo = self.db.all("SELECT id, caption FROM items WHERE error IS NULL AND id NOT IN "
                          "(SELECT item_id FROM vectors WHERE model=? AND kind='caption') ORDER BY id",
                          (self.encoder.key,))
         for start in range(0, len(todo), batch_size):
             rows = todo[start:start + batch_size]
-            vecs = self.encoder.encode_texts([caption for _, caption in rows])
+            new = [caption for _, caption in rows if caption not in shipped]
+            encoded = dict(zip(new, self.encoder.encode_texts(new))) if new else {}
+            vecs = [shipped[c] if c in shipped else encoded[c] for _, c in rows]
             with self.db.transaction() as db:
                 db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, 'caption', ?)",
                                [(i, self.encoder.key, v.tobytes()) for (i, _), v in zip(rows, vecs)])

@@ -182,6 +182,76 @@ def test_switching_models_keeps_the_embeddings_of_both(folder, shapes_model):
     assert sorted(n for _, n in models) == [40, 40]
 
 
+class _Counting:
+    """The encoder, counting the images and texts it is asked to embed."""
+
+    def __init__(self, encoder):
+        self.encoder, self.images, self.texts = encoder, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
+
+    def encode_pixels(self, pixels, batch_size=None):
+        self.images += len(pixels)
+        return self.encoder.encode_pixels(pixels, batch_size)
+
+    def encode_texts(self, texts, batch_size=None):
+        self.texts += len(texts)
+        return self.encoder.encode_texts(texts, batch_size)
+
+
+def test_a_copy_of_a_folder_with_shipped_vectors_indexes_without_the_model(folder, shapes_model, tmp_path):
+    """What the built-in gallery does at a first start: the vectors come from the folder, for the same bytes and
+    the same weights only; a changed file, other weights or a damaged vectors file fall back to the model."""
+    import shutil
+    original = Gallery(folder, shapes_model, store=tmp_path / "store-a")
+    original.sync()
+    shipped = original.write_shipped_vectors()
+    assert shipped == folder / ".vectors" / "mbm-shapes.npz"
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    counting = _Counting(shapes_model)
+    report = Gallery(copy, counting, store=tmp_path / "store-b").sync()
+    assert (report.encoded, report.reused, counting.images, counting.texts) == (40, 40, 0, 0)
+    query = shapes_model.encode_texts(["a red circle"])
+    ranked = lambda g: [(it.path, round(s, 5)) for it, s in zip(g.items(g.index.search(query, 10)[1][0]),
+                                                                  g.index.search(query, 10)[0][0])]
+    assert ranked(Gallery(copy, shapes_model, store=tmp_path / "store-b")) == ranked(original)
+
+    render(make_scene("val", 3), size=100).save(originals(copy)[0], quality=90)  # new bytes: its own vector
+    shutil.rmtree(tmp_path / "store-b")
+    counting = _Counting(shapes_model)
+    report = Gallery(copy, counting, store=tmp_path / "store-b").sync()
+    assert (report.encoded, report.reused, counting.images) == (40, 39, 1)
+
+    other = _Counting(shapes_model)
+    other.key = "mbm-shapes#retrained"  # the same name, other weights: the shipped vectors do not apply
+    assert Gallery(copy, other, store=tmp_path / "store-c").sync().reused == 0 and other.images == 40
+
+    shipped_copy = copy / ".vectors" / "mbm-shapes.npz"
+    shipped_copy.write_bytes(shipped_copy.read_bytes()[:500])  # damaged: ignored, everything embedded
+    counting = _Counting(shapes_model)
+    assert Gallery(copy, counting, store=tmp_path / "store-d").sync().reused == 0 and counting.images == 40
+
+
+def test_the_built_in_gallery_ships_the_vectors_of_the_embedded_models(shapes_model):
+    """Retraining a model or changing a gallery file without `index --ship-vectors` would make every first start
+    index again: the shipped vectors must be those of the weights in assets/ and cover every file."""
+    from mbm.models import create_model
+    from mbm.models._registry import EMBEDDED
+    from mbm.sync import SHIPPED
+    gallery = ROOT / "assets" / "gallery"
+    files = {hashlib.sha256(p.read_bytes()).hexdigest() for p in gallery.rglob("*")
+             if p.suffix.lower() in (".png", ".jpg") and SHIPPED not in p.parts}
+    shipped = sorted((gallery / SHIPPED).glob("*.npz"))
+    assert EMBEDDED in [p.stem for p in shipped]  # the model a fresh `python app.py` serves
+    for path in shipped:
+        encoder = shapes_model if path.stem == "mbm-shapes" else create_model(path.stem, device="cpu")
+        with np.load(path, allow_pickle=False) as z:
+            assert str(z["model"]) == encoder.key, f"{path.name} is stale: python -m mbm index ... --ship-vectors"
+            assert set(z["sha256"].tolist()) == files
+
+
 def test_kill_9_during_sync_then_sync_again_loses_and_duplicates_nothing(tmp_path, shapes_model):
     folder = tmp_path / "big"
     files = write_folder(folder, 400, size=(600, 900), sidecars=False)
