@@ -3,10 +3,13 @@
     python benchmarks/bench_page.py [--starts 5] [--queries 50] [--model mbm-shapes] [--baseline DIR]
 
 Cold start: `python app.py` in a fresh process until the page answers HTTP and then until its first
-`/search` answers through `gradio_client` (a new client: it reads the page's API first, as a script does),
-with the gallery store already cached (the usual case; median of `--starts`) and, once, with an empty cache
-(the very first start, which indexes the built-in gallery). The app's own log line ("page served in ...")
-gives the breakdown: imports, model, gallery, page (building the Blocks), server (launch).
+`/search` answers through `gradio_client` (a new client: it reads the page's API first, as a script does).
+Each round starts it twice: first with an empty cache (a fresh install's first start: the built-in gallery is
+synced from its shipped vectors), then with that cache (the usual start); and, before them, a bare
+`python -c "import gradio, torch, open_clip, faiss"`, the floor any such page stands on. Reported: medians of
+the rounds and the ratio of each start to the bare import (issue 18's bar: a first start within 1.25x). The
+app's own log line ("page served in ...") gives the breakdown: imports, model, gallery, page (building the
+Blocks), server (launch).
 
 `--baseline DIR` also starts `DIR/app.py` (another checkout, e.g. `git archive <commit> | tar -x -C DIR`),
 interleaved with this one start by start, so that both are measured under the same load; each gets its own
@@ -89,6 +92,16 @@ def start(root: Path, cache: Path, model: str) -> tuple[subprocess.Popen, str, d
     return proc, url, {"http": t_http, "cpu": cpu, "search": t_search, "phases": phases}
 
 
+BARE = "import gradio, torch, open_clip, faiss"
+
+
+def bare_import() -> float:
+    """Wall seconds of a fresh Python that imports what the page needs and exits, as app.py's start is timed."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", BARE], check=True, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    return time.perf_counter() - t0
+
+
 def spread(values: list[float | None]) -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -98,16 +111,16 @@ def spread(values: list[float | None]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
-def report(name: str, runs: list[dict]) -> None:
-    first, warm = runs[0], runs[1:]
-    print(f"| {name}: first ever (empty cache: indexes the gallery) | {first['http']:.2f} | {spread([first['cpu']])} "
-          f"| {first['search']:.2f} |")
-    print(f"| {name}: cached gallery, median of {len(warm)} (min-max) | {spread([r['http'] for r in warm])} | "
-          f"{spread([r['cpu'] for r in warm])} | {spread([r['search'] for r in warm])} |")
+def report(name: str, runs: list[dict], bare: float) -> None:
+    for kind, what in (("first", "first start (empty cache)"), ("cached", "cached gallery")):
+        rows = [r[kind] for r in runs]
+        ratio = statistics.median(r["search"] for r in rows) / bare
+        print(f"| {name}: {what}, median of {len(rows)} (min-max) | {spread([r['http'] for r in rows])} | "
+              f"{spread([r['cpu'] for r in rows])} | {spread([r['search'] for r in rows])} | {ratio:.2f}x |")
 
 
 def breakdown(name: str, runs: list[dict]) -> None:
-    phases = [r["phases"] for r in runs[1:] if r["phases"]]
+    phases = [r["cached"]["phases"] for r in runs if r["cached"]["phases"]]
     if not phases:
         print(f"- {name}: no breakdown (its app.py does not log one)")
         return
@@ -118,7 +131,7 @@ def breakdown(name: str, runs: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--starts", type=int, default=5, help="starts with the cached gallery, per checkout")
+    parser.add_argument("--starts", type=int, default=5, help="rounds: a bare import, a first and a cached start")
     parser.add_argument("--queries", type=int, default=50)
     parser.add_argument("--model", default="mbm-shapes")
     parser.add_argument("--baseline", type=Path, default=None, help="another checkout to start, interleaved")
@@ -130,12 +143,18 @@ def main() -> None:
     print(f"machine: {machine()}; model {args.model}")
     print(f"before: {load()}\n")
     runs: dict[str, list[dict]] = {name: [] for name in roots}
-    for i in range(args.starts + 1):  # the first start of each has an empty cache
+    bare: list[float] = []
+    for i in range(args.starts):
+        bare.append(bare_import())
         for name, root in roots.items():
-            proc, url, run = start(root, caches[name], args.model)
+            shutil.rmtree(caches[name], ignore_errors=True)
+            caches[name].mkdir()
+            run = {}
+            for kind in ("first", "cached"):
+                proc, url, run[kind] = start(root, caches[name], args.model)
+                if not (i == args.starts - 1 and name == "this" and kind == "cached"):
+                    stop_app(proc)
             runs[name].append(run)
-            if not (i == args.starts and name == "this"):
-                stop_app(proc)
     lat = {}
     for download in (False, True):  # the answer alone, and with the 12 result images fetched one by one
         client, lat[download] = Client(url, verbose=False, download_files=download), []
@@ -144,19 +163,21 @@ def main() -> None:
             client.predict(q, None, 1.0, 12, 0.0, api_name="/search")
             lat[download].append((time.perf_counter() - t) * 1000)
     stop_app(proc)
-    print("| start | page answers HTTP (s) | app.py's CPU time by then (s) | first /search answered (s) |\n"
-          "|---|---:|---:|---:|")
+    floor = statistics.median(bare)
+    print(f"bare `{BARE}` in a fresh Python: median {spread(bare)} s\n")
+    print("| start | page answers HTTP (s) | app.py's CPU time by then (s) | first /search answered (s) | "
+          "/ bare import |\n|---|---:|---:|---:|---:|")
     for name in reversed(roots):
-        report(name, runs[name])
+        report(name, runs[name], floor)
     print("\nWhere a start goes (the app's own log line; 'in process' is from app.py's first line to the server "
           "answering, so the HTTP time above adds the interpreter's own start):")
     for name in reversed(roots):
         breakdown(name, runs[name])
     if args.baseline:
-        med = lambda name, key: statistics.median(r[key] for r in runs[name][1:] if r[key] is not None)
+        med = lambda name, key: statistics.median(r["cached"][key] for r in runs[name])
         ratios = [f"{what} {med('baseline', key) / med('this', key):.2f}x" for key, what in
                   (("http", "page answers HTTP"), ("search", "first /search answered"), ("cpu", "CPU time"))
-                  if all(r[key] is not None for r in runs["baseline"][1:] + runs["this"][1:])]
+                  if all(r["cached"][key] is not None for r in runs["baseline"] + runs["this"])]
         print(f"- baseline / this, medians of the cached starts: {', '.join(ratios)}")
     print(f"\n/search through gradio_client, {args.queries} text queries, k=12, built-in gallery:")
     for download, ms in lat.items():
