@@ -87,13 +87,15 @@ class Intake:
 
     added: list[Path] = field(default_factory=list)  # files written into dest: images and their captions
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name as the person gave it, why not taken)
+    already: list[str] = field(default_factory=list)  # names whose same bytes the folder holds under that name
 
     def summary(self) -> str:
-        """One line for people, e.g. "3 images added with 1 caption, 2 skipped"."""
+        """One line for people, e.g. "3 images added with 1 caption, 1 already there, 2 skipped"."""
         images = sum(p.suffix.lower() in IMAGE_SUFFIXES for p in self.added)
         captions = len(self.added) - images
         text = _plural(images, "image") + " added" + (f" with {_plural(captions, 'caption')}" if captions else "")
-        return f"{text}, {len(self.skipped)} skipped"
+        there = f", {len(self.already)} already there" if self.already else ""
+        return f"{text}{there}, {len(self.skipped)} skipped"
 
 
 class _Refused(Exception):
@@ -161,9 +163,9 @@ class _Batch:
                                    "close the page to start again")
         elif path := self._save(image, self.limits.max_file_bytes):
             self.images += 1
-        if image.caption is not None and path is None:
+        if image.caption is not None and path is None and image.shown not in self.intake.already:
             self.skip(image.caption.shown, "the caption of an image that was not added")
-        elif image.caption is not None:
+        elif image.caption is not None and path is not None:
             self._save(image.caption, MAX_CAPTION_BYTES, path.with_suffix(".txt"))
 
     def _save(self, item: _Item, cap: int, target: Path | None = None) -> Path | None:
@@ -171,7 +173,8 @@ class _Batch:
         try:
             if reason := self._refusal(item, cap):
                 raise _Refused(reason)
-            target = target or self._target(item)
+            if target is None and self._is_copy(item, target := self._target(item)):
+                return None
             self._write(item, target, cap)
         except _Refused as exc:
             self.skip(item.shown, str(exc))
@@ -219,6 +222,20 @@ class _Batch:
                 taken.add(candidate)
                 return folder / (candidate + item.suffix)
         raise AssertionError("unreachable")
+
+    def _is_copy(self, item: _Item, target: Path) -> bool:
+        """True (and noted in `already`, `target` given back) when the file under `item`'s own name holds its very
+        bytes: uploading the same file twice must not make `photo-1.jpg` beside `photo.jpg`."""
+        own = target.with_name(_clean(PurePosixPath(item.name).stem)[: _MAX_NAME - len(item.suffix)] + item.suffix)
+        if own == target or not own.is_file() or own.stat().st_size != item.size:
+            return False
+        with own.open("rb") as kept, item.open() as new:
+            while (chunk := kept.read(_CHUNK)) == new.read(_CHUNK):
+                if not chunk:
+                    self._stems[target.parent].discard(target.stem)
+                    self.intake.already.append(item.shown)
+                    return True
+        return False
 
     def _write(self, item: _Item, target: Path, cap: int) -> None:
         """Stream `item` into `target` through a hidden temporary file, enforcing the limits on actual bytes."""

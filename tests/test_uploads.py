@@ -129,6 +129,28 @@ def test_collisions_never_overwrite(box):
     assert intake.added == [dest / "a-1.png", dest / "a-2.png"]
 
 
+def test_the_same_file_uploaded_again_is_the_same_item_not_a_renamed_copy(box):
+    src, dest, _, _ = box
+    first = take_uploads([_write(src, "notimage.jpg", b"not a picture")], dest)
+    again = take_uploads([_write(src / "again", "notimage.jpg", b"not a picture")], dest)
+    zipped = take_uploads([_write(src, "same.zip", _zip_bytes([("notimage.jpg", b"not a picture")]))], dest)
+    other = take_uploads([_write(src / "other", "notimage.jpg", b"other bytes")], dest)
+    assert _files(dest) == {"notimage.jpg", "notimage-1.jpg"}  # only different bytes get a new name
+    assert first.added == [dest / "notimage.jpg"] and other.added == [dest / "notimage-1.jpg"]
+    assert again.added == zipped.added == [] and again.skipped == zipped.skipped == []
+    assert again.summary() == "0 images added, 1 already there, 0 skipped"
+    assert zipped.already == ["same.zip: notimage.jpg"]
+
+
+def test_a_copy_brings_no_second_caption(box):
+    src, dest, _, _ = box
+    files = [_write(src, "a.png", PNG), _write(src, "a.txt", b"a red square")]
+    take_uploads(files, dest)
+    again = take_uploads(files, dest)
+    assert _files(dest) == {"a.png", "a.txt"}
+    assert again.skipped == [] and again.already == ["a.png"]
+
+
 @pytest.mark.parametrize("given, stored", [
     ("my photo (1).png", "my photo _1_.png"),
     ("cafe\u0301.png", "caf\u00e9.png"),  # macOS spelling of 'café' becomes one letter
