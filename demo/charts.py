@@ -12,7 +12,8 @@ from PIL import Image
 
 from mbm.search import score_histogram
 
-W, H, PAD = 480, 150, 24  # pixels: the chart, and room for the axis labels
+W, H, PAD = 960, 170, 24  # the histogram's drawing units (it is drawn as wide as its column), and axis room
+CHAR_W = 6.2  # the width of one character of an 11-px label, in drawing units: room for labels is made from it
 
 
 def histogram_svg(scores: np.ndarray, threshold: float | None, shown: list[float]) -> str:
@@ -40,7 +41,7 @@ def histogram_svg(scores: np.ndarray, threshold: float | None, shown: list[float
             f'<text x="{W - PAD}" y="{H - 4}" font-size="11" text-anchor="end">{hi:.2f}</text>'
             f'<text x="{W / 2}" y="{H - 4}" font-size="11" text-anchor="middle">cosine score '
             f'({len(scores)} images; ticks: results shown)</text>')
-    return (f'<svg class="mbm-hist" viewBox="0 0 {W} {H}" width="{W}" height="{H}" style="max-width:100%" role="img" '
+    return (f'<svg class="mbm-hist" viewBox="0 0 {W} {H}" width="100%" style="max-width:{W * 1.5:.0f}px" role="img" '
             f'aria-label="{escape("histogram of gallery scores")}">{bars}{ticks}{cut}{axis}</svg>')
 
 
@@ -89,9 +90,10 @@ def heatmap_svg(values: np.ndarray, rows: list[str], cols: list[str], *, row_ima
     lo = float(values.min()) if lo is None else lo
     hi = float(values.max()) if hi is None else hi
     cell = max(22, min(56, 560 // max(n_cols, 1)))
-    left = 56 if row_images else 150
-    top = 120
-    width, height = left + n_cols * cell + 8, top + n_rows * cell + 8
+    shown_cols = [_short(c, 22) for c in cols]
+    left = 56 if row_images else int(12 + CHAR_W * max(len(_short(r, 34)) for r in rows))
+    top, right = _slanted_room(shown_cols, cell)
+    width, height = left + n_cols * cell + right, top + n_rows * cell + 8
     scale = (hi - lo) or 1.0
     out = []
     for r in range(n_rows):
@@ -101,7 +103,7 @@ def heatmap_svg(values: np.ndarray, rows: list[str], cols: list[str], *, row_ima
                        f'<title>{escape(rows[r])}</title></image>')
         else:
             out.append(f'<text x="{left - 6}" y="{y + cell / 2 + 4}" font-size="11" text-anchor="end">'
-                       f'{escape(_short(rows[r], 24))}<title>{escape(rows[r])}</title></text>')
+                       f'{escape(_short(rows[r], 34))}<title>{escape(rows[r])}</title></text>')
         for c in range(n_cols):
             v = values[r, c]
             t = (v - lo) / scale
@@ -118,9 +120,17 @@ def heatmap_svg(values: np.ndarray, rows: list[str], cols: list[str], *, row_ima
     for c in range(n_cols):
         x = left + c * cell + cell / 2
         out.append(f'<text transform="translate({x + 3},{top - 6}) rotate(-40)" font-size="11">'
-                   f'{escape(_short(cols[c], 22))}<title>{escape(cols[c])}</title></text>')
-    return (f'<svg class="{css_class}" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+                   f'{escape(shown_cols[c])}<title>{escape(cols[c])}</title></text>')
+    return (f'<svg class="{css_class}" viewBox="0 0 {width:.0f} {height}" width="{width:.0f}" height="{height}" '
             f'style="max-width:100%" role="img" aria-label="{escape(what)} matrix">{"".join(out)}</svg>')
+
+
+def _slanted_room(labels: list[str], cell: int) -> tuple[int, int]:
+    """`(top, right)` margins that hold column labels slanted at 40 degrees: as tall as the longest label rises and,
+    past the last column, as wide as it runs on (a fixed margin cut long labels and left short ones a blank band)."""
+    longest = CHAR_W * max((len(t) for t in labels), default=0)
+    rise, run = longest * np.sin(np.radians(40)), longest * np.cos(np.radians(40))
+    return int(rise + 18), int(max(8, run - cell / 2 + 8))
 
 
 # ---------------------------------------------------------------- line chart

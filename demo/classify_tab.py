@@ -30,9 +30,9 @@ def build(page: Page) -> None:
             templates = gr.Textbox(label="Prompt templates ({} is where the label goes; one per line)",
                                    value="\n".join(DEFAULT_TEMPLATES), lines=4)
             button = gr.Button("Classify", variant="primary")
-    with gr.Row():
-        result = gr.Label(label="Probabilities (prompt ensemble)", num_top_classes=5, elem_id="zero-shot")
-        breakdown = gr.Dataframe(label="What each template alone says", elem_id="per-template", wrap=True)
+    result = gr.Label(label="Probabilities (prompt ensemble)", num_top_classes=5, elem_id="zero-shot")
+    # the page's width, not half of it: a column per label; hidden until there is something to show in it
+    breakdown = gr.Dataframe(label="What each template alone says", elem_id="per-template", visible=False)
     warning = gr.Markdown()
 
     @friendly
@@ -44,7 +44,7 @@ def build(page: Page) -> None:
             warnings.simplefilter("ignore", UserWarning)
             out = page.engine.zero_shot(read_image(image), labels, templates)
         rows = [[t, *(round(out.per_template[t][label], 3) for label in out.probs)] for t in out.per_template]
-        table = gr.Dataframe(value=rows, headers=["template", *out.probs])
+        table = gr.Dataframe(value=rows, headers=["template", *out.probs], visible=True)
         note = (f"⚠️ {len(out.truncated)} prompt(s) are longer than the model's {page.engine.encoder.context_length} "
                 f"tokens and were cut short, e.g. “{out.truncated[0][:60]}…”" if out.truncated else "")
         return out.probs, table, note
@@ -54,10 +54,13 @@ def build(page: Page) -> None:
         picture = read_drawing(drawing, "Draw something on the canvas first, then press Classify my drawing.")
         return classify(picture, labels_text, templates_text, request)
 
-    button.click(classify, [image, labels, templates], [result, breakdown, warning], api_name="classify",
-                 concurrency_id="prompts", concurrency_limit=1)  # one at a time: a big request may take a second
-    draw_button.click(classify_drawing, [drawing, labels, templates], [result, breakdown, warning],
-                      api_name="classify_drawing", concurrency_id="prompts", concurrency_limit=1)
+    outputs = [result, breakdown, warning]
+    cleared = lambda: (None, gr.Dataframe(visible=False), "")  # no "Error" badge left over an older answer
+    for event in (button.click(classify, [image, labels, templates], outputs, api_name="classify",
+                               concurrency_id="prompts", concurrency_limit=1),  # one at a time: may take a second
+                  draw_button.click(classify_drawing, [drawing, labels, templates], outputs,
+                                    api_name="classify_drawing", concurrency_id="prompts", concurrency_limit=1)):
+        event.failure(cleared, None, outputs, api_visibility="private")
     shapes = "circle, square, triangle, star, hexagon, cross, diamond, heart"
     colours = "red, orange, yellow, green, blue, purple, pink, brown, black, white"
     gr.Examples(
@@ -86,8 +89,19 @@ def _build_fused(page: Page, image: gr.Image) -> None:
                                    "(seednet: the seed's CNN + GRU trained from scratch)")
             ask = gr.Button("Answer", variant="primary")
         fused = gr.Label(label="Answer", num_top_classes=5, elem_id="fused-answer")
-        table = gr.Dataframe(headers=["strategy", "answer", "probability"], elem_id="fused-table",
-                             label="What every strategy answers for this image and question")
+    note = gr.Markdown(elem_id="fused-note")
+    table = gr.Dataframe(headers=["strategy", "answer", "probability", "trust", "reads"], elem_id="fused-table",
+                         label="What every strategy answers for this image and question (reads: the features it sees)")
+    said = gr.State("")  # the note of the last answer: a State, so the API's outputs stay (label, table)
+
+    def explain(every, strategy: str) -> str:
+        served, why = page.engine.encoder.name, every.note(strategy)
+        lines = [f"⚠️ {why[0].upper()}{why[1:]}." if every.out_of_scope else f"⚠️ {strategy} is {why}."] if why else []
+        lines.append("SeedNet reads the pixels itself, with no backbone." if strategy == "seednet" else
+                     f"Answered by heads over **{every.backbone}**" + (
+                         f": no heads are trained for {served} (`python -m mbm train-fusion --backbone {served}`)."
+                         if every.backbone != served else "."))
+        return "\n\n".join(lines)
 
     @friendly
     def answer(image: Image.Image | None, question: str, strategy: str):
@@ -96,15 +110,22 @@ def _build_fused(page: Page, image: gr.Image) -> None:
         every = page.engine.fused_answers(read_image(image), as_text(question, "The question"))
         if strategy not in every:
             raise gr.Error(f"Pick a strategy from the list: {', '.join(every)}.")
-        rows = [[name, *next(iter(probs.items()))] for name, probs in every.items()]
-        return every[strategy], [[n, a, round(p, 3)] for n, a, p in rows]
+        trust = lambda name: "out of scope" if every.out_of_scope else "unsure" if every.unsure(name) else ""
+        reads = lambda name: "pixels" if name == "seednet" else every.backbone
+        rows = [[name, *next(iter(probs.items())), trust(name), reads(name)] for name, probs in every.items()]
+        shown = "out of scope" if every.out_of_scope else every[strategy]  # a flag, not a confident answer
+        return shown, [[n, a, round(p, 3), t, r] for n, a, p, t, r in rows], explain(every, strategy)
 
-    gr.on([ask.click, question.submit], answer, [image, question, strategy], [fused, table],
-          api_name="classify_fused")
+    outputs = [fused, table, said]
+    event = gr.on([ask.click, question.submit], answer, [image, question, strategy], outputs,
+                  api_name="classify_fused")
+    event.failure(lambda: (None, None, ""), None, outputs, api_visibility="private")  # no stale answer or badge
+    said.change(lambda text: text, said, note, api_visibility="private")
     gr.Examples(
         examples=[[str(EXAMPLES / "scene.png"), "what shape is at the top right?", "attention"],
                   [str(EXAMPLES / "scene.png"), "how many shapes are there?", "concat"],
                   [str(EXAMPLES / "blue-star.png"), "what colour is the star?", "gated"],
+                  [str(EXAMPLES / "scene.png"), "what colour is the star?", "attention"],
                   [str(EXAMPLES / "purple-heart.png"), "is there a purple heart?", "attention"]],
-        inputs=[image, question, strategy], outputs=[fused, table], fn=answer, run_on_click=True,
+        inputs=[image, question, strategy], outputs=outputs, fn=answer, run_on_click=True,
         cache_examples=False, label="Questions that work on the embedded model (click one)", elem_id="fused-examples")

@@ -76,8 +76,8 @@ def draw_comparison(c: IndexComparison, k: int) -> tuple[list, list, str]:
         for rank, (i, score) in enumerate(rows, 1):
             thumb = c.thumbnails.get(i)
             if thumb:
-                flag = "✗ not in the exact top-k · " if mark and i not in exact_ids else ""
-                out.append((Image.open(thumb), f"{flag}{rank}. {score:.3f} · {c.captions.get(i, '')}"))
+                flag = "✗ " if mark and i not in exact_ids else ""
+                out.append((Image.open(thumb), f"{flag}{rank}. {score:.3f}"))  # a tile's picture is its caption
         return out
     words = (f"Top-{k}: the approximate index (`{c.factory}`, **{c.knob_name} = {c.knob}** of {c.knob_max}) found "
              f"**{c.overlap} of {len(c.exact)}** of the exact results: **recall@{k} = {c.recall:.0%}**. "
@@ -87,7 +87,7 @@ def draw_comparison(c: IndexComparison, k: int) -> tuple[list, list, str]:
 
 
 def draw_lab(lab: PromptLab) -> tuple[str, list[list], str]:
-    rows = [*lab.templates, "average of the prompts (ensemble)"]
+    rows = [*lab.templates, "ensemble (the prompts averaged)"]
     svg = heatmap_svg(np.vstack([lab.table, lab.ensemble[None]]), rows, lab.labels, lo=0.0, hi=1.0,
                       what="probability", css_class="mbm-heat prompts")
     tokens = [[info.text, info.n_tokens, " ".join(info.tokens), "cut short" if info.truncated else ""]
@@ -110,6 +110,11 @@ def _or_note(fn, args: tuple, n_outputs: int, note: int) -> tuple:
         return tuple(f"**{e.message}**" if i == note else gr.skip() for i in range(n_outputs))
 
 
+def _unchanged(n: int):
+    """An event of `n` outputs that leaves them as they are; run after a failed one, it ends their error status."""
+    return lambda: (gr.skip(),) * n
+
+
 # ---------------------------------------------------------------- the tab
 def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
     engine = page.engine
@@ -117,8 +122,9 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
     with gr.Row():
         map_text = gr.Textbox(label="Query", value=DEFAULT_QUERY, elem_id="map-query", scale=3)
         map_k = Slider(1, 30, value=10, step=1, label="Hits to mark (k)", elem_id="map-k", scale=2)
-        method = gr.Radio(list(METHODS), value="pca", label="Projection", scale=1, elem_id="map-method",
-                          info=None if "umap" in available_methods() else "UMAP needs: pip install umap-learn")
+        methods = available_methods()  # only what works here: UMAP when umap-learn is installed
+        method = gr.Radio(methods, value="pca", label="Projection", scale=1, elem_id="map-method",
+                          info=None if set(methods) == set(METHODS) else "UMAP too with: pip install umap-learn")
     the_map = gr.HTML(elem_id="embedding-map")
     gap = gr.Markdown(elem_id="modality-gap")
 
@@ -138,9 +144,10 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
         knob = Slider(1, 64, value=1, step=1, label="nprobe (IVF lists scanned)", elem_id="index-knob", scale=2)
     index_note = gr.Markdown(elem_id="index-note")
     with gr.Row():
-        exact = gr.Gallery(label="Exact (every vector compared)", columns=5, height=280, allow_preview=False,
-                           elem_id="index-exact")
-        approx = gr.Gallery(label="Approximate", columns=5, height=280, allow_preview=False, elem_id="index-approx")
+        # fit_columns off: two results of a small gallery stay tiles of the usual size, not two giant crops
+        tiles = dict(columns=5, allow_preview=False, fit_columns=False)
+        exact = gr.Gallery(label="Exact (every vector compared)", elem_id="index-exact", **tiles)
+        approx = gr.Gallery(label="Approximate (✗: missed by the exact search)", elem_id="index-approx", **tiles)
 
     gr.Markdown("### 4. Prompt lab: what each prompt template says")
     with gr.Row():
@@ -195,7 +202,8 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
              (show_lab, lab_in, lab_out, (lab_labels.submit, lab_templates.blur, lab_image.change), "prompt_lab"))
     for fn, inputs, outputs, triggers, name in views:
         group = {"concurrency_id": "prompts", "concurrency_limit": 1} if name == "prompt_lab" else {}  # as Classify
-        gr.on(list(triggers), fn, inputs, outputs, api_name=name, **group)  # a named endpoint too, for gradio_client
+        event = gr.on(list(triggers), fn, inputs, outputs, api_name=name, **group)  # a named endpoint, for clients
+        event.failure(_unchanged(len(outputs)), None, outputs, api_visibility="private")  # no "Error" badge left
     kind.change(lambda kind, text, k, choice: show_indexes(text, k, kind, 1, choice),  # a new index: knob from 1
                 [kind, index_text, index_k, choice], index_out, api_visibility="private")
 

@@ -21,7 +21,8 @@ def model_line(page: Page) -> str:
 def _choices() -> list[tuple[str, str]]:
     marks = {m.spec: ("ships with mbm" if m.offline else "cached" if is_cached(m.spec) else "needs a download")
              for m in KNOWN_MODELS}
-    return [(f"{m.spec} ({marks[m.spec]}): {m.about}", m.spec) for m in KNOWN_MODELS]
+    return [(f"{m.spec} ({marks[m.spec]}): {m.about.replace(f' ({marks[m.spec]})', '')}", m.spec)
+            for m in KNOWN_MODELS]  # the mark once, where a model's own words say it too
 
 
 def build(page: Page, header: gr.Markdown) -> None:
@@ -29,7 +30,7 @@ def build(page: Page, header: gr.Markdown) -> None:
     with gr.Row():
         picker = gr.Dropdown(_choices(), value=page.engine.encoder.name, allow_custom_value=True, scale=3,
                              label="Model (any open_clip ARCH:TAG, or a local checkpoint folder, also works)",
-                             interactive=page.local)
+                             interactive=page.local, elem_id="model-picker")
         button = gr.Button("Load", variant="primary", interactive=page.local, scale=1)
     gr.Markdown("Loading a model changes it for everyone using this server; galleries are re-indexed for it "
                 "once, and keep the embeddings of every model they have seen." if page.local else
@@ -49,4 +50,6 @@ def build(page: Page, header: gr.Markdown) -> None:
         page.engine.use_model(spec, progress=lambda d, t, w: progress(0.3 + 0.7 * d / max(t, 1), desc=w))
         return model_line(page), page.header()
 
-    button.click(load, picker, [info, header], api_name="load_model", concurrency_id="model", concurrency_limit=1)
+    as_before = lambda: (model_line(page), page.header())  # the model serving still: no "Error" badge over it
+    button.click(load, picker, [info, header], api_name="load_model", concurrency_id="model",
+                 concurrency_limit=1).failure(as_before, None, [info, header], api_visibility="private")

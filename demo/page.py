@@ -16,6 +16,13 @@ ABOUT = """mbm embeds images and texts into one space with a CLIP-style model an
 into prompts and picks the closest; **Explore** shows why: where images and texts land, how they match, what
 approximate search and prompt wording change; **Gallery** lets you search your own images; **Learn** trains a small
 model in front of you and walks through the pipeline; **Model** shows what is serving."""
+# What Gradio's own styles get wrong for this page (the launch() that takes `css` is app.py's; this rides in the
+# page): result captions wrap instead of ending in "…" mid-word, over a background that keeps them readable
+CSS = """
+#mbm-style {display: none}
+.gradio-container .mbm-tiles .caption-label {white-space: normal; max-width: calc(100% - 8px); opacity: .92;
+  line-height: 1.2; overflow-wrap: break-word}
+"""
 
 
 def build_demo(engine: Engine, local: bool = False, sessions: SessionSpace | None = None,
@@ -35,6 +42,7 @@ def build_demo(engine: Engine, local: bool = False, sessions: SessionSpace | Non
     # older than an hour go; a visitor's private uploads must not linger there (docs/SECURITY.md)
     with gr.Blocks(title="mbm: multimodal model demo", delete_cache=(600, 3600)) as demo:
         header = gr.Markdown(page.header(), elem_id="header")
+        gr.HTML("", head=f"<style>{CSS}</style>", elem_id="mbm-style")  # into the document's <head>, once
         gr.Markdown(ABOUT)
         # this visitor's gallery: None = the server's, else their Session (or a Folder, locally). When Gradio drops a
         # closed page's state (an hour later) the session ends if the unload handler has not ended it already; no
@@ -42,13 +50,13 @@ def build_demo(engine: Engine, local: bool = False, sessions: SessionSpace | Non
         choice = gr.State(None, delete_callback=lambda value: value.close() if isinstance(value, Session) else None)
         with gr.Tabs() as tabs:
             with gr.Tab("Search", id="search"):
-                search_tab.build(page, choice)
+                searching = search_tab.build(page, choice)
             with gr.Tab("Classify", id="classify"):
                 classify_tab.build(page)
             with gr.Tab("Explore", id="explore") as explore:
                 explore_tab.build(page, choice, explore)
             with gr.Tab("Gallery", id="gallery"):
-                gallery_tab.build(page, choice, demo)
+                gallery_tab.build(page, choice, demo, searching)
             with gr.Tab("Learn", id="learn"):
                 learn_tab.build(page, demo, tabs)
             with gr.Tab("Model", id="model"):
