@@ -11,9 +11,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from demo.common import Folder, Page, friendly
+from demo.common import Folder, Page, friendly, searching_line
+from mbm.data.images import IMAGE_SUFFIXES
 from mbm.gallery import Gallery
 from mbm.sessions import Session
+from mbm.sync import SyncReport
+from mbm.uploads import Intake
 
 
 def gallery_line(gallery: Gallery, own: bool) -> str:
@@ -28,7 +31,28 @@ def _skipped_rows(skipped: list[tuple[str, str]]) -> list[list[str]]:
     return [[name, reason] for name, reason in skipped]
 
 
-def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
+def unreadable(intake: Intake, report: SyncReport, root: Path) -> list[tuple[str, str]]:
+    """The images of this upload that could not be read, `(name, why)`: the sync reports every unreadable file of
+    the folder, and those of earlier uploads were told already."""
+    names = {p.resolve().relative_to(root.resolve()).as_posix(): p.name for p in intake.added}
+    return [(names[path], why) for path, why in report.skipped if path in names]
+
+
+def check_readable(intake: Intake, failed: list[tuple[str, str]], gallery: Gallery) -> None:
+    """A gr.Error saying so when no image of this upload could be read, or the visitor's gallery holds none: they
+    stay on the gallery they were searching rather than switch to an empty one."""
+    images = [p for p in intake.added if p.suffix.lower() in IMAGE_SUFFIXES]
+    if images and len(failed) == len(images):
+        why = "; ".join(r if r.startswith(n) else f"{n}: {r}" for n, r in failed[:3]) + ("; …" * (len(failed) > 3))
+        raise gr.Error(f"None of the {len(images)} files could be read: {why}. Upload JPEG, PNG or WebP images, or a "
+                       ".zip of them.")
+    if not len(gallery):
+        raise gr.Error(f"{intake.summary()}, and your uploads hold no image that can be read yet. Upload JPEG, PNG or "
+                       "WebP images, or a .zip of them.")
+
+
+def build(page: Page, choice: gr.State, demo: gr.Blocks, where: gr.Markdown) -> None:
+    """The tab; `where` is the Search tab's line saying which gallery is searched, kept in step here."""
     info = gr.Markdown(gallery_line(page.engine.gallery, own=False), elem_id="gallery-info")
     with gr.Row():
         with gr.Column():
@@ -41,7 +65,8 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
                                 placeholder="~/Pictures")
             folder_button = gr.Button("Index this folder", visible=page.local)
     summary = gr.Markdown()
-    skipped = gr.Dataframe(headers=["file", "why it was skipped"], label="Skipped", visible=False)
+    skipped = gr.Dataframe(headers=["file", "why it was skipped"], label="Skipped", visible=False,
+                           elem_id="gallery-skipped")
 
     def progress_of(progress: gr.Progress):
         return lambda done, total, what: progress(done / max(total, 1), desc=what)
@@ -52,7 +77,9 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
             raise gr.Error("Choose some images (or a .zip) first, then press Index my uploads.")
         session = page.session(request)
         gallery, intake, report = session.add(paths, progress=progress_of(progress))
-        why = intake.skipped + [(p, e) for p, e in report.skipped]
+        failed = unreadable(intake, report, gallery.root)
+        check_readable(intake, failed, gallery)
+        why = intake.skipped + failed
         text = (f"{intake.summary()}; indexed {report.encoded} new images in {report.seconds:.1f} s. "
                 f"Your gallery now has **{len(gallery)}** searchable images.")
         return session, gallery_line(gallery, own=True), text, gr.Dataframe(value=_skipped_rows(why), visible=bool(why))
@@ -79,14 +106,31 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks) -> None:
         """Which gallery this session searches, its size, model and index type."""
         return gallery_line(page.gallery(choice), own=choice is not None)
 
+    @friendly
+    def refresh_where(choice: Session | Folder | None) -> str:
+        """The Search tab's line, once the gallery changed (a step of its own: the endpoints' outputs stay)."""
+        return searching_line(page.gallery(choice), choice)
+
+    @friendly
+    def as_before(choice: Session | Folder | None):
+        """After a failed upload or folder: the lines as they were, with no "Error" badge left over them."""
+        gallery = page.gallery(choice)
+        return (gallery_line(gallery, own=choice is not None), searching_line(gallery, choice), "",
+                gr.Dataframe(visible=False))
+
     outputs = [choice, info, summary, skipped]
-    index_button.click(index_uploads, files, outputs, api_name="index_uploads", concurrency_id="indexing",
-                       concurrency_limit=1)
-    folder_button.click(index_folder, folder, outputs, api_name="index_folder", concurrency_id="indexing",
-                        concurrency_limit=1, api_visibility="public" if page.local else "private")
-    builtin_button.click(use_server_gallery, None, outputs, api_name="use_server_gallery")
+
+    for event in (index_button.click(index_uploads, files, outputs, api_name="index_uploads",
+                                     concurrency_id="indexing", concurrency_limit=1),
+                  folder_button.click(index_folder, folder, outputs, api_name="index_folder", concurrency_id="indexing",
+                                      concurrency_limit=1, api_visibility="public" if page.local else "private")):
+        event.failure(as_before, choice, [info, where, summary, skipped], api_visibility="private")
+        event.success(refresh_where, choice, where, api_visibility="private")
+    builtin_button.click(use_server_gallery, None, outputs, api_name="use_server_gallery").success(
+        refresh_where, choice, where, api_visibility="private")
     refresh = gr.Button("Refresh", size="sm")
-    refresh.click(gallery_info, choice, info, api_name="gallery_info")
+    refresh.click(gallery_info, choice, info, api_name="gallery_info").success(
+        refresh_where, choice, where, api_visibility="private")
 
     def forget(request: gr.Request) -> None:
         """The page was closed: the visitor's uploads and their index go. (Gradio's own copies of the uploaded files

@@ -8,7 +8,7 @@ import gradio as gr
 from PIL import Image
 
 from demo.charts import histogram_svg
-from demo.common import Page, friendly, number, read_drawing, read_image
+from demo.common import Page, friendly, number, read_drawing, read_image, searching_line
 from demo.common import text as as_text
 from demo.components import Drawing, Picture, Slider
 from demo.queries import MAX_QUERY_CHARS, check_query, tiles
@@ -18,10 +18,18 @@ from mbm.text import SHARED_MAX_TEXTS as MAX_TEXTS
 MAX_K = 100  # results of one JSON search
 
 
-def build(page: Page, choice: gr.State) -> None:
+EXAMPLES = ["a red circle", "a dog", "Fuchs", "renard", "キツネ", "лиса", '2 x "red circle" - blue']
+
+
+def build(page: Page, choice: gr.State) -> gr.Markdown:
+    """The tab; returns its line saying which gallery is searched, for the Gallery tab to update."""
+    where = gr.Markdown(searching_line(page.engine.gallery, None), elem_id="search-gallery")
     with gr.Row():
         with gr.Column(scale=2):
             text = gr.Textbox(label="Text", placeholder='a red circle   (or: 2 x "red circle" - blue)', lines=1)
+            examples = gr.Examples([[e] for e in EXAMPLES], text, elem_id="search-examples",
+                                   label="Try one (the shipped model knows the shapes world in English; a multilingual "
+                                   "model understands the others)")
             image = Picture(label="Image (optional)", height=220, elem_id="search-image")
             with gr.Accordion("Or draw it", open=False, elem_id="search-draw"):
                 drawing = Drawing(label="Draw a shape or a thing: pick the brush on the left, then a colour",
@@ -32,12 +40,12 @@ def build(page: Page, choice: gr.State) -> None:
             k = Slider(1, 48, value=12, step=1, label="Results (k)")
             threshold = Slider(-0.2, 1.0, value=0.0, step=0.01, label="Score threshold (cosine)")
             button = gr.Button("Search", variant="primary")
-    timing = gr.Markdown()
+    timing = gr.Markdown(elem_id="search-timing")
     results = gr.Gallery(label="Results: click one for more like it", columns=6, height=420, format="jpeg",
-                         elem_id="results", allow_preview=False)
+                         elem_id="results", allow_preview=False, elem_classes="mbm-tiles")
     histogram = gr.HTML(label="Scores of every gallery image for this query", elem_id="histogram")
     captions = gr.Dataframe(headers=["caption", "cosine"], label="Captions ranked for the image (image->text)",
-                            visible=False, elem_id="captions")
+                            visible=False, elem_id="captions", wrap=True, column_widths=["85%", "15%"])
     hit_ids = gr.State([])
 
     @friendly
@@ -65,8 +73,9 @@ def build(page: Page, choice: gr.State) -> None:
         start = time.perf_counter()
         hits = page.engine.more_like(hit_ids[evt.index], int(k), threshold, gallery)
         took = (time.perf_counter() - start) * 1000
-        return tiles(hits), f"**{len(hits)}** images like result {evt.index + 1} in **{took:.0f} ms**", \
-            [h.id for h in hits]
+        note = f"**{len(hits)}** of {len(hits.scores)} images like result {evt.index + 1} in **{took:.0f} ms**"
+        return (_grid(hits), histogram_svg(hits.scores, threshold, [h.score for h in hits]), note,
+                gr.Dataframe(visible=False), [h.id for h in hits])
 
     @friendly
     def search_drawing(drawing, text, weight, k, threshold, choice):
@@ -76,10 +85,16 @@ def build(page: Page, choice: gr.State) -> None:
 
     outputs = [results, histogram, timing, captions, hit_ids]
     inputs = [text, image, weight, k, threshold, choice]
-    gr.on([button.click, text.submit], search, inputs, outputs, api_name="search")
-    draw_button.click(search_drawing, [drawing, *inputs[:1], *inputs[2:]], outputs, api_name="search_drawing")
-    results.select(more_like, [hit_ids, k, threshold, choice], [results, timing, hit_ids], api_name="more_like_click",
-                   api_visibility="private")
+    # a failed request clears what it would have replaced: the old answer under an "Error" badge is not this query's
+    cleared = lambda: (gr.Gallery(value=None, selected_index=None), "", "", gr.Dataframe(visible=False), [])
+    events = [gr.on([button.click, text.submit], search, inputs, outputs, api_name="search"),
+              examples.load_input_event.then(search, inputs, outputs, api_visibility="private"),
+              draw_button.click(search_drawing, [drawing, *inputs[:1], *inputs[2:]], outputs,
+                                api_name="search_drawing"),
+              results.select(more_like, [hit_ids, k, threshold, choice], outputs, api_name="more_like_click",
+                             api_visibility="private")]
+    for event in events:
+        event.failure(cleared, None, outputs, api_visibility="private")
 
     @friendly
     def describe(image: Image.Image | None, texts: str, k: int, choice, request: gr.Request) -> list[list]:
@@ -99,7 +114,8 @@ def build(page: Page, choice: gr.State) -> None:
     with gr.Accordion("Rank your own texts for an image (image->text)", open=False):
         texts = gr.Textbox(label="Texts, one per line (empty: the gallery's captions)", lines=4)
         describe_button = gr.Button("Rank texts")
-        ranked = gr.Dataframe(headers=["text", "cosine"], label="Texts, best first")
+        ranked = gr.Dataframe(headers=["text", "cosine"], label="Texts, best first", wrap=True,
+                              column_widths=["85%", "15%"], elem_id="ranked-texts")
     describe_button.click(describe, [image, texts, k, choice], ranked, api_name="describe")
 
     @friendly
@@ -116,6 +132,12 @@ def build(page: Page, choice: gr.State) -> None:
 
     gr.api(search_items, api_name="search_items")
     gr.api(more_like, api_name="more_like")
+    return where
+
+
+def _grid(hits: list[Hit]) -> gr.Gallery:
+    """The result tiles, with no tile selected: a highlight left from the last click would mark a new result."""
+    return gr.Gallery(value=tiles(hits), selected_index=None)
 
 
 def _check_k(k: int) -> int:

@@ -124,6 +124,19 @@ def test_uploading_nothing_usable_is_a_clear_error(client, tmp_path, name, data,
         client.predict([handle_file(str(tmp_path / name))], api_name="/index_uploads")
 
 
+def test_an_upload_of_only_unreadable_files_says_so_and_a_later_one_does_not_repeat_it(server, tmp_path):
+    visitor = Client(server.url, verbose=False)
+    junk = [tmp_path / "notimage.jpg", tmp_path / "broken.png"]
+    junk[0].write_text("not a picture")
+    junk[1].write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))  # a PNG signature and nothing after it
+    with pytest.raises(AppError, match="None of the 2 files could be read: .*notimage.jpg"):
+        visitor.predict([handle_file(str(p)) for p in junk], api_name="/index_uploads")
+    assert "server's gallery" in visitor.predict(api_name="/gallery_info")  # not switched to an empty one
+    _, summary, skipped = visitor.predict([handle_file(str(PHOTOS[0]))], api_name="/index_uploads")
+    assert "1 image added" in summary and "**1** searchable" in summary
+    assert skipped["value"]["data"] == []  # the earlier failures were told already
+
+
 def test_loading_an_uncached_model_offline_keeps_the_current_one(client):
     with pytest.raises(AppError, match="model hub is unreachable"):
         client.predict("ViT-B-32:laion2b_s34b_b79k", api_name="/load_model")
