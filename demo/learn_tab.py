@@ -39,10 +39,23 @@ captions turn **diagonal**: each image comes to match its own caption best. Then
 with *your* model beside the shipped one (trained for 36 minutes)."""
 
 
-def _status(update, seconds: float) -> str:
+def _status(update, seconds: float, started: float) -> str:
     recall = update.recall or {}
     r5 = f" · held-out text→image R@5 **{recall['t2i_r5']:.0%}**, R@1 {recall['t2i_r1']:.0%}" if recall else ""
-    return f"step **{update.step}** · {update.seconds:.0f} of {seconds:.0f} s · loss **{update.loss:.3f}**{r5}"
+    return (f"step **{update.step}** · {update.seconds:.0f} of {seconds:.0f} s (its process took {started:.0f} s to "
+            f"start) · loss **{update.loss:.3f}**{r5}")
+
+
+def _starting(startups: list[float]) -> str:
+    """What the visitor waits for before the first step, in the time the last starts on this server took: the child
+    imports PyTorch and builds its model, seconds that depend on this machine and how busy it is."""
+    if not startups:
+        return ("Starting a fresh model with random weights in its own process; it first loads PyTorch, and how long "
+                "that takes on this server is shown once it is up…")
+    recent = sorted(startups[-5:])
+    typical = recent[len(recent) // 2]
+    return (f"Starting a fresh model with random weights in its own process: about **{typical:.0f} s** on this "
+            f"server (the last start took {startups[-1]:.1f} s)…")
 
 
 @functools.cache
@@ -63,6 +76,7 @@ def _updates(run: LiveTraining):
 
 def build_training(page: Page, demo: gr.Blocks) -> None:
     running: dict[str, LiveTraining] = {}  # session -> its training, so Stop and closing the page can end it
+    startups: list[float] = []  # seconds from start to the first step of each run on this server, in order
     lock = threading.Lock()
     gr.Markdown(INTRO)
     with gr.Row():
@@ -78,13 +92,14 @@ def build_training(page: Page, demo: gr.Blocks) -> None:
 
     def train(seconds: float, request: gr.Request):
         run = LiveTraining(seconds=float(seconds))
-        xs, ys, marks, snap, last = [], [], [], "", None
+        xs, ys, marks, snap, last, started = [], [], [], "", None, 0.0
         try:
             with lock:
                 running[request.session_hash] = run
-            yield ("Starting a fresh model with random weights (a few seconds to start its process)…",
-                   curve_svg([], []), "", None)
+            yield _starting(startups), curve_svg([], []), "", None
             for update in _updates(run):
+                if last is None:
+                    startups.append(started := update.seconds)
                 last = update
                 xs.append(update.seconds)
                 ys.append(update.loss)
@@ -94,13 +109,13 @@ def build_training(page: Page, demo: gr.Blocks) -> None:
                     snap = heatmap_svg(update.snapshot, [f"held-out image of: {c}" for c in update.snapshot_captions],
                                        update.snapshot_captions, row_images=_snapshot_images(), lo=-0.2, hi=1.0,
                                        diagonal=True, css_class="mbm-heat snapshot")
-                yield _status(update, seconds), curve_svg(xs, ys, marks=marks), snap, gr.skip()
+                yield _status(update, seconds, started), curve_svg(xs, ys, marks=marks), snap, gr.skip()
             if last is None or not last.done:
                 yield "Stopped: the half-trained model was thrown away. Press Train to start again.", \
                     curve_svg(xs, ys, marks=marks), snap, None
                 return
             encoder = run.encoder()
-            yield (_status(last, seconds) + " — done: search with your model below.",
+            yield (_status(last, seconds, started) + " — done: search with your model below.",
                    curve_svg(xs, ys, marks=marks), snap, {"encoder": encoder, "embedded": None})
         finally:
             run.cancel()

@@ -1,10 +1,13 @@
 """The page in a real headless Chromium (Debian's, driven by Playwright), as a person uses it."""
 
+import re
 import time
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
+
+from mbm.explore import available_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -219,6 +222,10 @@ def test_training_can_be_stopped(page):
     expect(page.locator("#train-status")).to_contain_text("step", timeout=60_000)
     page.locator("#stop-training").click()
     expect(page.locator("#train-status")).to_contain_text("Stopped", timeout=30_000)
+    page.locator("#train").click()  # a second start is told the time the first one took on this server
+    expect(page.locator("#train-status")).to_contain_text(re.compile(r"about \d+ s on this server"), timeout=30_000)
+    page.locator("#stop-training").click()
+    expect(page.locator("#train-status")).to_contain_text("Stopped", timeout=30_000)
     page.locator("#compare").click()
     expect(page.get_by_text("Train your model first")).to_be_visible(timeout=20_000)
     assert page.errors == []
@@ -237,3 +244,167 @@ def test_the_walkthrough_shows_every_stage_and_follows_a_new_text(page):
     page.locator("#trace-run").click()
     expect(page.locator("#trace-tokens")).to_contain_text("heart", timeout=20_000)
     assert page.errors == []
+
+
+# ---------------------------------------------------------------- as a teacher projects it: 1366 px, nothing cut
+WIDE = {"width": 1366, "height": 800}
+CUT = """el => [el, ...el.querySelectorAll('*')].filter(e => e.scrollWidth > e.clientWidth + 1 && e.clientWidth > 0
+    && getComputedStyle(e).overflowX !== 'visible' && e.textContent.trim())
+    .map(e => e.textContent.trim().slice(0, 40))"""
+ELLIPSIS = """el => [...el.querySelectorAll('*')].filter(e => getComputedStyle(e).textOverflow === 'ellipsis'
+    && e.scrollWidth > e.clientWidth + 1).map(e => e.textContent.trim().slice(0, 40))"""
+BADGES = "() => [...document.querySelectorAll('.wrap .error')].filter(e => e.offsetParent).map(e => e.textContent)"
+
+
+@pytest.fixture()
+def wide(browser, server):
+    """A visitor on a projector-sized window, 1366 px wide."""
+    context = browser.new_context(viewport=WIDE)
+    page = context.new_page()
+    page.goto(server.url)
+    expect(page.locator("#header")).to_contain_text("mbm-shapes", timeout=30_000)
+    yield page
+    context.close()
+
+
+def _search(page, text: str) -> None:
+    box = page.get_by_label("Text", exact=True)
+    box.fill(text)
+    box.press("Enter")
+    expect(page.locator("#search-timing")).to_contain_text("images", timeout=20_000)
+
+
+def _svg_fits(locator) -> list[str]:
+    """The texts of an SVG that reach outside its own box (a label cut at the edge)."""
+    return locator.evaluate("""svg => { const b = svg.getBoundingClientRect();
+        return [...svg.querySelectorAll('text')].filter(t => { const r = t.getBoundingClientRect();
+            return r.width && (r.left < b.left - 1 || r.right > b.right + 1 || r.top < b.top - 1); })
+            .map(t => t.textContent); }""")
+
+
+def test_search_results_captions_and_histogram_are_shown_whole(wide):
+    _search(wide, "a red circle")
+    expect(wide.locator("#results img")).to_have_count(12)
+    captions = wide.locator("#results .caption-label")
+    assert wide.locator("#results").evaluate(ELLIPSIS) == []  # no "a medium red cir…"
+    assert "a medium red circle" in captions.first.inner_text()
+    hist, column = wide.locator("#histogram svg").bounding_box(), wide.locator("#results").bounding_box()
+    assert hist["width"] > 0.9 * column["width"]  # not a third of its width
+    star = ROOT / "assets" / "examples" / "blue-star.png"
+    wide.locator("#search-image input[type=file]").set_input_files(str(star))
+    wide.get_by_role("button", name="Search", exact=True).click()
+    table = wide.locator("#captions")
+    expect(table).to_contain_text("star", timeout=20_000)
+    expect(table.get_by_text("cosine")).to_be_visible()
+    assert table.evaluate(CUT) == []  # the cosine column is inside the table, not scrolled off
+
+
+def test_a_good_search_after_a_bad_one_leaves_no_error_badge(wide):
+    _search(wide, "a red circle")
+    wide.get_by_label("Text", exact=True).fill("")
+    wide.get_by_role("button", name="Search", exact=True).click()
+    expect(wide.get_by_text("Type what you are looking for").first).to_be_visible(timeout=20_000)
+    expect(wide.locator("#results img")).to_have_count(0)  # the old answer is gone, not badged
+    assert wide.evaluate(BADGES) == []
+    _search(wide, "a blue square")
+    assert wide.evaluate(BADGES) == []
+
+
+def test_more_like_this_redraws_the_histogram_and_drops_the_highlight(wide):
+    _search(wide, "a green star")
+    before = wide.locator("#histogram").inner_html()
+    wide.locator("#results img").nth(2).click()
+    expect(wide.locator("#search-timing")).to_contain_text("like result 3", timeout=20_000)
+    assert wide.locator("#histogram").inner_html() != before
+    assert wide.locator("#results .thumbnail-item.selected").count() == 0
+
+
+def test_classify_shows_every_template_column_whole_and_no_placeholder_headers(wide):
+    wide.get_by_role("tab", name="Classify").click()
+    expect(wide.locator("#per-template")).to_be_hidden()  # no "1 2 3" headers before the first answer
+    wide.locator("#classify-examples tbody tr").first.click()
+    table = wide.locator("#per-template")
+    expect(table).to_contain_text("a photo of a {}.", timeout=20_000)
+    for label in ("circle", "diamond", "hexagon", "heart"):
+        expect(table.locator("th").get_by_text(label, exact=True)).to_be_visible()
+    assert table.evaluate(CUT) == []
+    heads = table.locator("th").evaluate_all("ths => ths.map(t => t.getBoundingClientRect().height)")
+    assert max(heads) < 1.5 * min(heads)  # one line each: no "circl/e"
+
+
+def test_explore_views_fit_their_labels_and_tiles(wide):
+    wide.get_by_role("tab", name="Explore").click()
+    matrix = wide.locator("#similarity-matrix svg")
+    expect(matrix.locator("rect.cell").first).to_be_attached(timeout=30_000)
+    assert _svg_fits(matrix) == []  # the last column's label too
+    lab = wide.locator("#prompt-table svg")
+    expect(lab).to_contain_text("ensemble", timeout=30_000)
+    assert _svg_fits(lab) == []
+    above = wide.locator("#lab-templates").bounding_box()
+    first_cell = lab.locator("rect.cell").first.bounding_box()
+    assert first_cell["y"] - (above["y"] + above["height"]) < 140  # no blank band above the matrix
+    approx = wide.locator("#index-approx")
+    expect(approx.locator("img")).to_have_count(10, timeout=30_000)
+    approx.scroll_into_view_if_needed()
+    wide.wait_for_function("() => [...document.querySelectorAll('#index-approx img')].every(i => i.naturalWidth)")
+    assert approx.evaluate(ELLIPSIS) == []  # no blank "not in the…" tiles
+    assert wide.locator("#map-method input[type=radio]").evaluate_all("rs => rs.map(r => r.value)") \
+        == available_methods()  # only what works here
+
+
+def test_the_model_list_names_each_mark_once(wide):
+    wide.get_by_role("tab", name="Model").click()
+    wide.locator("#model-picker input").click()
+    options = wide.get_by_role("option")
+    expect(options.first).to_be_visible(timeout=10_000)
+    texts = options.all_inner_texts()
+    assert any("mbm-shapes" in t for t in texts)
+    assert all(t.count("ships with mbm") <= 1 for t in texts)
+
+
+def test_search_says_where_it_searches_and_an_unreadable_upload_changes_nothing(wide, tmp_path):
+    where = wide.locator("#search-gallery")
+    expect(where).to_contain_text("the server's gallery")
+    junk = [tmp_path / "notimage.jpg", tmp_path / "empty.png"]
+    junk[0].write_text("not a picture")
+    junk[1].write_bytes(b"")
+    wide.get_by_role("tab", name="Gallery").click()
+    wide.locator("#uploads input[type=file]").set_input_files([str(p) for p in junk])
+    wide.get_by_role("button", name="Index my uploads").click()
+    expect(wide.get_by_text("none of the 2 files could be read", exact=False).first).to_be_visible(timeout=30_000)
+    assert wide.evaluate(BADGES) == []
+    expect(where).to_contain_text("the server's gallery")  # not switched to an empty gallery
+    photos = sorted((ROOT / "assets" / "gallery" / "photos").glob("*.jpg"))[:5]
+    wide.locator("#uploads input[type=file]").set_input_files([str(p) for p in photos])
+    wide.get_by_role("button", name="Index my uploads").click()
+    expect(wide.get_by_text("5 searchable images")).to_be_visible(timeout=30_000)
+    expect(wide.locator("#gallery-skipped")).to_be_hidden()  # the earlier failures are not told again
+    expect(where).to_contain_text("your uploads (5 images)")
+    wide.locator("#uploads input[type=file]").set_input_files(str(photos[0]))
+    wide.get_by_role("button", name="Index my uploads").click()
+    expect(wide.get_by_text("0 images added")).to_be_visible(timeout=30_000)  # the box still holds the others too
+    expect(wide.get_by_text("already there")).to_be_visible()
+    expect(where).to_contain_text("your uploads (5 images)")  # the same file is the same item
+    wide.get_by_role("tab", name="Search").click()
+    expect(where).to_be_visible()
+
+
+def test_search_examples_in_several_languages_run_with_one_click(wide):
+    examples = wide.locator("#search-examples")
+    for word in ("Fuchs", "renard", "キツネ", "лиса", "a dog", "a red circle"):
+        expect(examples).to_contain_text(word)
+    examples.get_by_text("a red circle", exact=True).click()
+    expect(wide.locator("#results img")).to_have_count(12, timeout=20_000)
+    expect(wide.get_by_label("Text", exact=True)).to_have_value("a red circle")
+
+
+def test_a_failed_model_load_leaves_the_header_as_it_was(wide):
+    wide.get_by_role("tab", name="Model").click()
+    picker = wide.locator("#model-picker input")
+    picker.fill("RN50:openai")  # not cached, and this machine is offline
+    picker.press("Enter")
+    wide.get_by_role("button", name="Load", exact=True).click()
+    expect(wide.locator(".toast-body.error").first).to_be_visible(timeout=60_000)
+    expect(wide.locator("#model-info")).to_contain_text("mbm-shapes")
+    assert wide.evaluate(BADGES) == []
+    expect(wide.locator("#header")).to_contain_text("mbm-shapes")
