@@ -11,14 +11,16 @@ Each is projected to a shared width `d`. Fusion strategies, by name (`STRATEGIES
 - `image-only`, `text-only`: baselines that see one modality.
 Why a hidden layer: with `Y = Linear(Concat(...))` alone the logits are a sum of an image-only and a
 question-only term, which cannot express "the answer depends on the image *given* the question".
+`FusedHeads` serves them (and SeedNet) for a model: answers that say when a question lies outside what the heads
+were trained on or the best answer is a guess, and the shipped heads for a model that has none of its own.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from PIL import Image
 from torch import nn
 
 from mbm.data.shapes import render
-from mbm.data.vqa import ANSWERS, QUESTION_TYPES, WORDS, Example, tokenize
+from mbm.data.vqa import ANSWERS, WORDS, Example, tokenize
 from mbm.errors import InputError
 from mbm.models import ASSETS, Encoder
 from mbm.text import clean_text
@@ -182,40 +184,6 @@ class FusionClassifier(nn.Module):
         return F.scaled_dot_product_attention(q, keys, keys).squeeze(1)  # (B, d)
 
 
-def train_head(cfg: HeadConfig, feats: Features, labels: torch.Tensor, epochs: int = 12, batch_size: int = 256,
-               lr: float = 2e-3, seed: int = 0, on_epoch: Callable[[int, float], None] | None = None
-               ) -> FusionClassifier:
-    """Fit one head on precomputed features with AdamW and a cosine schedule."""
-    torch.manual_seed(seed)
-    model = FusionClassifier(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    steps = epochs * ((len(labels) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    for epoch in range(epochs):
-        model.train()
-        perm, total = torch.randperm(len(labels)), 0.0
-        for start in range(0, len(labels), batch_size):
-            idx = perm[start:start + batch_size]
-            loss = F.cross_entropy(model(feats[idx]), labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-        if on_epoch:
-            on_epoch(epoch, total / len(labels))
-    return model.eval()
-
-
-@torch.inference_mode()
-def accuracy(model: FusionClassifier, feats: Features, examples: list[Example]) -> dict[str, float]:
-    """Accuracy overall and per question type; `examples` in the order of `feats`."""
-    pred = torch.cat([model(feats[i:i + 1024]).argmax(-1) for i in range(0, len(feats), 1024)])
-    right = (pred == torch.tensor([ex.label for ex in examples])).numpy()
-    types = np.array([ex.qtype for ex in examples])
-    return {"all": float(right.mean()), **{t: float(right[types == t].mean()) for t in QUESTION_TYPES}}
-
-
 def save_heads(heads: dict[str, FusionClassifier], folder: Path, backbone: str, extra: dict) -> Path:
     """`folder/<strategy>.safetensors` per head and `folder/heads.json` with configs, backbone and metrics."""
     from safetensors.torch import save_file
@@ -246,51 +214,120 @@ def load_heads(folder: Path) -> tuple[dict[str, FusionClassifier], dict]:
 
 
 FUSION_HEADS = ASSETS / "fusion"  # FUSION_HEADS / <backbone spec> holds the heads `train-fusion` wrote
+SHIPPED_BACKBONE = "mbm-shapes"  # the heads that ship; they answer for any model that has none of its own
 MAX_QUESTION_CHARS = 300
+CONFIDENT = 0.5  # a best answer below this probability is shown as a guess
+
+
+@dataclass(frozen=True)
+class OutOfScope:
+    """Why a question lies outside what the heads were trained on."""
+    words: tuple[str, ...]  # the question's words no training question holds; () when only its form is new
+    sentence: str  # for people
+
+
+class FusedAnswers(dict):
+    """`{strategy: {answer: probability}}` (best first), and what a person should know before trusting it."""
+
+    def __init__(self, probs: dict[str, dict[str, float]], out_of_scope: OutOfScope | None, backbone: str):
+        super().__init__(probs)
+        self.out_of_scope = out_of_scope  # None when the question is one Shapes-VQA asks
+        self.backbone = backbone  # the model whose features the heads read
+
+    def unsure(self, strategy: str) -> bool:
+        """True if that strategy's best answer is a guess (probability below `CONFIDENT`)."""
+        return next(iter(self[strategy].values())) < CONFIDENT
+
+    def note(self, strategy: str) -> str:
+        """One sentence on how far to trust `strategy`'s answer; "" when it is confident and in scope."""
+        if self.out_of_scope:
+            return self.out_of_scope.sentence
+        answer, p = next(iter(self[strategy].items()))
+        return f"unsure: the best answer, “{answer}”, has only {p:.0%}" if p < CONFIDENT else ""
+
+
+def out_of_scope(question: str) -> OutOfScope | None:
+    """None if `question` is one of the questions Shapes-VQA asks; else which words (or form) the heads never saw."""
+    from mbm.data.vqa import is_asked, unknown_words
+    if is_asked(question):
+        return None
+    words = tuple(unknown_words(question))
+    known = ('they answer only questions like “what colour is the star?”, “what shape is at the top left?”, '
+             '“how many shapes are there?” and “is there a red circle?”')
+    if words:
+        quoted = ", ".join(f"“{w}”" for w in words[:5]) + (", …" if len(words) > 5 else "")
+        return OutOfScope(words, f"outside what the heads were trained on: they never saw the words {quoted}; {known}")
+    return OutOfScope((), f"outside what the heads were trained on: they know these words but were never asked "
+                          f"a question of this form; {known}")
 
 
 class FusedHeads:
     """Every fused classifier that can answer a question about an image for one encoder: the heads trained over it,
-    and the from-scratch SeedNet beside them (it needs no backbone). Load with `FusedHeads.load(encoder)`."""
+    and the from-scratch SeedNet beside them (it needs no backbone). Load with `FusedHeads.load(encoder)`.
 
-    def __init__(self, encoder: Encoder, heads: dict[str, FusionClassifier], seednet: nn.Module | None = None):
+    A model with no heads of its own is answered by the shipped heads over `SHIPPED_BACKBONE`, which read their own
+    backbone's features (loaded on first use); `encoder` stays the model served, `backbone` names the one read."""
+
+    def __init__(self, encoder: Encoder, heads: dict[str, FusionClassifier], seednet: nn.Module | None = None,
+                 backbone: str | None = None, backbone_key: str | None = None):
         self.encoder, self.heads, self.seednet = encoder, heads, seednet
+        self.backbone = backbone or encoder.name  # the model the heads were trained over
+        self._backbone_key = backbone_key or encoder.key
+        self._features: Encoder | None = encoder if backbone is None else None
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, encoder: Encoder, folder: Path = FUSION_HEADS) -> FusedHeads:
-        """The shipped heads of `encoder`'s model (and SeedNet, if shipped).
+        """The heads trained over `encoder`'s model, else the shipped ones over `SHIPPED_BACKBONE` (and SeedNet).
 
         Raises:
-            InputError: none were trained for this model; the message says how to train them.
+            InputError: no heads fit: none were trained for this model and the shipped ones are missing or were
+                trained over other weights of it; the message says how to train them.
         """
         from mbm.train.seednet import load_seednet
-        own = folder / encoder.name.replace(":", "-").replace("/", "-")
-        heads, meta = load_heads(own) if (own / "heads.json").is_file() else ({}, {})
-        if meta.get("backbone_key") != encoder.key:
+        seednet = load_seednet(folder / "seednet") if (folder / "seednet" / "seednet.json").is_file() else None
+        for name in (_folder_name(encoder.name), SHIPPED_BACKBONE):
+            heads, meta = _read_heads(folder / name)
+            if meta.get("backbone_key") == encoder.key:
+                return cls(encoder, heads, seednet)
+        if not heads or encoder.name == meta["backbone"]:  # the same model with other weights: its heads are stale
             raise InputError(f"no fused image+text heads are trained for {encoder.name}: run "
                              f"`python -m mbm train-fusion --backbone {encoder.name}` (minutes on a CPU)")
-        seednet = load_seednet(folder / "seednet") if (folder / "seednet" / "seednet.json").is_file() else None
-        return cls(encoder, heads, seednet)
+        log.info("no fused heads for %s; the heads over %s answer", encoder.name, meta["backbone"])
+        return cls(encoder, heads, seednet, backbone=meta["backbone"], backbone_key=meta["backbone_key"])
 
     @property
     def strategies(self) -> list[str]:
         return [*self.heads, *(["seednet"] if self.seednet is not None else [])]
 
-    def answers(self, image: Image.Image, question: str,
-                strategies: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
-        """`{strategy: {answer: probability}}` (best first) for one image and question, every strategy by default,
-        so fusion can be compared with the baselines. InputError for an empty or over-long question or an unknown
-        strategy."""
+    @property
+    def borrowed(self) -> bool:
+        """True when the heads read another model's features than the one served (it has no heads of its own)."""
+        return self.backbone != self.encoder.name
+
+    def features_encoder(self) -> Encoder:
+        """The encoder whose features the heads read: the served one, or their own backbone, loaded once."""
+        with self._lock:
+            if self._features is None:
+                from mbm.models import create_model
+                backbone = create_model(self.backbone, device="cpu")
+                if backbone.key != self._backbone_key:
+                    raise InputError(f"the fused heads were trained over other weights of {self.backbone}; "
+                                     f"retrain them: `python -m mbm train-fusion --backbone {self.backbone}`")
+                self._features = backbone
+            return self._features
+
+    def answers(self, image: Image.Image, question: str, strategies: tuple[str, ...] | None = None) -> FusedAnswers:
+        """Every strategy's answer (by default) to one question about one image, so fusion can be compared with the
+        baselines; the result also says whether the question lies outside what the heads were trained on.
+        InputError for an empty or over-long question or an unknown strategy."""
+        from mbm.data.vqa import normalise
         from mbm.train.seednet import answer_logits
-        question = clean_text(question or "").strip()
-        if not question:
-            raise InputError("type a question about the image, e.g. 'what shape is at the top left?'")
-        if len(question) > MAX_QUESTION_CHARS:
-            raise InputError(f"that question is {len(question):,} characters; keep it under {MAX_QUESTION_CHARS}")
+        question = normalise(_checked(question))
         unknown = [s for s in strategies or () if s not in self.strategies]
         if unknown:
             raise InputError(f"unknown fusion strategy {unknown[0]!r}; choose from {self.strategies}")
-        feats = featurize(self.encoder, [image.convert("RGB")], [question])
+        feats = featurize(self.features_encoder(), [image.convert("RGB")], [question])
         out = {}
         with torch.inference_mode():
             for name in strategies or self.strategies:
@@ -298,4 +335,21 @@ class FusedHeads:
                     self.heads[name](feats)[0]
                 probs = torch.softmax(logits, dim=-1).tolist()
                 out[name] = dict(sorted(zip(ANSWERS, probs), key=lambda kv: -kv[1]))
-        return out
+        return FusedAnswers(out, out_of_scope(question), self.backbone)
+
+
+def _checked(question: str) -> str:
+    question = clean_text(question or "").strip()
+    if not question:
+        raise InputError("type a question about the image, e.g. 'what shape is at the top left?'")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise InputError(f"that question is {len(question):,} characters; keep it under {MAX_QUESTION_CHARS}")
+    return question
+
+
+def _folder_name(spec: str) -> str:
+    return spec.replace(":", "-").replace("/", "-")
+
+
+def _read_heads(folder: Path) -> tuple[dict[str, FusionClassifier], dict]:
+    return load_heads(folder) if (folder / "heads.json").is_file() else ({}, {})

@@ -1,4 +1,5 @@
-"""Fused image+text heads: every strategy's shapes and gradients, learning, the shipped heads, the engine."""
+"""Fused image+text heads: every strategy's shapes and gradients, learning, the shipped heads, the engine; questions
+outside Shapes-VQA flagged, and the shipped heads answering for a model without its own (library and page)."""
 
 import json
 
@@ -11,13 +12,14 @@ from mbm.fusion import (
     FUSION_HEADS,
     STRATEGIES,
     Features,
+    FusedAnswers,
+    FusedHeads,
     FusionClassifier,
     HeadConfig,
-    accuracy,
     featurize_examples,
     ordered,
-    train_head,
 )
+from mbm.train.fusion import accuracy, train_head
 
 SHIPPED = FUSION_HEADS / "mbm-shapes"
 
@@ -89,16 +91,84 @@ def test_bad_fused_input_is_a_clear_error(engine, question, strategy, message):
         engine.classify_fused(render(make_scene("test", 1)), question, strategy)
 
 
-def test_a_model_without_trained_heads_points_to_train_fusion(shapes_model, tmp_path):
+def test_stale_heads_point_to_train_fusion(shapes_model, tmp_path):
     import copy
 
     from mbm.engine import Engine, EngineConfig
     other = copy.copy(shapes_model)
-    other.key = "ViT-B-32:laion2b_s34b_b79k#00000000"
-    other.name = "ViT-B-32:laion2b_s34b_b79k"
+    other.key = "mbm-shapes#00000000"  # the shipped model's name, other weights: its heads would read wrong features
     engine = Engine(EngineConfig(cache_dir=str(tmp_path)), encoder=other)
-    with pytest.raises(ValueError, match="train-fusion --backbone ViT-B-32:laion2b_s34b_b79k"):
+    with pytest.raises(ValueError, match="train-fusion --backbone mbm-shapes"):
         engine.classify_fused(render(make_scene("test", 1)), "what colour is the circle?")
+    with pytest.raises(ValueError, match="no fused image"):  # no heads at all
+        FusedHeads.load(shapes_model, folder=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def world_model():
+    """Another real, tiny embedded model, with no fused heads of its own."""
+    from mbm.models import create_model
+    return create_model("mbm-world", device="cpu")
+
+
+def test_a_model_without_heads_borrows_the_shipped_ones(shapes_model, world_model):
+    assert not (FUSION_HEADS / "mbm-world").exists()
+    borrowed, own = FusedHeads.load(world_model), FusedHeads.load(shapes_model)
+    assert borrowed.encoder is world_model and borrowed.backbone == "mbm-shapes" and borrowed.borrowed
+    assert own.backbone == "mbm-shapes" and not own.borrowed
+    image = render(make_scene("test", 7), size=128)  # a large brown circle at the top right, ...
+    answers = borrowed.answers(image, "what shape is at the top right?")
+    assert answers.backbone == "mbm-shapes" and next(iter(answers["attention"])) == "circle"
+    assert borrowed.features_encoder().key == shapes_model.key  # the heads read their own backbone's features
+    same = own.answers(image, "what shape is at the top right?")
+    for name in STRATEGIES:
+        assert list(answers[name].items())[:3] == pytest.approx(list(same[name].items())[:3], abs=1e-5)
+
+
+@pytest.mark.parametrize("question, unknown", [
+    ("what is the meaning of life?", ("meaning", "of", "life")),
+    ("quelle couleur ?", ("quelle", "couleur")),
+    ("星星是什么颜色?", ("星星是什么颜色",)),
+    ("what colour is the red star?", ()),  # known words, a form never asked
+    ("is the star red?", ()),
+])
+def test_a_question_outside_shapes_vqa_is_flagged_with_its_unknown_words(engine, question, unknown):
+    answers = engine.fused_answers(render(make_scene("test", 7)), question)
+    assert answers.out_of_scope is not None and answers.out_of_scope.words == unknown
+    assert "outside what the heads were trained on" in answers.note("attention")
+    assert all(f"“{w}”" in answers.out_of_scope.sentence for w in unknown)
+
+
+@pytest.mark.parametrize("question", ["what colour is the star?", "What color is the cross", "how many shapes are "
+                                      "there?", "what shape is in the centre?", "is there an orange heart?"])
+def test_a_shapes_vqa_question_is_in_scope_whatever_its_spelling(engine, question):
+    assert engine.fused_answers(render(make_scene("test", 7)), question, ("attention",)).out_of_scope is None
+
+
+def test_the_page_on_a_model_without_heads_answers_with_the_shipped_ones_and_flags_nonsense(tmp_path):
+    from conftest import ROOT, start_app, stop_app
+    from gradio_client import Client, handle_file
+    proc, server = start_app(tmp_path, "--model", "mbm-world")
+    try:
+        client = Client(server.url, verbose=False)
+        scene = handle_file(str(ROOT / "assets" / "examples" / "scene.png"))  # a large brown circle at the top right
+        label, table = client.predict(scene, "what shape is at the top right?", "attention", api_name="/classify_fused")
+        rows = {row[0]: row[1:] for row in table["data"]}
+        assert label["label"] == "circle" and rows["attention"][0] == "circle"
+        assert {r[3] for name, r in rows.items() if name != "seednet"} == {"mbm-shapes"}  # what the heads read
+        assert rows["seednet"][3] == "pixels"
+        label, table = client.predict(scene, "what is the meaning of life?", "concat", api_name="/classify_fused")
+        assert label["label"] == "out of scope" and not label.get("confidences")  # flagged, not answered
+        assert {row[3] for row in table["data"]} == {"out of scope"}
+    finally:
+        stop_app(proc)
+
+
+def test_a_guess_is_shown_as_one():
+    answers = FusedAnswers({"concat": {"red": 0.42, "blue": 0.38, "no": 0.2}, "attention": {"red": 0.97, "no": 0.03}},
+                           None, "mbm-shapes")
+    assert answers.unsure("concat") and not answers.unsure("attention")
+    assert answers.note("concat") == "unsure: the best answer, “red”, has only 42%" and answers.note("attention") == ""
 
 
 def test_the_neighbour_vote_weights_closer_images_more():

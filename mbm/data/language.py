@@ -29,7 +29,12 @@ def fix_articles(text: str) -> str:
 
 def place(o: Obj) -> str:
     """Where an object is, in words: "at the top left", "in the center", "on the right"."""
-    row, col = ROWS[o.row], COLS[o.col]
+    return place_at(o.row, o.col)
+
+
+def place_at(r: int, c: int) -> str:
+    """A place of the 3 x 3 grid (row, column) in words, as `place` says it."""
+    row, col = ROWS[r], COLS[c]
     if row == "middle":
         return "in the center" if col == "center" else f"on the {col}"
     return f"at the {row}" if col == "center" else f"at the {row} {col}"
