@@ -22,6 +22,9 @@ from mbm.data import emoji as emoji_data
 
 HOLDOUT_STYLE = "twemoji"
 ENGLISH_SHARE = 0.3  # of emoji captions; the other 27 locales share the rest
+# Half the English captions say the label as people type it ("a dog", "a picture of a fox"): with the bare label
+# only, "a dog" lies nearer the shapes' captions ("a red circle") than the dog, and a classroom types "a dog".
+ENGLISH_PHRASES = ("{a} {}", "{a} {}", "the {}", "a picture of {a} {}", "{} emoji", "an emoji of {a} {}")
 
 
 @dataclass
@@ -51,6 +54,9 @@ def caption(concept: dict, rng: random.Random, locale: str | None = None) -> str
     tags = [t for t in tags if t.lower() != label.lower()]
     if tags and rng.random() < 1 / 3:
         return f"{label}: " + ", ".join(rng.sample(tags, min(len(tags), rng.randint(1, 3))))
+    if locale == "en" and rng.random() < 0.5:
+        article = "an" if label[:1].lower() in "aeiou" else "a"
+        return rng.choice(ENGLISH_PHRASES).replace("{a}", article).replace("{}", label)
     return label
 
 
