@@ -204,7 +204,7 @@ def photos() -> tuple[Image.Image, ...]:
     out = [Image.open(p).convert("RGB") for p in sorted(PHOTOS.glob("*.jpg"))]
     try:
         from skimage import data
-        for name in ("brick", "grass", "gravel", "coffee", "chelsea", "rocket", "astronaut", "immunohistochemistry"):
+        for name in ("brick", "grass", "gravel", "coffee", "chelsea", "rocket", "astronaut"):  # CC0 or public domain
             arr = getattr(data, name)()
             out.append(Image.fromarray(arr).convert("RGB"))
     except (ImportError, OSError, ValueError):  # optional, and its data may need a download it cannot make
