@@ -69,3 +69,21 @@ class Picture(gr.Image):
         except Exception:
             read_image(payload.path, getattr(payload, "orig_name", None))  # raises the gr.Error that says why
             return str(payload.path)  # mbm's loader reads what Pillow's plain open could not
+
+
+class Choice(gr.Radio):
+    """A `gr.Radio` of the options that work here. An API call naming one that does not (`missing`: option -> the
+    sentence saying why, e.g. what to install) is told so, not Gradio's "not in the list of choices"."""
+    is_template = True  # the page draws it as Gradio's radio
+
+    def __init__(self, choices: list[str], missing: dict[str, str] | None = None, **kwargs):
+        super().__init__(choices, **kwargs)
+        self.missing = missing or {}
+
+    def get_config(self, cls=None):
+        return super().get_config(cls or gr.Radio)  # its settings are the radio's, not this __init__'s
+
+    def preprocess(self, payload):
+        if payload in self.missing:
+            raise gr.Error(self.missing[payload])
+        return super().preprocess(payload)

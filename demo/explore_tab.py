@@ -15,7 +15,7 @@ from PIL import Image
 
 from demo.charts import heatmap_svg, map_svg, thumb_uri
 from demo.common import EXAMPLES, Page, friendly, number, read_image
-from demo.components import Picture, Slider
+from demo.components import Choice, Picture, Slider
 from demo.queries import check_query, parse_prompts
 from mbm.classify import DEFAULT_TEMPLATES
 from mbm.explore import (
@@ -31,6 +31,7 @@ from mbm.search import Query
 
 DEFAULT_QUERY = "a red circle"
 LAB_LABELS = "red, green, blue, yellow"
+UMAP_MISSING = "The UMAP projection needs umap-learn on the server (pip install umap-learn); use pca."
 
 
 def _text(text: str | None, local: bool) -> Query:
@@ -123,8 +124,9 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
         map_text = gr.Textbox(label="Query", value=DEFAULT_QUERY, elem_id="map-query", scale=3)
         map_k = Slider(1, 30, value=10, step=1, label="Hits to mark (k)", elem_id="map-k", scale=2)
         methods = available_methods()  # only what works here: UMAP when umap-learn is installed
-        method = gr.Radio(methods, value="pca", label="Projection", scale=1, elem_id="map-method",
-                          info=None if set(methods) == set(METHODS) else "UMAP too with: pip install umap-learn")
+        missing = {m: UMAP_MISSING for m in METHODS if m not in methods}
+        method = Choice(methods, missing, value="pca", label="Projection", scale=1, elem_id="map-method",
+                        info="UMAP too with: pip install umap-learn" if missing else None)
     the_map = gr.HTML(elem_id="embedding-map")
     gap = gr.Markdown(elem_id="modality-gap")
 
