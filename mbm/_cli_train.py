@@ -69,8 +69,13 @@ def _cli_world():
 
 
 def _make_gallery(args) -> int:
-    from mbm.data.sample import write_scenes
-    paths = write_scenes(args.out, n=args.n, size=args.size, split=args.split)
+    from mbm.data.sample import write_emoji, write_scenes
+    if args.emoji:
+        from mbm._cli_world import cache_of
+        paths = write_emoji(args.out, cache_of(args), style=args.emoji, others=args.n)
+        print(f"wrote {len(paths)} {args.emoji} emoji with their English labels to {args.out}")
+        return 0
+    paths = write_scenes(args.out, n=args.n, size=args.size, split=args.split, anywhere=args.anywhere)
     print(f"wrote {len(paths)} scenes with captions to {args.out}")
     return 0
 
@@ -219,6 +224,11 @@ def _flags_make_gallery(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     p.add_argument("--split", default="test", choices=("train", "val", "test", "heldout"),
                    help="which scenes (default test)")
+    p.add_argument("--anywhere", action="store_true", help="on any background, size, rotation and drawing style")
+    p.add_argument("--emoji", default=None, metavar="STYLE",
+                   help="instead of scenes: emoji in STYLE (twemoji, noto, fluent; needs prepare-data), every animal, "
+                        "plant, food and drink and -n others")
+    p.add_argument("--cache", default=None, help="with --emoji: the cache prepare-data filled")
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:

@@ -30,10 +30,18 @@ def shapes_model():
 
 @pytest.fixture(scope="session")
 def engine(shapes_model, tmp_path_factory):
-    """An engine on the built-in gallery with the embedded model; its store lives in a temporary cache."""
+    """An engine with `mbm-shapes` on the shapes-world part of the built-in gallery (its scenes and photos, as
+    the gallery was before emoji joined it: what that model was made for), copied with the gallery's shipped
+    vectors; its store lives in a temporary cache."""
+    import shutil
+
     from mbm.engine import Engine, EngineConfig
-    engine = Engine(EngineConfig(cache_dir=str(tmp_path_factory.mktemp("cache"))), encoder=shapes_model)
-    assert len(engine.gallery) > 300  # opening it indexes it
+    gallery = tmp_path_factory.mktemp("shapes-gallery")
+    for part in ("scenes", "photos", ".vectors"):
+        shutil.copytree(ROOT / "assets" / "gallery" / part, gallery / part)
+    config = EngineConfig(gallery=str(gallery), cache_dir=str(tmp_path_factory.mktemp("cache")))
+    engine = Engine(config, encoder=shapes_model)
+    assert len(engine.gallery) == 307  # opening it indexes it
     return engine
 
 
