@@ -408,3 +408,20 @@ def test_a_failed_model_load_leaves_the_header_as_it_was(wide):
     expect(wide.locator("#model-info")).to_contain_text("mbm-shapes")
     assert wide.evaluate(BADGES) == []
     expect(wide.locator("#header")).to_contain_text("mbm-shapes")
+
+
+def test_exact_and_approximate_tiles_keep_their_size_on_a_small_gallery(wide):
+    wide.get_by_role("tab", name="Gallery").click()
+    photos = sorted((ROOT / "assets" / "gallery" / "photos").glob("*.jpg"))[:5]
+    wide.locator("#uploads input[type=file]").set_input_files([str(p) for p in photos])
+    wide.get_by_role("button", name="Index my uploads").click()
+    expect(wide.get_by_text("5 searchable images")).to_be_visible(timeout=30_000)
+    wide.get_by_role("tab", name="Explore").click()
+    expect(wide.locator("#index-note")).to_contain_text("recall@", timeout=30_000)
+    for side in ("#index-exact", "#index-approx"):
+        tiles = wide.locator(f"{side} .thumbnail-item")
+        assert tiles.count() >= 1
+        column = wide.locator(side).bounding_box()["width"]
+        widths = tiles.evaluate_all("ts => ts.map(t => t.getBoundingClientRect().width)")
+        assert max(widths) < column / 4  # five to a row, however few there are: no giant crops
+        assert wide.locator(side).evaluate(ELLIPSIS) == []
