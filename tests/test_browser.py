@@ -425,3 +425,16 @@ def test_exact_and_approximate_tiles_keep_their_size_on_a_small_gallery(wide):
         widths = tiles.evaluate_all("ts => ts.map(t => t.getBoundingClientRect().width)")
         assert max(widths) < column / 4  # five to a row, however few there are: no giant crops
         assert wide.locator(side).evaluate(ELLIPSIS) == []
+
+
+def test_a_view_that_cannot_draw_leaves_no_error_badge_and_draws_again(wide):
+    _open_explore(wide)
+    box = wide.locator("#map-query textarea, #map-query input").first
+    box.fill(" ")
+    box.press("Enter")
+    expect(wide.get_by_text("Type a query").first).to_be_visible(timeout=20_000)
+    assert wide.evaluate(BADGES) == []
+    box.fill("a green star")
+    box.press("Enter")
+    expect(wide.locator("#embedding-map g.query")).to_contain_text("a green star", timeout=20_000)
+    assert wide.evaluate(BADGES) == []
