@@ -315,3 +315,28 @@ print(json.dumps(enc.encode_texts(["a red circle"])[0].tolist()))
 def test_the_tests_hugging_face_cache_is_their_own():
     assert os.environ["HF_HOME"].startswith(tempfile.gettempdir()) and "mbm-test-hf-home-" in os.environ["HF_HOME"]
     assert default_model(False) == "mbm-shapes"  # whatever this machine has cached
+
+
+def test_an_embedded_model_names_the_words_it_never_read(shapes_model):
+    """mbm-shapes read 51 tokens in training; 'dog' is none of them, so its vector is the random one it started
+    with and a page must not pass off its answers as knowledge."""
+    assert shapes_model.unseen_words("a red circle at the top left") == []
+    assert shapes_model.unseen_words("a dog, a DOG and a red quokka") == ["dog", "DOG", "quokka"]
+    assert shapes_model.unseen_words("キツネ") == ["キツネ"]
+    note = shapes_model.scope.note("mbm-shapes", ["dog"])
+    assert note.startswith("mbm-shapes never read 'dog' in training") and "English only" in note
+
+
+def test_a_model_without_a_scope_flags_nothing_and_a_damaged_scope_is_ignored(trained_folder, tmp_path):
+    import shutil
+
+    from mbm.models.scope import SCOPE_FILE
+    _, folder = trained_folder
+    assert (folder / SCOPE_FILE).is_file()  # train-clip writes it beside the weights
+    assert create_model(str(folder), device="cpu").unseen_words("a dog") == ["dog"]
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    (copy / SCOPE_FILE).write_text("{not json")
+    assert create_model(str(copy), device="cpu").unseen_words("a dog") == []  # as for a pretrained model
+    (copy / SCOPE_FILE).unlink()
+    assert create_model(str(copy), device="cpu").scope is None

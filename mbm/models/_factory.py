@@ -18,6 +18,7 @@ from mbm.models._registry import ASSETS, EMBEDDED, KNOWN_MODELS, SPACE_MODEL, Sp
 from mbm.models._registry import register as register_loader
 from mbm.models._weights import WEIGHT_SUFFIXES, WeightsUnavailableError, reading_weights, weights_in
 from mbm.models.encoder import Encoder
+from mbm.models.scope import load_scope
 
 log = logging.getLogger(__name__)
 BACKENDS = ("torch", "onnx")
@@ -63,6 +64,9 @@ def create_model(spec: str = EMBEDDED, device: str | torch.device = "auto", prec
     model, preprocess, tokenizer = loader(parsed.scheme)(parsed, dev)
     encoder = Encoder(model, preprocess, tokenizer, name=spec, device=dev, precision=prec,
                       channels_last=channels_last)
+    if parsed.scheme in ("mbm", "local-dir"):
+        folder = ASSETS / parsed.name if parsed.scheme == "mbm" else Path(parsed.name).expanduser()
+        encoder.scope = load_scope(folder if folder.is_dir() else folder.parent)
     if backend == "onnx":
         from mbm.models._onnx import onnx_runner
         encoder.use_runner(onnx_runner(encoder, cache_dir or default_cache_dir() / "onnx"), backend="onnx")

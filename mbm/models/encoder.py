@@ -87,6 +87,7 @@ class Encoder:
         self.model.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         self._modules = list(self.model.modules())  # checked for forward hooks before each batch
         self.backend, self.runner = "torch", _bf16_runner(self)
+        self.scope = None  # a `mbm.models.scope.Scope` when the model folder ships one (see `unseen_words`)
 
     def __repr__(self) -> str:
         extra = f", backend={self.backend}" if self.backend != "torch" else ""
@@ -158,6 +159,19 @@ class Encoder:
         if callable(inner):
             return len(inner(text)["input_ids"])
         return None
+
+    def token_ids(self, text: str) -> list[int]:
+        """The vocabulary ids of `text`'s tokens as the model sees them, without start and end markers ([] if the
+        tokenizer cannot say)."""
+        tok = self.tokenizer
+        if not isinstance(getattr(tok, "decoder", None), dict):
+            return []
+        ids = tok([bound_for_tokenizer(text)])[0].tolist()
+        return [i for i in ids if i not in (0, tok.sot_token_id, tok.eot_token_id)]
+
+    def unseen_words(self, text: str) -> list[str]:
+        """The words of `text` this model never read in training ([] when it ships no scope: a pretrained model)."""
+        return self.scope.unseen(text, self.token_ids) if self.scope else []
 
     def tokens(self, text: str) -> list[str]:
         """The tokens the model sees for `text`, start and end markers included, cut at `context_length` the

@@ -271,7 +271,11 @@ def save(model: torch.nn.Module, cfg: TrainConfig, out: Path) -> Path:
         "model_cfg": cfg.model_cfg,
         "preprocess_cfg": {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD),
                            "interpolation": "bicubic", "resize_mode": "squash"},
-        "mbm_train_cfg": {k: v for k, v in asdict(cfg).items() if k != "model_cfg"},
+        # the cache's path is this machine's: the recipe says only that the world came from prepare-data's cache
+        "mbm_train_cfg": {k: ("prepare-data cache" if k == "world" and v else v)
+                          for k, v in asdict(cfg).items() if k != "model_cfg"},
     }
     (out / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    from mbm.train.scope import write_for
+    write_for(out, cfg.world or None)  # scope.json: what the model read, for the page to say when a query is beyond
     return out
