@@ -147,7 +147,7 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
     index_note = gr.Markdown(elem_id="index-note")
     with gr.Row():
         # fit_columns off: two results of a small gallery stay tiles of the usual size, not two giant crops
-        tiles = dict(columns=5, allow_preview=False, fit_columns=False)
+        tiles = dict(columns=5, height="auto", allow_preview=False, fit_columns=False, elem_classes="mbm-fit")
         exact = gr.Gallery(label="Exact (every vector compared)", elem_id="index-exact", **tiles)
         approx = gr.Gallery(label="Approximate (✗: missed by the exact search)", elem_id="index-approx", **tiles)
 

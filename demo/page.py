@@ -22,6 +22,7 @@ CSS = """
 #mbm-style {display: none}
 .gradio-container .mbm-tiles .caption-label {white-space: normal; max-width: calc(100% - 8px); opacity: .92;
   line-height: 1.2; overflow-wrap: break-word}
+.gradio-container .mbm-fit .grid-wrap {min-height: 0; max-height: none}  /* as tall as its tiles, no blank below */
 """
 
 

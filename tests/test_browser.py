@@ -348,6 +348,9 @@ def test_explore_views_fit_their_labels_and_tiles(wide):
     approx.scroll_into_view_if_needed()
     wide.wait_for_function("() => [...document.querySelectorAll('#index-approx img')].every(i => i.naturalWidth)")
     assert approx.evaluate(ELLIPSIS) == []  # no blank "not in the…" tiles
+    below = "el => el.getBoundingClientRect().bottom - el.querySelector('.grid-container').getBoundingClientRect()" \
+        ".bottom"
+    assert approx.evaluate(below) < 40  # as tall as its tiles: no blank band under them
     assert wide.locator("#map-method input[type=radio]").evaluate_all("rs => rs.map(r => r.value)") \
         == available_methods()  # only what works here
 
