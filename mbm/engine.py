@@ -191,6 +191,14 @@ class Engine:
         return self.open_gallery(root, store=store, progress=progress, activate=False)[0]
 
     # ---------------------------------------------------------------- search
+    def beyond(self, *texts: str) -> str | None:
+        """A sentence for people when `texts` hold words the serving model never read in training (its answers
+        for them are guesses): which words, and what the model does know. None when every word was read, or the
+        model ships no scope (a pretrained one)."""
+        words = list(dict.fromkeys(w for t in texts if t for w in self.encoder.unseen_words(t)))
+        scope = self.encoder.scope
+        return scope.note(self.encoder.name, words) if words and scope else None
+
     def embed_image(self, image: Image.Image) -> np.ndarray:
         """`(D,)` unit embedding of an image, to hand to several calls (search, describe) that would each embed it."""
         return self.encoder.encode_images([image])[0]

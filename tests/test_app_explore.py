@@ -28,14 +28,17 @@ def test_the_similarity_matrix_is_diagonal_for_the_shipped_model(client):
 
 
 def test_approximate_search_reaches_the_exact_top_k_with_every_list_scanned(client):
-    exact, approx, words, knob = client.predict("a blue square", 10, "ivf", 16, api_name="/compare_indexes")
-    assert len(exact) == 10 and "recall@10 = 100%" in words and (knob["value"], knob["maximum"]) == (16, 16)
+    *_, knob = client.predict("a blue square", 10, "ivf", 1, api_name="/compare_indexes")
+    lists = knob["maximum"]  # about the square root of the gallery's size
+    assert 16 <= lists <= 64
+    exact, approx, words, knob = client.predict("a blue square", 10, "ivf", lists, api_name="/compare_indexes")
+    assert len(exact) == 10 and "recall@10 = 100%" in words and knob["value"] == lists
     assert [t["caption"].split(". ", 1)[1] for t in exact] == [t["caption"].split(". ", 1)[1] for t in approx]
     recalls = []
     for query in ("a blue square", "a red circle", "a green star", "a yellow heart"):
         *_, words, _ = client.predict(query, 10, "ivf", 1, api_name="/compare_indexes")
         recalls.append(int(re.search(r"recall@10 = (\d+)%", words).group(1)))
-    assert min(recalls) < 100  # one list of 16 misses part of the true top-10: the knob matters
+    assert min(recalls) < 100  # one list of many misses part of the true top-10: the knob matters
 
 
 def test_the_prompt_lab_averages_templates_and_warns_about_cut_prompts(client):

@@ -155,3 +155,10 @@ def test_an_empty_gallery_given_explicitly_is_searched_not_swapped_for_the_activ
     assert engine.search("a red circle", k=5, gallery=empty) == []
     assert engine.search("a red circle", k=5, gallery=empty).scores.shape == (0,)
     assert len(engine.search("a red circle", k=5)) == 5  # the active gallery is still what a None means
+
+
+def test_the_engine_says_when_a_query_lies_beyond_what_its_model_read(engine):
+    assert engine.beyond("a red circle", "a blue square at the top left") is None
+    note = engine.beyond("a dog", "a red circle", "Dog und Katze")
+    assert note.startswith("mbm-shapes never read 'dog', 'Dog', 'und', 'Katze' in training")
+    assert "10 colours, 8 shapes" in note and "English only" in note
