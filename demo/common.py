@@ -150,6 +150,13 @@ def message_for(e: Exception, where: str = "a handler") -> str:
     return BUG
 
 
+def no_badge_after_failure(event, outputs: list) -> None:
+    """After `event` fails, a step that leaves its `outputs` as they are: Gradio keeps an "Error" badge over every
+    output of a failed event until another event writes to it, so without this the badges outlive the toast."""
+    event.failure(lambda: (gr.skip(),) * len(outputs) if len(outputs) > 1 else gr.skip(), None, outputs,
+                  api_visibility="private")
+
+
 def text(value, what: str) -> str:
     """`value` as text (None is empty text); anything else an API call may send is a gr.Error naming the field."""
     if value is None:

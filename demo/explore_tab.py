@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from demo.charts import heatmap_svg, map_svg, thumb_uri
-from demo.common import EXAMPLES, Page, friendly, number, read_image
+from demo.common import EXAMPLES, Page, friendly, no_badge_after_failure, number, read_image
 from demo.components import Choice, Picture, Slider
 from demo.queries import check_query, parse_prompts
 from mbm.classify import DEFAULT_TEMPLATES
@@ -111,11 +111,6 @@ def _or_note(fn, args: tuple, n_outputs: int, note: int) -> tuple:
         return tuple(f"**{e.message}**" if i == note else gr.skip() for i in range(n_outputs))
 
 
-def _unchanged(n: int):
-    """An event of `n` outputs that leaves them as they are; run after a failed one, it ends their error status."""
-    return lambda: (gr.skip(),) * n
-
-
 # ---------------------------------------------------------------- the tab
 def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
     engine = page.engine
@@ -205,7 +200,7 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
     for fn, inputs, outputs, triggers, name in views:
         group = {"concurrency_id": "prompts", "concurrency_limit": 1} if name == "prompt_lab" else {}  # as Classify
         event = gr.on(list(triggers), fn, inputs, outputs, api_name=name, **group)  # a named endpoint, for clients
-        event.failure(_unchanged(len(outputs)), None, outputs, api_visibility="private")  # no "Error" badge left
+        no_badge_after_failure(event, outputs)
     kind.change(lambda kind, text, k, choice: show_indexes(text, k, kind, 1, choice),  # a new index: knob from 1
                 [kind, index_text, index_k, choice], index_out, api_visibility="private")
 

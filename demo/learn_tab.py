@@ -15,7 +15,7 @@ import gradio as gr
 from PIL import Image
 
 from demo.charts import cells_svg, curve_svg, heatmap_svg, image_uri, vector_svg
-from demo.common import EXAMPLES, Page, friendly, read_image
+from demo.common import EXAMPLES, Page, friendly, no_badge_after_failure, read_image
 from demo.common import text as as_text
 from demo.components import Picture, Slider
 from demo.queries import MAX_QUERY_CHARS, check_query, tiles
@@ -155,8 +155,8 @@ def build_training(page: Page, demo: gr.Blocks) -> None:
         hits = search_with(mine["encoder"], gallery, text, k=8, embedded=mine["embedded"])
         return tiles(shipped), tiles(hits), mine
 
-    gr.on([compare_button.click, query.submit], compare, [query, mine], [theirs, yours, mine],
-          api_name="compare_models")
+    no_badge_after_failure(gr.on([compare_button.click, query.submit], compare, [query, mine], [theirs, yours, mine],
+                                 api_name="compare_models"), [theirs, yours, mine])
 
 
 STAGES = (  # (stage, image, text, the code that does it)
@@ -229,7 +229,7 @@ def build_walkthrough(page: Page, tabs: gr.Tabs) -> None:
                 t.note)
 
     outputs = [seen, tokens, features, vectors, colours, answers, fusion_note]
-    run_button.click(run, [image, text], outputs, api_name="pipeline_trace")
+    no_badge_after_failure(run_button.click(run, [image, text], outputs, api_name="pipeline_trace"), outputs)
     for button, tab in ((to_search, "search"), (to_explore, "explore"), (to_classify, "classify")):
         button.click(lambda tab=tab: gr.Tabs(selected=tab), None, tabs, api_visibility="private")
 
