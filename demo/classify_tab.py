@@ -45,9 +45,10 @@ def build(page: Page) -> None:
             out = page.engine.zero_shot(read_image(image), labels, templates)
         rows = [[t, *(round(out.per_template[t][label], 3) for label in out.probs)] for t in out.per_template]
         table = gr.Dataframe(value=rows, headers=["template", *out.probs], visible=True)
-        note = (f"⚠️ {len(out.truncated)} prompt(s) are longer than the model's {page.engine.encoder.context_length} "
-                f"tokens and were cut short, e.g. “{out.truncated[0][:60]}…”" if out.truncated else "")
-        return out.probs, table, note
+        notes = [f"⚠️ {len(out.truncated)} prompt(s) are longer than the model's "
+                 f"{page.engine.encoder.context_length} tokens and were cut short, e.g. “{out.truncated[0][:60]}…”"
+                 if out.truncated else "", page.engine.beyond(*labels, *templates) or ""]
+        return out.probs, table, "\n\n".join(n for n in notes if n)
 
     @friendly
     def classify_drawing(drawing, labels_text: str, templates_text: str, request: gr.Request):

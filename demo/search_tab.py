@@ -61,7 +61,8 @@ def build(page: Page, choice: gr.State) -> gr.Markdown:
         took = (time.perf_counter() - start) * 1000
         kind = "text+image" if query and image is not None else "text" if query else "image"
         note = (f"**{len(hits)}** of {len(scores)} images ({kind} query) in **{took:.0f} ms**"
-                + ("" if hits else " — none scores above the threshold; lower it to see more."))
+                + ("" if hits else " — none scores above the threshold; lower it to see more.")
+                + (f"\n\n{beyond}" if (beyond := page.engine.beyond(as_text(text, "The query"))) else ""))
         return (tiles(hits), histogram_svg(scores, threshold, [h.score for h in hits]), note,
                 gr.Dataframe(value=[[t, round(s, 4)] for t, s in ranked], visible=bool(ranked)), [h.id for h in hits])
 

@@ -209,3 +209,14 @@ def test_a_blank_canvas_is_a_clear_message(client, tmp_path):
         client.predict(blank, "", 1.0, 8, -0.2, api_name="/search_drawing")
     with pytest.raises(AppError, match="Draw something on the canvas first, then press Classify my drawing."):
         client.predict(None, "circle, star", "a {}.", api_name="/classify_drawing")
+
+
+def test_a_query_beyond_what_the_model_read_is_answered_and_said_to_be_a_guess(client):
+    *_, timing, _ = client.predict("a xylophone", None, 1.0, 6, 0.0, api_name="/search")
+    assert "never read 'xylophone' in training" in timing and "It learned" in timing
+    *_, plain, _ = client.predict("a red circle", None, 1.0, 6, 0.0, api_name="/search")
+    assert "never read" not in plain
+    red = ROOT / "assets" / "examples" / "red-circle.png"
+    _, _, warning = client.predict(handle_file(str(red)), "circle, xylophone", "a {}.",
+                                   api_name="/classify")
+    assert "never read 'xylophone' in training" in warning
