@@ -249,3 +249,55 @@ def on_screen(label: str, script: tuple[Appearance, ...] = EXAMPLE_SCRIPT) -> li
         else:
             merged.append((s, e))
     return merged
+
+
+@dataclass(frozen=True)
+class Moment:
+    """A span of a video that matches a query: from `start` to `end` seconds, best at `best` with `score`."""
+    start: float
+    end: float
+    best: float
+    score: float
+
+    def label(self) -> str:
+        """`mm:ss-mm:ss`, as the CLI prints a hit."""
+        clock = lambda s: f"{int(s) // 60:02d}:{int(s) % 60:02d}"
+        return f"{clock(self.start)}-{clock(self.end)}"
+
+
+def moments(times: np.ndarray, scores: np.ndarray, every: float = 1.0, share: float = 0.5,
+            threshold: float | None = None) -> list[Moment]:
+    """The spans of one video's sampled frames that match a query, best first.
+
+    A frame matches when its score stands out from the video's own run of scores: at least `share` of the way
+    from their median (what the video looks like to this query most of the time) to their best (and at least
+    `threshold`, if given). Matching frames no more than 1.5 `every` apart merge into one span, which ends one
+    `every` after its last frame (the frame stands for the seconds until the next one).
+    """
+    times, scores = np.asarray(times, float), np.asarray(scores, float)
+    if len(times) == 0:
+        return []
+    order = np.argsort(times)
+    times, scores = times[order], scores[order]
+    floor = np.median(scores) + share * (scores.max() - np.median(scores))
+    if threshold is not None:
+        floor = max(floor, threshold)
+    spans: list[list[int]] = []
+    for i in np.flatnonzero(scores >= floor - 1e-9):
+        if spans and times[i] - times[spans[-1][-1]] <= 1.5 * every:
+            spans[-1].append(i)
+        else:
+            spans.append([i])
+    out = []
+    for span in spans:
+        best = max(span, key=lambda i: scores[i])
+        out.append(Moment(float(times[span[0]]), float(times[span[-1]] + every), float(times[best]),
+                          float(scores[best])))
+    return sorted(out, key=lambda m: -m.score)
+
+
+def iou(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Intersection over union of two time spans."""
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = max(a[1], b[1]) - min(a[0], b[0])
+    return inter / union if union > 0 else 0.0

@@ -98,3 +98,16 @@ def test_every_must_be_a_positive_number(example):
     for bad in (0, -1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="positive number of seconds"):
             list(video.sample(example, every=bad))
+
+
+def test_matching_frames_merge_into_moments_best_first():
+    times = np.arange(12.0)
+    scores = np.array([.2, .2, .6, .7, .6, .2, .2, .2, .9, .2, .8, .2])  # 2-4 together; 8 and 10 with a gap
+    found = video.moments(times, scores)
+    assert [(m.start, m.end, m.best) for m in found] == [(8.0, 9.0, 8.0), (10.0, 11.0, 10.0), (2.0, 5.0, 3.0)]
+    assert found[0].label() == "00:08-00:11" and video.moments(times, scores, threshold=0.95) == []
+    assert video.moments([], []) == [] and video.iou((1, 5), (3, 7)) == pytest.approx(2 / 6)
+
+
+def test_a_moment_prints_minutes_and_seconds():
+    assert video.Moment(65.0, 3725.0, 70.0, 0.5).label() == "01:05-62:05"
