@@ -105,7 +105,7 @@ def test_matching_frames_merge_into_moments_best_first():
     scores = np.array([.2, .2, .6, .7, .6, .2, .2, .2, .9, .2, .8, .2])  # 2-4 together; 8 and 10 with a gap
     found = video.moments(times, scores)
     assert [(m.start, m.end, m.best) for m in found] == [(8.0, 9.0, 8.0), (10.0, 11.0, 10.0), (2.0, 5.0, 3.0)]
-    assert found[0].label() == "00:08-00:11" and video.moments(times, scores, threshold=0.95) == []
+    assert found[0].label() == "00:08-00:09" and video.moments(times, scores, threshold=0.95) == []
     assert video.moments([], []) == [] and video.iou((1, 5), (3, 7)) == pytest.approx(2 / 6)
 
 
