@@ -10,7 +10,7 @@ from PIL import Image
 
 from mbm import explore, trace
 from mbm.data.shapes import make_scene, render
-from mbm.explore import pca_2d
+from mbm.explore import _cache, maps, pca_2d
 from mbm.models import Encoder
 
 QUERIES = ["a red circle", "a blue star", "a small green square at the top left", "a large yellow heart",
@@ -20,7 +20,7 @@ QUERIES = ["a red circle", "a blue star", "a small green square at the top left"
 @pytest.fixture
 def fresh_cache(monkeypatch):
     """An empty cache of fits and indexes, so a test sees its own fits (and fakes never leak out)."""
-    monkeypatch.setattr(explore, "_CACHE", explore._Cache())
+    monkeypatch.setattr(_cache, "CACHE", _cache.Cache())
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +64,8 @@ def test_the_query_and_its_hits_are_those_search_returns(engine):
 
 def test_another_query_reuses_the_fit(engine, fresh_cache, monkeypatch):
     fits = []
-    fit = explore._fit_map
-    monkeypatch.setattr(explore, "_fit_map", lambda *a: fits.append(a) or fit(*a))
+    fit = maps._fit_map
+    monkeypatch.setattr(maps, "_fit_map", lambda *a: fits.append(a) or fit(*a))
     red, blue, none = (engine.embedding_map(q) for q in ("a red circle", "a blue star", None))
     assert len(fits) == 1
     assert red.query != blue.query and none.query is None
