@@ -6,47 +6,45 @@ from their declared sizes and cut off while streaming, every limit is checked be
 sanitised, nothing is overwritten, and each file appears whole or not at all (hidden temp name, then rename).
 Hidden files (`.DS_Store`, `__MACOSX/`, `.mbm/`) are dropped silently; every other file not taken gets a reason
 in plain words. Images are not decoded here: the gallery does that.
+
+This module keeps the books of one batch (limits, quota, what was taken, where it went); judging a zip and its
+members' names before anything is read lives in `mbm._zipsafe`.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
-import re
 import stat
-import struct
 import tempfile
-import unicodedata
 import zipfile
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from mbm._zipsafe import (
+    DAMAGED,
+    MAX_NAME,
+    UNSAFE,
+    Refused,
+    clean_name,
+    member_parts,
+    member_problem,
+    open_zip,
+    plural,
+    shown_name,
+    size_words,
+)
 from mbm.data.images import IMAGE_SUFFIXES
-
-try:
-    from lzma import LZMAError
-except ImportError:  # a Python without lzma cannot read LZMA zip members either
-    LZMAError = zlib.error
 
 logger = logging.getLogger(__name__)
 
 MAX_CAPTION_BYTES = 10 * 2**10  # a NAME.txt sidecar caption larger than this is skipped
-_RATIO_FLOOR = 2**20  # members smaller than this are never called bombs: a flat-colour BMP compresses 1000x
-_DIRECTORY_BYTES = 2**10  # a zip's directory may use this much per allowed entry (names, extras) before refusal
 _CHUNK = 2**20  # bytes copied at a time
-_MAX_NAME = 120  # characters in one sanitised file or folder name
-_MAX_SHOWN = 200  # characters of a name repeated back in a reason
 _KEPT_SUFFIXES = IMAGE_SUFFIXES | {".txt"}
-_EOCD = struct.Struct("<4s4H2LH")  # zip end-of-central-directory record
-# What unpacking a damaged member raises (bz2 raises OSError, reported as 'could not be copied').
-_DAMAGED = (zipfile.BadZipFile, zlib.error, LZMAError, EOFError, NotImplementedError, RuntimeError, ValueError)
-UNSAFE = "unsafe path in the zip"
 
 
 @dataclass(frozen=True)
@@ -93,13 +91,9 @@ class Intake:
         """One line for people, e.g. "3 images added with 1 caption, 1 already there, 2 skipped"."""
         images = sum(p.suffix.lower() in IMAGE_SUFFIXES for p in self.added)
         captions = len(self.added) - images
-        text = _plural(images, "image") + " added" + (f" with {_plural(captions, 'caption')}" if captions else "")
+        text = plural(images, "image") + " added" + (f" with {plural(captions, 'caption')}" if captions else "")
         there = f", {len(self.already)} already there" if self.already else ""
         return f"{text}{there}, {len(self.skipped)} skipped"
-
-
-class _Refused(Exception):
-    """A file or zip is not taken; the message says why, in plain words."""
 
 
 @dataclass
@@ -172,17 +166,17 @@ class _Batch:
         """Write `item` into dest, or record why not; returns where it went."""
         try:
             if reason := self._refusal(item, cap):
-                raise _Refused(reason)
+                raise Refused(reason)
             if target is None and self._is_copy(item, target := self._target(item)):
                 return None
             self._write(item, target, cap)
-        except _Refused as exc:
+        except Refused as exc:
             self.skip(item.shown, str(exc))
             return None
         except OSError as exc:
             self.skip(item.shown, f"could not be copied ({exc.strerror or type(exc).__name__})")
             return None
-        except _DAMAGED:
+        except DAMAGED:
             logger.debug("cannot unpack %s", item.shown, exc_info=True)
             self.skip(item.shown, "damaged in the zip: it cannot be unpacked")
             return None
@@ -194,7 +188,7 @@ class _Batch:
         if item.problem:
             return item.problem
         if item.size > cap:
-            return f"{_size(item.size)} is over the {_size(cap)} limit"
+            return f"{size_words(item.size)} is over the {size_words(cap)} limit"
         return self._over(item.size)
 
     def _over(self, n: int) -> str | None:
@@ -202,22 +196,22 @@ class _Batch:
         if self.bytes + n > self.limits.max_total_bytes:
             return _over_total(self.limits)
         if self.quota.used_bytes + self.bytes + n > self.quota.max_bytes:
-            return (f"over your {_size(self.quota.max_bytes)} quota for uploads "
-                    f"({_size(max(self.quota.max_bytes - self.quota.used_bytes - self.bytes, 0))} left)")
+            return (f"over your {size_words(self.quota.max_bytes)} quota for uploads "
+                    f"({size_words(max(self.quota.max_bytes - self.quota.used_bytes - self.bytes, 0))} left)")
         return None
 
     def _target(self, item: _Item) -> Path:
         """A free, sanitised path in dest whose stem no image or caption there uses yet."""
-        folder = self.dest.joinpath(*(_clean(part) for part in item.folder))
+        folder = self.dest.joinpath(*(clean_name(part) for part in item.folder))
         if not folder.resolve().is_relative_to(self.root):  # a symlinked folder already in dest
-            raise _Refused(UNSAFE)
+            raise Refused(UNSAFE)
         folder.mkdir(parents=True, exist_ok=True)
         if folder not in self._stems:
             self._stems[folder] = {p.stem for p in folder.iterdir() if p.suffix.lower() in _KEPT_SUFFIXES}
-        taken, stem = self._stems[folder], _clean(PurePosixPath(item.name).stem)
+        taken, stem = self._stems[folder], clean_name(PurePosixPath(item.name).stem)
         for n in itertools.count():
             tag = f"-{n}" if n else ""
-            candidate = stem[: _MAX_NAME - len(item.suffix) - len(tag)] + tag
+            candidate = stem[: MAX_NAME - len(item.suffix) - len(tag)] + tag
             if candidate not in taken and not (folder / (candidate + item.suffix)).exists():
                 taken.add(candidate)
                 return folder / (candidate + item.suffix)
@@ -226,7 +220,7 @@ class _Batch:
     def _is_copy(self, item: _Item, target: Path) -> bool:
         """True (and noted in `already`, `target` given back) when the file under `item`'s own name holds its very
         bytes: uploading the same file twice must not make `photo-1.jpg` beside `photo.jpg`."""
-        own = target.with_name(_clean(PurePosixPath(item.name).stem)[: _MAX_NAME - len(item.suffix)] + item.suffix)
+        own = target.with_name(clean_name(PurePosixPath(item.name).stem)[: MAX_NAME - len(item.suffix)] + item.suffix)
         if own == target or not own.is_file() or own.stat().st_size != item.size:
             return False
         with own.open("rb") as kept, item.open() as new:
@@ -246,9 +240,9 @@ class _Batch:
                 while chunk := src.read(_CHUNK):
                     n += len(chunk)
                     if n > cap:
-                        raise _Refused(f"over the {_size(cap)} limit once unpacked (the zip understated its size)")
+                        raise Refused(f"over the {size_words(cap)} limit once unpacked (the zip understated its size)")
                     if reason := self._over(n):
-                        raise _Refused(reason)
+                        raise Refused(reason)
                     out.write(chunk)
             os.replace(tmp, target)
         except BaseException:
@@ -290,69 +284,31 @@ def _loose_items(batch: _Batch, paths: list[Path]) -> list[_Item]:
         if path.name.startswith("."):
             continue  # hidden: dropped silently, as in zips
         if not path.is_file():
-            batch.skip(_shown(path.name), "the uploaded file is missing")
+            batch.skip(shown_name(path.name), "the uploaded file is missing")
             continue
-        items.append(_Item(_shown(path.name), (), path.name, path.stat().st_size, partial(open, path, "rb")))
+        items.append(_Item(shown_name(path.name), (), path.name, path.stat().st_size, partial(open, path, "rb")))
     return items
 
 
 def _take_zip(batch: _Batch, item: _Item) -> None:
     """Offer the members of an uploaded zip, or skip the zip whole with the reason."""
     try:
-        with item.open() as f, _open_zip(f, batch.limits) as zf:
+        with item.open() as f, open_zip(f, batch.limits.max_zip_members) as zf:
             nested = "a zip inside a zip is not opened"
             batch.offer(_zip_items(batch, zf, item.shown), on_zip=lambda inner: batch.skip(inner.shown, nested))
-    except _Refused as exc:
+    except Refused as exc:
         batch.skip(item.shown, str(exc))
     except OSError as exc:
         batch.skip(item.shown, f"could not be read ({exc.strerror or type(exc).__name__})")
-
-
-def _open_zip(f: BinaryIO, limits: UploadLimits) -> zipfile.ZipFile:
-    """The zip in `f`, or `_Refused`; its entries are counted from the end record before the directory is parsed."""
-    too_many = "the zip lists {:,} entries, more than the " + f"{limits.max_zip_members:,} opened from one zip"
-    n, directory = _listed_entries(f) or (0, 0)
-    if n > limits.max_zip_members:
-        raise _Refused(too_many.format(n))
-    if directory > limits.max_zip_members * _DIRECTORY_BYTES:
-        raise _Refused(f"the zip's directory ({_size(directory)}) is too large for {limits.max_zip_members:,} entries")
-    try:
-        zf = zipfile.ZipFile(f)
-    except Exception as exc:  # BadZipFile, EOFError, OSError, ValueError...: a damaged or foreign file
-        logger.debug("unreadable zip", exc_info=True)
-        raise _Refused("not a readable zip file") from exc
-    if len(zf.infolist()) > limits.max_zip_members:  # the end record understated the count
-        zf.close()
-        raise _Refused(too_many.format(len(zf.infolist())))
-    return zf
-
-
-def _listed_entries(f: BinaryIO) -> tuple[int, int] | None:
-    """(entries, directory bytes) from a zip's end record, read without parsing the directory; None if unknown."""
-    try:
-        size = f.seek(0, os.SEEK_END)
-        f.seek(max(0, size - _EOCD.size - 0xFFFF))  # the record ends with a comment of up to 64 KB
-        tail = f.read()
-        at = tail.rfind(b"PK\x05\x06")
-        if at < 0 or len(tail) - at < _EOCD.size:
-            return None
-        entries, directory = _EOCD.unpack_from(tail, at)[4:6]
-        if entries == 0xFFFF or directory == 0xFFFFFFFF:  # Zip64: counted after opening instead
-            return None
-        return entries, directory
-    except (OSError, ValueError, struct.error):
-        return None
-    finally:
-        f.seek(0)
 
 
 def _zip_items(batch: _Batch, zf: zipfile.ZipFile, zip_shown: str) -> list[_Item]:
     """The zip's regular files as items; unsafe paths and links are skipped, folders and hidden files dropped."""
     items = []
     for info in zf.infolist():
-        shown = _shown(f"{zip_shown}: {info.filename}")
+        shown = shown_name(f"{zip_shown}: {info.filename}")
         raw = info.filename.replace("\\", "/")  # Windows tools write backslashes
-        parts = _member_parts(raw)
+        parts = member_parts(raw)
         if parts is None:
             batch.skip(shown, UNSAFE)
         elif raw.endswith("/") or not parts or parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
@@ -361,50 +317,11 @@ def _zip_items(batch: _Batch, zf: zipfile.ZipFile, zip_shown: str) -> list[_Item
             batch.skip(shown, "a symbolic link in the zip is not followed")
         else:
             items.append(_Item(shown, parts[:-1], parts[-1], info.file_size, partial(zf.open, info),
-                               problem=_member_problem(info, batch.limits)))
+                               problem=member_problem(info, batch.limits.max_zip_ratio)))
     return items
 
 
-def _member_parts(raw: str) -> tuple[str, ...] | None:
-    """The path components of a member name, or None when it could point outside the folder."""
-    if raw.startswith("/") or re.match(r"[A-Za-z]:", raw):
-        return None
-    parts = tuple(p for p in raw.split("/") if p not in ("", "."))
-    return None if ".." in parts else parts
-
-
-def _member_problem(info: zipfile.ZipInfo, limits: UploadLimits) -> str | None:
-    if info.flag_bits & 0x1:
-        return "encrypted in the zip: unzip it and upload the files"
-    if info.file_size > _RATIO_FLOOR and info.file_size > limits.max_zip_ratio * max(info.compress_size, 1):
-        return "compressed too well to be an image: looks like a zip bomb"
-    return None
-
-
-def _clean(name: str) -> str:
-    """A safe file or folder name: letters, digits, space, '-', '_', '.'; no leading dot; at most 120 characters."""
-    name = unicodedata.normalize("NFC", name)  # macOS zips spell 'é' as 'e' plus a combining accent
-    name = "".join(c if c.isalnum() or c in " -_." else "_" for c in name)
-    return name.strip(" .")[:_MAX_NAME].rstrip(" ") or "_"
-
-
-def _shown(name: str) -> str:
-    """A name fit to repeat back to a person: control characters replaced, long names cut."""
-    name = "".join("?" if unicodedata.category(c)[0] == "C" else c for c in name)
-    return name if len(name) <= _MAX_SHOWN else name[: _MAX_SHOWN - 1] + "…"
-
-
-def _size(n: int) -> str:
-    """Bytes in words, rounded up so a file just over a limit never reads as equal to it: '30.1 MB'."""
-    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
-        if n >= scale:
-            return f"{math.ceil(n * 10 / scale) / 10:g} {unit}"
-    return _plural(n, "byte")
-
-
 def _over_total(limits: UploadLimits) -> str:
-    return f"over the {_size(limits.max_total_bytes)} limit for one upload"
+    return f"over the {size_words(limits.max_total_bytes)} limit for one upload"
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
