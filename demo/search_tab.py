@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import gradio as gr
 from PIL import Image
@@ -21,8 +22,37 @@ MAX_K = 100  # results of one JSON search
 EXAMPLES = ["a red circle", "a dog", "Fuchs", "renard", "キツネ", "лиса", '2 x "red circle" - blue']
 
 
+@dataclass
+class _Search:
+    """The components of the text/image search, in the order the page shows them."""
+
+    where: gr.Markdown  # which gallery is searched (kept in step by the Gallery tab)
+    text: gr.Textbox
+    examples: gr.Examples
+    image: Picture
+    drawing: Drawing
+    draw_button: gr.Button
+    weight: Slider
+    k: Slider
+    threshold: Slider
+    button: gr.Button
+    timing: gr.Markdown
+    results: gr.Gallery
+    histogram: gr.HTML
+    captions: gr.Dataframe  # image->text for an image query
+    hit_ids: gr.State  # the shown results' item ids, for "more like this"
+
+
 def build(page: Page, choice: gr.State) -> gr.Markdown:
     """The tab; returns its line saying which gallery is searched, for the Gallery tab to update."""
+    ui = _layout(page)
+    _wire(ui, choice, *_handlers(page))
+    _build_describe(page, ui.image, ui.k, choice)
+    _build_api(page)
+    return ui.where
+
+
+def _layout(page: Page) -> _Search:
     where = gr.Markdown(searching_line(page.engine.gallery, None), elem_id="search-gallery")
     with gr.Row():
         with gr.Column(scale=2):
@@ -46,7 +76,12 @@ def build(page: Page, choice: gr.State) -> gr.Markdown:
     histogram = gr.HTML(label="Scores of every gallery image for this query", elem_id="histogram")
     captions = gr.Dataframe(headers=["caption", "cosine"], label="Captions ranked for the image (image->text)",
                             visible=False, elem_id="captions", wrap=True, column_widths=["85%", "15%"])
-    hit_ids = gr.State([])
+    return _Search(where, text, examples, image, drawing, draw_button, weight, k, threshold, button, timing,
+                   results, histogram, captions, gr.State([]))
+
+
+def _handlers(page: Page):
+    """`(search, more_like, search_drawing)`: each returns (tiles, histogram, note, captions, hit ids)."""
 
     @friendly
     def search(text, image, weight, k, threshold, choice):
@@ -84,18 +119,26 @@ def build(page: Page, choice: gr.State) -> gr.Markdown:
         picture = read_drawing(drawing, "Draw something on the canvas first, then press Search my drawing.")
         return search(text, picture, weight, k, threshold, choice)
 
-    outputs = [results, histogram, timing, captions, hit_ids]
-    inputs = [text, image, weight, k, threshold, choice]
+    return search, more_like, search_drawing
+
+
+def _wire(ui: _Search, choice: gr.State, search, more_like, search_drawing) -> None:
+    outputs = [ui.results, ui.histogram, ui.timing, ui.captions, ui.hit_ids]
+    inputs = [ui.text, ui.image, ui.weight, ui.k, ui.threshold, choice]
     # a failed request clears what it would have replaced: the old answer under an "Error" badge is not this query's
     cleared = lambda: (gr.Gallery(value=None, selected_index=None), "", "", gr.Dataframe(visible=False), [])
-    events = [gr.on([button.click, text.submit], search, inputs, outputs, api_name="search"),
-              examples.load_input_event.then(search, inputs, outputs, api_visibility="private"),
-              draw_button.click(search_drawing, [drawing, *inputs[:1], *inputs[2:]], outputs,
-                                api_name="search_drawing"),
-              results.select(more_like, [hit_ids, k, threshold, choice], outputs, api_name="more_like_click",
-                             api_visibility="private")]
+    events = [gr.on([ui.button.click, ui.text.submit], search, inputs, outputs, api_name="search"),
+              ui.examples.load_input_event.then(search, inputs, outputs, api_visibility="private"),
+              ui.draw_button.click(search_drawing, [ui.drawing, *inputs[:1], *inputs[2:]], outputs,
+                                   api_name="search_drawing"),
+              ui.results.select(more_like, [ui.hit_ids, ui.k, ui.threshold, choice], outputs,
+                                api_name="more_like_click", api_visibility="private")]
     for event in events:
         event.failure(cleared, None, outputs, api_visibility="private")
+
+
+def _build_describe(page: Page, image: Picture, k: Slider, choice: gr.State) -> None:
+    """image->text with the visitor's own texts, in an accordion under the results."""
 
     @friendly
     def describe(image: Image.Image | None, texts: str, k: int, choice, request: gr.Request) -> list[list]:
@@ -119,6 +162,10 @@ def build(page: Page, choice: gr.State) -> gr.Markdown:
                               column_widths=["85%", "15%"], elem_id="ranked-texts")
     describe_button.click(describe, [image, texts, k, choice], ranked, api_name="describe")
 
+
+def _build_api(page: Page) -> None:
+    """Two JSON endpoints over the server's gallery, for clients rather than the page."""
+
     @friendly
     def search_items(text: str, k: int = 12, threshold: float = -1.0) -> list[dict]:
         """text->image in the server's gallery as JSON rows: id, file (inside the gallery), caption, score."""
@@ -133,7 +180,6 @@ def build(page: Page, choice: gr.State) -> gr.Markdown:
 
     gr.api(search_items, api_name="search_items")
     gr.api(more_like, api_name="more_like")
-    return where
 
 
 def _grid(hits: list[Hit]) -> gr.Gallery:
