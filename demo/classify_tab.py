@@ -17,6 +17,26 @@ from mbm.fusion import STRATEGIES
 
 
 def build(page: Page) -> None:
+    image, drawing, draw_button, labels, templates, button = _inputs()
+    result = gr.Label(label="Probabilities (prompt ensemble)", num_top_classes=5, elem_id="zero-shot")
+    # the page's width, not half of it: a column per label; hidden until there is something to show in it
+    breakdown = gr.Dataframe(label="What each template alone says", elem_id="per-template", visible=False)
+    warning = gr.Markdown()
+    classify, classify_drawing = _handlers(page)
+    outputs = [result, breakdown, warning]
+    cleared = lambda: (None, gr.Dataframe(visible=False), "")  # no "Error" badge left over an older answer
+    for event in (button.click(classify, [image, labels, templates], outputs, api_name="classify",
+                               concurrency_id="prompts", concurrency_limit=1),  # one at a time: may take a second
+                  draw_button.click(classify_drawing, [drawing, labels, templates], outputs,
+                                    api_name="classify_drawing", concurrency_id="prompts", concurrency_limit=1)):
+        event.failure(cleared, None, outputs, api_visibility="private")
+    _examples(classify, [image, labels, templates], outputs)
+
+    _build_fused(page, image)
+
+
+def _inputs() -> tuple[Picture, Drawing, gr.Button, gr.Textbox, gr.Textbox, gr.Button]:
+    """`(image, drawing, draw_button, labels, templates, button)`: the picture on the left, the prompts on the right."""
     with gr.Row():
         with gr.Column():
             image = Picture(label="Image", height=260, elem_id="classify-image")
@@ -30,10 +50,11 @@ def build(page: Page) -> None:
             templates = gr.Textbox(label="Prompt templates ({} is where the label goes; one per line)",
                                    value="\n".join(DEFAULT_TEMPLATES), lines=4)
             button = gr.Button("Classify", variant="primary")
-    result = gr.Label(label="Probabilities (prompt ensemble)", num_top_classes=5, elem_id="zero-shot")
-    # the page's width, not half of it: a column per label; hidden until there is something to show in it
-    breakdown = gr.Dataframe(label="What each template alone says", elem_id="per-template", visible=False)
-    warning = gr.Markdown()
+    return image, drawing, draw_button, labels, templates, button
+
+
+def _handlers(page: Page):
+    """`(classify, classify_drawing)`: each returns (probabilities, per-template table, notes)."""
 
     @friendly
     def classify(image: Image.Image | None, labels_text: str, templates_text: str, request: gr.Request):
@@ -55,13 +76,11 @@ def build(page: Page) -> None:
         picture = read_drawing(drawing, "Draw something on the canvas first, then press Classify my drawing.")
         return classify(picture, labels_text, templates_text, request)
 
-    outputs = [result, breakdown, warning]
-    cleared = lambda: (None, gr.Dataframe(visible=False), "")  # no "Error" badge left over an older answer
-    for event in (button.click(classify, [image, labels, templates], outputs, api_name="classify",
-                               concurrency_id="prompts", concurrency_limit=1),  # one at a time: may take a second
-                  draw_button.click(classify_drawing, [drawing, labels, templates], outputs,
-                                    api_name="classify_drawing", concurrency_id="prompts", concurrency_limit=1)):
-        event.failure(cleared, None, outputs, api_visibility="private")
+    return classify, classify_drawing
+
+
+def _examples(classify, inputs: list, outputs: list) -> None:
+    """One click runs an example that works on the embedded model."""
     shapes = "circle, square, triangle, star, hexagon, cross, diamond, heart"
     colours = "red, orange, yellow, green, blue, purple, pink, brown, black, white"
     gr.Examples(
@@ -72,11 +91,9 @@ def build(page: Page) -> None:
                   [str(EXAMPLES / "purple-heart.png"), "heart\nstar\ncross", "a photo of a {}.\na drawing of a {}."],
                   [str(EXAMPLES / "scene.png"), "one shape, two shapes, three shapes",
                    "a picture with {}."]],
-        inputs=[image, labels, templates], outputs=[result, breakdown, warning], fn=classify,
+        inputs=inputs, outputs=outputs, fn=classify,
         run_on_click=True, cache_examples=False, label="Examples that work on the embedded model (click one)",
         elem_id="classify-examples")
-
-    _build_fused(page, image)
 
 
 def _build_fused(page: Page, image: gr.Image) -> None:
