@@ -8,6 +8,7 @@ comes from `mbm.explore` through the engine; this module only draws.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import gradio as gr
 import numpy as np
@@ -112,52 +113,94 @@ def _or_note(fn, args: tuple, n_outputs: int, note: int) -> tuple:
 
 
 # ---------------------------------------------------------------- the tab
+@dataclass
+class _View:
+    """One of the tab's four views: what it reads, what it draws, and the events that redraw it."""
+
+    name: str  # its API endpoint, and its handler's key in `_handlers`
+    inputs: list  # components whose values the handler takes, in order
+    outputs: list
+    triggers: list  # the events that redraw it
+    note: int  # the output that says why, when the view cannot be drawn
+
+
 def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
-    engine = page.engine
+    views = [_map_view(choice), _matrix_view(choice), _index_view(choice), _lab_view()]
+    show = _handlers(page)
+    for view in views:  # each a named endpoint, for clients; the prompt lab queues with Classify's prompts
+        group = {"concurrency_id": "prompts", "concurrency_limit": 1} if view.name == "prompt_lab" else {}
+        event = gr.on(view.triggers, show[view.name], view.inputs, view.outputs, api_name=view.name, **group)
+        no_badge_after_failure(event, view.outputs)
+    index_text, index_k, kind, _, _ = views[2].inputs
+    kind.change(lambda kind, text, k, choice: show["compare_indexes"](text, k, kind, 1, choice),  # a new index:
+                [kind, index_text, index_k, choice], views[2].outputs, api_visibility="private")  # knob from 1
+    tab.select(_draw_all(views, show), {c for view in views for c in view.inputs},
+               [c for view in views for c in view.outputs], api_visibility="private")
+
+
+def _map_view(choice: gr.State) -> _View:
     gr.Markdown("### 1. The embedding map: where images and captions land")
     with gr.Row():
-        map_text = gr.Textbox(label="Query", value=DEFAULT_QUERY, elem_id="map-query", scale=3)
-        map_k = Slider(1, 30, value=10, step=1, label="Hits to mark (k)", elem_id="map-k", scale=2)
+        text = gr.Textbox(label="Query", value=DEFAULT_QUERY, elem_id="map-query", scale=3)
+        k = Slider(1, 30, value=10, step=1, label="Hits to mark (k)", elem_id="map-k", scale=2)
         methods = available_methods()  # only what works here: UMAP when umap-learn is installed
         missing = {m: UMAP_MISSING for m in METHODS if m not in methods}
         method = Choice(methods, missing, value="pca", label="Projection", scale=1, elem_id="map-method",
                         info="UMAP too with: pip install umap-learn" if missing else None)
     the_map = gr.HTML(elem_id="embedding-map")
     gap = gr.Markdown(elem_id="modality-gap")
+    return _View("embedding_map", [text, k, method, choice], [the_map, gap], [text.submit, k.release, method.change],
+                 note=1)
 
+
+def _matrix_view(choice: gr.State) -> _View:
     gr.Markdown("### 2. The similarity matrix: images × their captions")
     with gr.Row():
         n = Slider(2, 16, value=8, step=1, label="Pairs (N)", elem_id="matrix-n")
         seed = gr.Number(value=0, precision=0, label="Sample", minimum=0, elem_id="matrix-seed")
         softmax = gr.Checkbox(label="Softmax per row (with the model's temperature)", elem_id="matrix-softmax")
     matrix = gr.HTML(elem_id="similarity-matrix")
-    matrix_note = gr.Markdown()
+    note = gr.Markdown()
+    return _View("similarity_matrix", [n, seed, softmax, choice], [matrix, note],
+                 [n.release, seed.change, softmax.change], note=1)
 
+
+def _index_view(choice: gr.State) -> _View:
     gr.Markdown("### 3. Exact and approximate search, side by side")
     with gr.Row():
-        index_text = gr.Textbox(label="Query", value="a blue square", elem_id="index-query", scale=3)
-        index_k = Slider(1, 30, value=10, step=1, label="k", scale=1)
+        text = gr.Textbox(label="Query", value="a blue square", elem_id="index-query", scale=3)
+        k = Slider(1, 30, value=10, step=1, label="k", scale=1)
         kind = gr.Radio(list(INDEX_KINDS), value="ivf", label="Approximate index", elem_id="index-kind", scale=1)
         knob = Slider(1, 64, value=1, step=1, label="nprobe (IVF lists scanned)", elem_id="index-knob", scale=2)
-    index_note = gr.Markdown(elem_id="index-note")
+    note = gr.Markdown(elem_id="index-note")
     with gr.Row():
         # fit_columns off: two results of a small gallery stay tiles of the usual size, not two giant crops
         tiles = dict(columns=5, height="auto", allow_preview=False, fit_columns=False, elem_classes="mbm-fit")
         exact = gr.Gallery(label="Exact (every vector compared)", elem_id="index-exact", **tiles)
         approx = gr.Gallery(label="Approximate (✗: missed by the exact search)", elem_id="index-approx", **tiles)
+    return _View("compare_indexes", [text, k, kind, knob, choice], [exact, approx, note, knob],
+                 [text.submit, k.release, knob.release], note=2)
 
+
+def _lab_view() -> _View:
     gr.Markdown("### 4. Prompt lab: what each prompt template says")
     with gr.Row():
-        lab_image = Picture(label="Image", height=200, value=str(EXAMPLES / "red-circle.png"),
-                                elem_id="lab-image")
+        image = Picture(label="Image", height=200, value=str(EXAMPLES / "red-circle.png"), elem_id="lab-image")
         with gr.Column(scale=2):
-            lab_labels = gr.Textbox(label="Labels", value=LAB_LABELS, elem_id="lab-labels")
-            lab_templates = gr.Textbox(label="Templates ({} is the label)", value="\n".join(DEFAULT_TEMPLATES),
-                                       lines=4, elem_id="lab-templates")
-    lab_table = gr.HTML(elem_id="prompt-table")
-    lab_warn = gr.Markdown(elem_id="prompt-warning")
-    lab_tokens = gr.Dataframe(headers=["prompt", "tokens", "what the model sees", ""], wrap=True,
-                              label="Tokens of every prompt", elem_id="prompt-tokens")
+            labels = gr.Textbox(label="Labels", value=LAB_LABELS, elem_id="lab-labels")
+            templates = gr.Textbox(label="Templates ({} is the label)", value="\n".join(DEFAULT_TEMPLATES),
+                                   lines=4, elem_id="lab-templates")
+    table = gr.HTML(elem_id="prompt-table")
+    warn = gr.Markdown(elem_id="prompt-warning")
+    tokens = gr.Dataframe(headers=["prompt", "tokens", "what the model sees", ""], wrap=True,
+                          label="Tokens of every prompt", elem_id="prompt-tokens")
+    return _View("prompt_lab", [image, labels, templates], [table, tokens, warn],
+                 [labels.submit, templates.blur, image.change], note=2)
+
+
+def _handlers(page: Page) -> dict:
+    """Each view's handler, by its endpoint's name."""
+    engine = page.engine
 
     @friendly
     def show_map(text, k, method, choice):
@@ -188,28 +231,17 @@ def build(page: Page, choice: gr.State, tab: gr.Tab) -> None:
             warnings.simplefilter("ignore", UserWarning)
             return draw_lab(engine.prompt_lab(read_image(image), labels, templates))
 
-    map_in, matrix_in = [map_text, map_k, method, choice], [n, seed, softmax, choice]
-    index_in, lab_in = [index_text, index_k, kind, knob, choice], [lab_image, lab_labels, lab_templates]
-    map_out, matrix_out = [the_map, gap], [matrix, matrix_note]
-    index_out, lab_out = [exact, approx, index_note, knob], [lab_table, lab_tokens, lab_warn]
-    views = ((show_map, map_in, map_out, (map_text.submit, map_k.release, method.change), "embedding_map"),
-             (show_matrix, matrix_in, matrix_out, (n.release, seed.change, softmax.change), "similarity_matrix"),
-             (show_indexes, index_in, index_out, (index_text.submit, index_k.release, knob.release),
-              "compare_indexes"),
-             (show_lab, lab_in, lab_out, (lab_labels.submit, lab_templates.blur, lab_image.change), "prompt_lab"))
-    for fn, inputs, outputs, triggers, name in views:
-        group = {"concurrency_id": "prompts", "concurrency_limit": 1} if name == "prompt_lab" else {}  # as Classify
-        event = gr.on(list(triggers), fn, inputs, outputs, api_name=name, **group)  # a named endpoint, for clients
-        no_badge_after_failure(event, outputs)
-    kind.change(lambda kind, text, k, choice: show_indexes(text, k, kind, 1, choice),  # a new index: knob from 1
-                [kind, index_text, index_k, choice], index_out, api_visibility="private")
+    return {"embedding_map": show_map, "similarity_matrix": show_matrix, "compare_indexes": show_indexes,
+            "prompt_lab": show_lab}
 
+
+def _draw_all(views: list[_View], show: dict):
     def draw_all(values: dict, request: gr.Request):
         """Every view at once when the tab opens: one round trip instead of four queued events. A view that cannot
         be drawn (say, a visitor's gallery of one image has no pairs for a matrix) says why in its own note."""
-        of = lambda components: tuple(values[c] for c in components)  # `values`: each input component's value
-        return (*_or_note(show_map, of(map_in), 2, 1), *_or_note(show_matrix, of(matrix_in), 2, 1),
-                *_or_note(show_indexes, of(index_in), 4, 2), *_or_note(show_lab, (*of(lab_in), request), 3, 2))
-
-    tab.select(draw_all, {*map_in, *matrix_in, *index_in, *lab_in}, [*map_out, *matrix_out, *index_out, *lab_out],
-               api_visibility="private")
+        drawn = []
+        for view in views:  # `values`: each input component's value; the prompt lab also takes the request
+            args = (*(values[c] for c in view.inputs), *((request,) if view.name == "prompt_lab" else ()))
+            drawn += _or_note(show[view.name], args, len(view.outputs), view.note)
+        return tuple(drawn)
+    return draw_all
