@@ -75,13 +75,10 @@ def _updates(run: LiveTraining):
 
 
 def build_training(page: Page, demo: gr.Blocks) -> None:
-    running: dict[str, LiveTraining] = {}  # session -> its training, so Stop and closing the page can end it
-    startups: list[float] = []  # seconds from start to the first step of each run on this server, in order
-    lock = threading.Lock()
     gr.Markdown(INTRO)
     with gr.Row():
         seconds = Slider(MIN_SECONDS, LIVE_MAX_SECONDS, value=60, step=5, elem_id="train-seconds",
-                            label="Training time (seconds, start-up included)")
+                         label="Training time (seconds, start-up included)")
         train_button = gr.Button("Train", variant="primary", elem_id="train")
         stop_button = gr.Button("Stop", variant="stop", elem_id="stop-training")
     status = gr.Markdown("Not trained yet.", elem_id="train-status")
@@ -89,6 +86,19 @@ def build_training(page: Page, demo: gr.Blocks) -> None:
         curve = gr.HTML(elem_id="loss-curve")
         snapshot = gr.HTML(elem_id="train-snapshot")
     mine = gr.State(None)  # {"encoder": Encoder, "embedded": (ids, vectors) of the built-in gallery or None}
+    train, stop = _trainer()
+    train_button.click(train, seconds, [status, curve, snapshot, mine], api_name="train_live",
+                       concurrency_id="learn", concurrency_limit=1)
+    stop_button.click(stop, None, None, api_name="stop_training", queue=False)
+    demo.unload(stop)
+    _build_compare(page, mine)
+
+
+def _trainer():
+    """`(train, stop)`: a visitor's run, streamed as (status, loss curve, snapshot, their model), and its end."""
+    running: dict[str, LiveTraining] = {}  # session -> its training, so Stop and closing the page can end it
+    startups: list[float] = []  # seconds from start to the first step of each run on this server, in order
+    lock = threading.Lock()
 
     def train(seconds: float, request: gr.Request):
         run = LiveTraining(seconds=float(seconds))
@@ -106,9 +116,7 @@ def build_training(page: Page, demo: gr.Blocks) -> None:
                 if update.recall:
                     marks.append((update.seconds, update.recall["t2i_r5"]))
                 if update.snapshot is not None:
-                    snap = heatmap_svg(update.snapshot, [f"held-out image of: {c}" for c in update.snapshot_captions],
-                                       update.snapshot_captions, row_images=_snapshot_images(), lo=-0.2, hi=1.0,
-                                       diagonal=True, css_class="mbm-heat snapshot")
+                    snap = _snapshot(update)
                 yield _status(update, seconds, started), curve_svg(xs, ys, marks=marks), snap, gr.skip()
             if last is None or not last.done:
                 yield "Stopped: the half-trained model was thrown away. Press Train to start again.", \
@@ -129,11 +137,18 @@ def build_training(page: Page, demo: gr.Blocks) -> None:
         if run is not None:
             run.cancel()
 
-    train_button.click(train, seconds, [status, curve, snapshot, mine], api_name="train_live",
-                       concurrency_id="learn", concurrency_limit=1)
-    stop_button.click(stop, None, None, api_name="stop_training", queue=False)
-    demo.unload(stop)
+    return train, stop
 
+
+def _snapshot(update) -> str:
+    """Held-out images against their captions, as the run has learnt them so far."""
+    return heatmap_svg(update.snapshot, [f"held-out image of: {c}" for c in update.snapshot_captions],
+                       update.snapshot_captions, row_images=_snapshot_images(), lo=-0.2, hi=1.0,
+                       diagonal=True, css_class="mbm-heat snapshot")
+
+
+def _build_compare(page: Page, mine: gr.State) -> None:
+    """The built-in gallery searched with the visitor's trained model beside the serving one."""
     gr.Markdown("### Search the built-in gallery with your model and with the shipped one")
     with gr.Row():
         query = gr.Textbox(label="Text", value="a red circle", elem_id="compare-query")
@@ -185,6 +200,15 @@ def build_walkthrough(page: Page, tabs: gr.Tabs) -> None:
             text = gr.Textbox(label="Text (a caption or a question)", value="what shape is at the top right?",
                               elem_id="trace-text")
             run_button = gr.Button("Run it through", variant="primary", elem_id="trace-run")
+    outputs, links = _stages()
+    no_badge_after_failure(run_button.click(_tracer(page), [image, text], outputs, api_name="pipeline_trace"),
+                           outputs)
+    for button, tab in links:
+        button.click(lambda tab=tab: gr.Tabs(selected=tab), None, tabs, api_visibility="private")
+
+
+def _stages() -> tuple[list, list[tuple[gr.Button, str]]]:
+    """The stages' outputs, in the order `_tracer`'s handler returns them, and the buttons to the tabs they explain."""
     gr.Markdown("#### 1. Pre-processing: what the model is actually given")
     with gr.Row():
         seen = gr.Image(label="The image the model sees", height=200, interactive=False, elem_id="trace-seen")
@@ -203,6 +227,12 @@ def build_walkthrough(page: Page, tabs: gr.Tabs) -> None:
         answers = gr.Label(label="Fused heads' answer", num_top_classes=4, elem_id="trace-answer")
     fusion_note = gr.Markdown()
     to_classify = gr.Button("Ask your own questions: open Classify", size="sm")
+    return ([seen, tokens, features, vectors, colours, answers, fusion_note],
+            [(to_search, "search"), (to_explore, "explore"), (to_classify, "classify")])
+
+
+def _tracer(page: Page):
+    """The handler of Run it through: one image and one text through every stage, in words and pictures."""
 
     @friendly
     def run(image: Image.Image | None, text: str):
@@ -228,10 +258,7 @@ def build_walkthrough(page: Page, tabs: gr.Tabs) -> None:
         return (t.image.resize((192, 192), Image.Resampling.NEAREST), marked, words, strips, cells, best or None,
                 t.note)
 
-    outputs = [seen, tokens, features, vectors, colours, answers, fusion_note]
-    no_badge_after_failure(run_button.click(run, [image, text], outputs, api_name="pipeline_trace"), outputs)
-    for button, tab in ((to_search, "search"), (to_explore, "explore"), (to_classify, "classify")):
-        button.click(lambda tab=tab: gr.Tabs(selected=tab), None, tabs, api_visibility="private")
+    return run
 
 
 def _numbers(values: list[float]) -> str:
