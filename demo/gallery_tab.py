@@ -7,6 +7,7 @@ The server's gallery (built-in, or `--gallery`) is never written to by visitors.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -51,8 +52,35 @@ def check_readable(intake: Intake, failed: list[tuple[str, str]], gallery: Galle
                        "WebP images, or a .zip of them.")
 
 
+@dataclass
+class _Gallery:
+    """The tab's components, in the order the page shows them."""
+
+    info: gr.Markdown  # which gallery this visitor searches
+    files: gr.File
+    index_button: gr.Button
+    builtin_button: gr.Button
+    folder: gr.Textbox  # local use only
+    folder_button: gr.Button
+    summary: gr.Markdown
+    skipped: gr.Dataframe
+    refresh: gr.Button
+
+
 def build(page: Page, choice: gr.State, demo: gr.Blocks, where: gr.Markdown) -> None:
     """The tab; `where` is the Search tab's line saying which gallery is searched, kept in step here."""
+    ui = _layout(page)
+    _wire(page, ui, choice, where)
+
+    def forget(request: gr.Request) -> None:
+        """The page was closed: the visitor's uploads and their index go. (Gradio's own copies of the uploaded files
+        stay until its cache sweep, an hour: Gradio shares one copy between visitors who upload the same bytes.)"""
+        page.session(request).close()
+
+    demo.unload(forget)
+
+
+def _layout(page: Page) -> _Gallery:
     info = gr.Markdown(gallery_line(page.engine.gallery, own=False), elem_id="gallery-info")
     with gr.Row():
         with gr.Column():
@@ -67,6 +95,31 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks, where: gr.Markdown) -> 
     summary = gr.Markdown()
     skipped = gr.Dataframe(headers=["file", "why it was skipped"], label="Skipped", visible=False,
                            elem_id="gallery-skipped")
+    refresh = gr.Button("Refresh", size="sm")
+    return _Gallery(info, files, index_button, builtin_button, folder, folder_button, summary, skipped, refresh)
+
+
+def _wire(page: Page, ui: _Gallery, choice: gr.State, where: gr.Markdown) -> None:
+    """Each switch returns (choice, info, summary, skipped); then the Search tab's line follows, or, after a
+    failure, every line is put back as it was."""
+    index_uploads, index_folder, use_server_gallery = _switches(page)
+    gallery_info, refresh_where, as_before = _lines(page)
+    outputs = [choice, ui.info, ui.summary, ui.skipped]
+    for event in (ui.index_button.click(index_uploads, ui.files, outputs, api_name="index_uploads",
+                                        concurrency_id="indexing", concurrency_limit=1),
+                  ui.folder_button.click(index_folder, ui.folder, outputs, api_name="index_folder",
+                                         concurrency_id="indexing", concurrency_limit=1,
+                                         api_visibility="public" if page.local else "private")):
+        event.failure(as_before, choice, [ui.info, where, ui.summary, ui.skipped], api_visibility="private")
+        event.success(refresh_where, choice, where, api_visibility="private")
+    ui.builtin_button.click(use_server_gallery, None, outputs, api_name="use_server_gallery").success(
+        refresh_where, choice, where, api_visibility="private")
+    ui.refresh.click(gallery_info, choice, ui.info, api_name="gallery_info").success(
+        refresh_where, choice, where, api_visibility="private")
+
+
+def _switches(page: Page):
+    """`(index_uploads, index_folder, use_server_gallery)`: the ways to change which gallery a visitor searches."""
 
     def progress_of(progress: gr.Progress):
         return lambda done, total, what: progress(done / max(total, 1), desc=what)
@@ -101,6 +154,12 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks, where: gr.Markdown) -> 
     def use_server_gallery():
         return None, gallery_line(page.engine.gallery, own=False), "", gr.Dataframe(visible=False)
 
+    return index_uploads, index_folder, use_server_gallery
+
+
+def _lines(page: Page):
+    """`(gallery_info, refresh_where, as_before)`: the lines that say which gallery is searched, redrawn."""
+
     @friendly
     def gallery_info(choice: Session | Folder | None) -> str:
         """Which gallery this session searches, its size, model and index type."""
@@ -118,23 +177,4 @@ def build(page: Page, choice: gr.State, demo: gr.Blocks, where: gr.Markdown) -> 
         return (gallery_line(gallery, own=choice is not None), searching_line(gallery, choice), "",
                 gr.Dataframe(visible=False))
 
-    outputs = [choice, info, summary, skipped]
-
-    for event in (index_button.click(index_uploads, files, outputs, api_name="index_uploads",
-                                     concurrency_id="indexing", concurrency_limit=1),
-                  folder_button.click(index_folder, folder, outputs, api_name="index_folder", concurrency_id="indexing",
-                                      concurrency_limit=1, api_visibility="public" if page.local else "private")):
-        event.failure(as_before, choice, [info, where, summary, skipped], api_visibility="private")
-        event.success(refresh_where, choice, where, api_visibility="private")
-    builtin_button.click(use_server_gallery, None, outputs, api_name="use_server_gallery").success(
-        refresh_where, choice, where, api_visibility="private")
-    refresh = gr.Button("Refresh", size="sm")
-    refresh.click(gallery_info, choice, info, api_name="gallery_info").success(
-        refresh_where, choice, where, api_visibility="private")
-
-    def forget(request: gr.Request) -> None:
-        """The page was closed: the visitor's uploads and their index go. (Gradio's own copies of the uploaded files
-        stay until its cache sweep, an hour: Gradio shares one copy between visitors who upload the same bytes.)"""
-        page.session(request).close()
-
-    demo.unload(forget)
+    return gallery_info, refresh_where, as_before
