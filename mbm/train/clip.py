@@ -18,7 +18,6 @@ import math
 import queue
 import random
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 
 from mbm.data.language import captions
 from mbm.data.shapes import COLOURS, HELD_OUT, SHAPES, Scene, make_scene, render
-from mbm.train._loop import background_batches, cosine_lr
+from mbm.train._loop import background_batches, cosine_lr, run_steps
 
 log = logging.getLogger(__name__)
 LOG_SCALE_MAX = math.log(100.0)  # CLIP clamps its temperature at 100; open_clip's ClipLoss does not
@@ -226,32 +225,23 @@ def train(cfg: TrainConfig, on_step: Callable[[int, float, float], None] | None 
     opt, loss_fn = _optimizer(torch.nn.ModuleList([model, probe]), cfg), ClipLoss()
     stop = threading.Event()
     batches = _batches(cfg, tokenizer, mean, std, stop)
-    budget, start, history, step = cfg.minutes * 60, time.perf_counter(), [], 0
+
+    def loss_at(batch, progress: float) -> torch.Tensor:
+        images, tokens, labels = batch
+        img = model.encode_image(images)  # (B, D), not yet normalised
+        txt = encode_text(model, tokens)  # (B, D)
+        scale = model.logit_scale.exp().clamp(max=100)
+        loss = loss_fn(torch.nn.functional.normalize(img, dim=-1), txt, scale)
+        aux_weight = aux_weight_at(progress, cfg)
+        return loss + aux_weight * probe(img, labels) if aux_weight > 0 else loss
+
+    def clamp_scale() -> None:
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, LOG_SCALE_MAX)
     try:
-        while True:
-            elapsed = time.perf_counter() - start
-            progress = step / cfg.steps if cfg.steps > 0 else elapsed / budget
-            if progress >= 1 or (should_stop and should_stop()):
-                break
-            for group in opt.param_groups:
-                group["lr"] = lr_at(progress, cfg)
-            images, tokens, labels = batches.get()
-            img = model.encode_image(images)  # (B, D), not yet normalised
-            txt = encode_text(model, tokens)  # (B, D)
-            scale = model.logit_scale.exp().clamp(max=100)
-            loss = loss_fn(torch.nn.functional.normalize(img, dim=-1), txt, scale)
-            aux_weight = aux_weight_at(progress, cfg)
-            if aux_weight > 0:
-                loss = loss + aux_weight * probe(img, labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, LOG_SCALE_MAX)
-            step += 1
-            history.append((step, round(time.perf_counter() - start, 2), round(loss.item(), 4)))
-            if on_step:
-                on_step(step, progress, loss.item())
+        history = run_steps(opt, batches, loss_at, steps=cfg.steps, minutes=cfg.minutes,
+                            lr_at=lambda progress: lr_at(progress, cfg), on_step=on_step, should_stop=should_stop,
+                            after_step=clamp_scale)
     finally:
         stop.set()
     return model.eval(), history
