@@ -2,19 +2,15 @@
 embed what the current model lacks, one committed batch at a time, so a sync killed at any moment resumes where it
 stopped. Decoding runs on every core ahead of the encoder.
 
-A folder may ship its embeddings for a model (`ROOT/.vectors/<model>.npz`, written by `write_shipped_vectors`, i.e.
-`python -m mbm index FOLDER --ship-vectors`): an image whose bytes (SHA-256) and a caption whose text are in it, for
-exactly these weights (`Encoder.key`), takes its vector from there instead of the model. The built-in gallery ships
-them for the embedded models, so a first start decodes its thumbnails but encodes nothing."""
+A folder may ship its embeddings for a model (`mbm.shipped`): an image whose bytes and a caption whose text are in
+them, for exactly these weights, takes its vector from there instead of the model."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-import re
 import time
-import zipfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,24 +28,11 @@ from mbm.data.images import (
     save_thumbnail,
     thumbnail,
 )
+from mbm.shipped import read_shipped, write_shipped
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]  # (done, total, what) -> None
 THUMB_SIZE = 256  # the side of a cached thumbnail, in pixels
-SHIPPED = ".vectors"  # ROOT/SHIPPED/<model>.npz: the embeddings a folder ships for a model
-
-
-@dataclass
-class Shipped:
-    """Vectors a folder ships for the current weights: by image SHA-256 and by caption text."""
-    images: dict[str, np.ndarray] = field(default_factory=dict)
-    captions: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-def shipped_path(root: Path, model_name: str) -> Path:
-    return root / SHIPPED / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', model_name)}.npz"
-
-
 @dataclass
 class SyncReport:
     """What one `sync()` did; `skipped` pairs a relative path with the reason it could not be read."""
@@ -91,7 +74,7 @@ class Syncing:
         with self._sync_lock:  # one sync at a time; searches go on between its committed batches
             found, unreadable = self._scan()
             self._reconcile(found, unreadable, report)
-            shipped = self._shipped()
+            shipped = read_shipped(self.root, self.encoder)
             self._encode_images(report, progress, batch_size or self.encoder.image_batch,
                                 workers or min(8, os.cpu_count() or 2), shipped.images)
             self._encode_captions(report, progress, shipped.captions)
@@ -189,47 +172,9 @@ class Syncing:
         db.execute("DELETE FROM vectors WHERE item_id=? AND kind='image'", (item_id,))  # for every model
         report.changed += 1
 
-    def _shipped(self) -> Shipped:
-        """The folder's shipped vectors for these weights; none if there are none, they are for other weights (the
-        model was retrained), or the file is not what `write_shipped_vectors` writes (then a warning)."""
-        path = shipped_path(self.root, self.encoder.name)
-        if not path.is_file():
-            return Shipped()
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if str(z["model"]) != self.encoder.key:
-                    log.info("%s holds vectors of other weights than %s: not used", path, self.encoder.key)
-                    return Shipped()
-                shas, images, texts, captions = z["sha256"], z["images"], z["captions"], z["caption_vectors"]
-            dim = self.encoder.embed_dim
-            if images.shape != (len(shas), dim) or captions.shape != (len(texts), dim) or not (
-                    np.isfinite(images).all() and np.isfinite(captions).all()):
-                raise ValueError("arrays of the wrong shape, or not finite")
-        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:  # damaged or foreign: not used
-            log.warning("ignoring %s: %s", path, e)
-            return Shipped()
-        return Shipped(dict(zip(shas.tolist(), images.astype(np.float32))),
-                       dict(zip(texts.tolist(), captions.astype(np.float32))))
-
     def write_shipped_vectors(self) -> Path:
-        """Write `ROOT/.vectors/<model>.npz`: this store's vectors for the current weights, by image content and
-        caption text, for a copy of this folder to start from (see the module's docstring). Sync first."""
-        key = self.encoder.key
-        images = self.db.all("SELECT i.sha256, v.vector FROM items i JOIN vectors v ON v.item_id=i.id "
-                             "WHERE v.model=? AND v.kind='image' AND i.sha256 IS NOT NULL ORDER BY i.id", (key,))
-        captions = self.db.all("SELECT i.caption, v.vector FROM items i JOIN vectors v ON v.item_id=i.id "
-                               "WHERE v.model=? AND v.kind='caption' ORDER BY i.id", (key,))
-        captions = list(dict(captions).items())  # one row per distinct caption
-        as_matrix = lambda rows: np.stack([np.frombuffer(v, np.float32) for _, v in rows]) if rows else \
-            np.zeros((0, self.encoder.embed_dim), np.float32)
-        path = shipped_path(self.root, self.encoder.name)
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, model=np.array(key), sha256=np.array([s for s, _ in images], dtype=str),
-                 images=as_matrix(images), captions=np.array([c for c, _ in captions], dtype=str),
-                 caption_vectors=as_matrix(captions))
-        os.replace(tmp, path)
-        return path
+        """Write `ROOT/.vectors/<model>.npz` from this store (see `mbm.shipped`); sync first."""
+        return write_shipped(self.root, self.db, self.encoder)
 
     def _encode_images(self, report: SyncReport, progress: Progress | None, batch_size: int, workers: int,
                        shipped: dict[str, np.ndarray]) -> None:

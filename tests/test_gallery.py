@@ -239,7 +239,7 @@ def test_the_built_in_gallery_ships_the_vectors_of_the_embedded_models(shapes_mo
     index again: the shipped vectors must be those of the weights in assets/ and cover every file."""
     from mbm.models import create_model
     from mbm.models._registry import EMBEDDED
-    from mbm.sync import SHIPPED
+    from mbm.shipped import SHIPPED
     gallery = ROOT / "assets" / "gallery"
     files = {hashlib.sha256(p.read_bytes()).hexdigest() for p in gallery.rglob("*")
              if p.suffix.lower() in (".png", ".jpg") and SHIPPED not in p.parts}
