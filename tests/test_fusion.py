@@ -22,6 +22,10 @@ from mbm.fusion import (
 from mbm.train.fusion import accuracy, train_head
 
 SHIPPED = FUSION_HEADS / "mbm-shapes"
+# The i.i.d. test accuracy of the fused heads before Shapes-VQA asked about what is not there (same recipe and scenes).
+BEFORE_ABSENT = {"concat": {"colour": 0.614, "shape_at": 0.536, "count": 0.963, "exists": 0.955},
+                 "gated": {"colour": 0.610, "shape_at": 0.544, "count": 0.963, "exists": 0.955},
+                 "attention": {"colour": 0.999, "shape_at": 0.917, "count": 0.997, "exists": 0.995}}
 
 
 def random_features(b: int = 5) -> Features:
@@ -64,6 +68,38 @@ def test_the_shipped_heads_reproduce_their_recorded_accuracy(shapes_model):
         assert accuracy(head, feats, data)["all"] == pytest.approx(meta["metrics"]["test"][name]["all"], abs=0.02)
 
 
+def test_every_scene_is_asked_about_a_shape_and_a_place_it_does_not_hold():
+    from mbm.data.language import place_at, questions
+    from mbm.data.shapes import SHAPES
+    for i in range(200):
+        scene = make_scene("val", i)
+        absent = [(q, a) for q, a, kind in questions(scene) if kind in ("absent", "empty")]
+        assert [a for _, a in absent] == ["none", "none"]
+        shape = absent[0][0].removeprefix("what colour is the ").removesuffix("?")
+        assert shape in SHAPES and shape not in {o.shape for o in scene.objects}
+        empty = {place_at(r, c) for r in range(3) for c in range(3)} - {place_at(o.row, o.col) for o in scene.objects}
+        assert absent[1][0].removeprefix("what shape is ").removesuffix("?") in empty
+    kinds = [ex.qtype for ex in examples("train", 500)]
+    assert 0.15 < (kinds.count("absent") + kinds.count("empty")) / len(kinds) < 0.3  # enough to learn "none"
+
+
+@pytest.fixture(scope="module")
+def absent_questions(shapes_model):
+    """The questions about a shape that is not there, of 300 rendered test scenes, with their features."""
+    data = [ex for ex in ordered(examples("test", 300)) if ex.qtype == "absent"]
+    return data, featurize_examples(shapes_model, data)
+
+
+@pytest.mark.parametrize("strategy", ["concat", "gated", "attention"])
+def test_the_shipped_fused_heads_say_none_about_what_is_not_there(absent_questions, strategy):
+    from mbm.fusion import load_heads
+    data, feats = absent_questions
+    head = load_heads(SHIPPED)[0][strategy]
+    with torch.inference_mode():
+        said = [ANSWERS[i] for i in head(feats).argmax(-1).tolist()]
+    assert said.count("none") / len(said) >= 0.90
+
+
 def test_the_recorded_table_meets_the_bar():
     metrics = json.loads((SHIPPED / "heads.json").read_text())["metrics"]
     fused = ("concat", "gated", "attention")
@@ -72,6 +108,12 @@ def test_the_recorded_table_meets_the_bar():
     for s in fused:
         for baseline in ("image-only", "text-only"):
             assert metrics["test"][s]["all"] >= metrics["test"][baseline]["all"] + 0.20
+        assert metrics["test"][s]["absent"] >= 0.90
+        for kind, before in BEFORE_ABSENT[s].items():  # learning "none" cost the other questions little ...
+            assert metrics["test"][s][kind] >= before - (0.08 if kind == "shape_at" else 0.03), (s, kind)
+    # ... but for shape_at: the heads sometimes take a small shape's place for an empty one. Attention says "none"
+    # about most empty places; concat and gated, which see no positions, about half or fewer.
+    assert metrics["test"]["attention"]["empty"] >= 0.75
 
 
 def test_the_engine_answers_a_question_about_an_image(engine):
@@ -81,6 +123,9 @@ def test_the_engine_answers_a_question_about_an_image(engine):
     assert next(iter(answer)) == "circle" and sum(answer.values()) == pytest.approx(1.0, abs=1e-4)
     every = engine.fused_answers(image, "how many shapes are there?")
     assert set(every) == {*STRATEGIES, "seednet"} and next(iter(every["attention"])) == "three"
+    for question in ("what colour is the star?", "what shape is at the top left?"):  # no star; nothing there
+        answers = engine.fused_answers(image, question, ("attention",))
+        assert next(iter(answers["attention"])) == "none" and answers.out_of_scope is None
 
 
 @pytest.mark.parametrize("question, strategy, message", [("", "attention", "type a question"),

@@ -76,7 +76,7 @@ def test_a_short_run_beats_the_majority_answer():
                                    on_step=lambda step, progress, loss: seen.append(step))
     assert len(history) == 120 and seen == list(range(1, 121)) and not model.training
     acc = evaluate_seednet(model, "val", n_val)
-    assert set(acc) == {"all", "colour", "shape_at", "count", "exists"}
+    assert set(acc) == {"all", "colour", "shape_at", "count", "exists", "absent", "empty"}
     assert acc["all"] > majority + 0.05, (acc, majority)
 
 
@@ -90,7 +90,7 @@ def test_evaluation_shares_scene_features_without_changing_answers():
         correct = (model(images, words).argmax(1) == torch.tensor([e.label for e in exs])).float()
     acc = evaluate_seednet(model, "test", 6, start=3, batch_size=4)
     assert acc["all"] == round(correct.mean().item(), 4)
-    for qtype in ("colour", "shape_at", "count", "exists"):
+    for qtype in ("colour", "shape_at", "count", "exists", "absent", "empty"):
         mask = torch.tensor([e.qtype == qtype for e in exs])
         assert acc[qtype] == round(correct[mask].mean().item(), 4)
 
@@ -127,6 +127,6 @@ def test_shipped_seednet_reproduces_its_recorded_accuracy(split):
     recorded = info["metrics"][split]
     assert (SHIPPED / "seednet.safetensors").stat().st_size < 5e6
     acc = evaluate_seednet(load_seednet(SHIPPED), split.removesuffix("_sample"), recorded["n_scenes"])
-    for key in ("all", "colour", "shape_at", "count", "exists"):
+    for key in ("all", "colour", "shape_at", "count", "exists", "absent", "empty"):
         assert abs(acc[key] - recorded[key]) <= 0.02, (key, acc, recorded)
     assert info["metrics"]["test"]["all"] > 0.6 and info["metrics"]["test"]["exists"] > 0.8  # far above chance

@@ -4,7 +4,8 @@
 evaluation ranks images by it. `captions(scene, rng)` samples the varied phrasings used in training:
 full descriptions, short ones ("a red circle"), prompt-like ones ("a photo of a star"), relations
 ("a star left of a square") and counts. `questions(scene)` lists questions with answers from the
-fixed vocabulary `ANSWERS`, each tagged with its type.
+fixed vocabulary `ANSWERS`, each tagged with its type; "absent" questions ask the colour of a shape the scene
+does not hold, "empty" ones the shape at a place where nothing is, and the answer to both is "none".
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import re
 from mbm.data.shapes import COLOURS, COLS, ROWS, SHAPES, Obj, Scene
 
 NUMBERS = ("zero", "one", "two", "three", "four")
-QUESTION_TYPES = ("colour", "shape_at", "count", "exists")
-ANSWERS = (*COLOURS, *SHAPES, *NUMBERS[:5], "yes", "no")
+QUESTION_TYPES = ("colour", "shape_at", "count", "exists", "absent", "empty")
+ANSWERS = (*COLOURS, *SHAPES, *NUMBERS[:5], "yes", "no", "none")  # "none": what a question names is not there
 # Prompt templates for zero-shot classification; training captions use the same phrasings.
 SHAPE_TEMPLATES = ("a photo of a {}.", "a {}.", "a drawing of a {}.", "a picture of a {}.")
 COLOUR_TEMPLATES = ("a photo of a {} shape.", "a {} shape.", "something {}.", "a {} object.")
@@ -110,7 +111,7 @@ def questions(scene: Scene, rng: random.Random | None = None) -> list[tuple[str,
 
     Args:
         scene: the scene asked about.
-        rng: picks the absent object for a "no" existence question; default seeded by the scene.
+        rng: picks what is absent for the "no" existence question and the "none" ones; default seeded by the scene.
     """
     rng = rng or random.Random(describe(scene))
     objs = scene.objects
@@ -127,4 +128,15 @@ def questions(scene: Scene, rng: random.Random | None = None) -> list[tuple[str,
     while (c, s) in present:
         c, s = rng.choice(list(COLOURS)), rng.choice(SHAPES)
     out.append((fix_articles(f"is there a {c} {s}?"), "no", "exists"))
-    return out
+    return out + absent_questions(scene, rng)
+
+
+def absent_questions(scene: Scene, rng: random.Random) -> list[tuple[str, str, str]]:
+    """Two questions whose answer is "none": the colour of a shape the scene lacks, and the shape at an empty
+    place (a scene holds at most four objects in nine places, so both always exist). About a fifth of a scene's
+    questions: enough to learn "there is none" without crowding out the rest."""
+    missing = [s for s in SHAPES if s not in {o.shape for o in scene.objects}]
+    taken = {(o.row, o.col) for o in scene.objects}
+    empty = [(r, c) for r in range(len(ROWS)) for c in range(len(COLS)) if (r, c) not in taken]
+    return [(f"what colour is the {rng.choice(missing)}?", "none", "absent"),
+            (f"what shape is {place_at(*rng.choice(empty))}?", "none", "empty")]

@@ -132,9 +132,11 @@ seen in training. Latency is one image and question end to end (both encoders, t
 
 {fusion_table(meta['metrics'])}
 
-`absent` asks about a shape the scene lacks ("what colour is the star?") or an empty place ("what shape is at the
-bottom left?"): the right answer is "none". `image-only` and `text-only` are the baselines: each sees one
-modality, so neither can answer. A question outside these forms or words is flagged as such by
+`absent` asks the colour of a shape the scene lacks ("what colour is the star?"), `empty` the shape at a place
+where nothing is ("what shape is at the bottom left?"): the right answer to both is "none" (each is a tenth of the
+training questions). Read them beside `colour` and `shape_at`, which ask the same words about what is there: a head
+that always said "none" would score 100% on them and 0% on those. `image-only` and `text-only` are the baselines:
+each sees one modality, so neither can answer. A question outside these forms or words is flagged as such by
 `mbm.fusion.FusedHeads.answers`, not answered with confidence.
 """
     path = folder / "MODEL_CARD.md"
