@@ -135,5 +135,6 @@ def _fused(fused: FusedHeads | None, why_not: str, image: Image.Image, text: str
         return {}, why_not or "no fused heads were given to this trace", None
     strategies = tuple(s for s in ("attention", "concat") if s in fused.heads) or tuple(fused.heads)
     colour = colour_cells([image])[0].reshape(COLOUR_GRID, COLOUR_GRID, 3)
-    note = f"the {' and '.join(strategies)} heads trained for {fused.encoder.name} answer"
+    over = fused.backbone if fused.backbone == fused.encoder.name else f"{fused.backbone} (reading its own features)"
+    note = f"the {' and '.join(strategies)} heads trained over {over} answer"
     return fused.answers(image, text, strategies), note, colour
