@@ -37,7 +37,7 @@ from torch import nn
 from mbm.data.language import questions
 from mbm.data.shapes import Scene, make_scene, render
 from mbm.data.vqa import ANSWER_INDEX, ANSWERS, MAX_WORDS, QUESTION_TYPES, WORDS, examples, tokenize
-from mbm.train._loop import background_batches, cosine_lr
+from mbm.train._loop import background_batches, cosine_lr, run_steps
 
 log = logging.getLogger(__name__)
 MEAN = (0.52, 0.51, 0.51)  # per-channel mean of rendered train scenes, RGB in [0, 1]
@@ -198,25 +198,15 @@ def train_seednet(cfg: SeedNetConfig | None = None, *, steps: int = 0, minutes: 
     opt = _optimizer(model, lr, weight_decay)
     stop = threading.Event()
     batches = _batches(seed, batch_size, cfg.image_size, per_scene, stop)
-    budget, start, history, step = minutes * 60, time.perf_counter(), [], 0
+    start = time.perf_counter()
     try:
-        while True:
-            progress = step / steps if steps > 0 else (time.perf_counter() - start) / budget
-            if progress >= 1 or (should_stop and should_stop()):
-                break
-            for group in opt.param_groups:
-                group["lr"] = lr_at(progress, lr)
-            loss = batch_loss(model, *(t.to(dev, non_blocking=True) for t in batches.get()))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            history.append((step, round(time.perf_counter() - start, 2), round(loss.item(), 4)))
-            if on_step:
-                on_step(step, progress, loss.item())
+        history = run_steps(opt, batches, lambda batch, _: batch_loss(model, *(t.to(dev, non_blocking=True)
+                                                                               for t in batch)),
+                            steps=steps, minutes=minutes, lr_at=lambda progress: lr_at(progress, lr),
+                            on_step=on_step, should_stop=should_stop)
     finally:
         stop.set()
-    log.info("trained SeedNet for %d steps in %.0f s", step, time.perf_counter() - start)
+    log.info("trained SeedNet for %d steps in %.0f s", len(history), time.perf_counter() - start)
     return model.eval(), history
 
 
