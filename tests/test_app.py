@@ -9,6 +9,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from mbm.data.shapes import SHAPES, make_scene, render
+from mbm.models._registry import EMBEDDED
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = sorted((ROOT / "assets" / "gallery" / "photos").glob("*.jpg"))
@@ -16,7 +17,7 @@ PHOTOS = sorted((ROOT / "assets" / "gallery" / "photos").glob("*.jpg"))
 
 def test_page_names_the_serving_model(server):
     html = urllib.request.urlopen(server.url, timeout=10).read().decode()
-    assert "mbm-shapes" in html
+    assert EMBEDDED in html
 
 
 def test_every_user_facing_event_has_a_named_endpoint(client):

@@ -9,6 +9,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect, sync_playwright
 
 from mbm.explore import available_methods
+from mbm.models._registry import EMBEDDED
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -34,7 +35,7 @@ def page(browser, server):
     page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
     page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
     page.goto(server.url)
-    expect(page.locator("#header")).to_contain_text("mbm-shapes", timeout=30_000)
+    expect(page.locator("#header")).to_contain_text(EMBEDDED, timeout=30_000)
     page.errors = errors
     yield page
     context.close()
@@ -273,7 +274,7 @@ def wide(browser, server):
     context = browser.new_context(viewport=WIDE)
     page = context.new_page()
     page.goto(server.url)
-    expect(page.locator("#header")).to_contain_text("mbm-shapes", timeout=30_000)
+    expect(page.locator("#header")).to_contain_text(EMBEDDED, timeout=30_000)
     yield page
     context.close()
 
@@ -372,7 +373,7 @@ def test_the_model_list_names_each_mark_once(wide):
     options = wide.get_by_role("option")
     expect(options.first).to_be_visible(timeout=10_000)
     texts = options.all_inner_texts()
-    assert any("mbm-shapes" in t for t in texts)
+    assert any(EMBEDDED in t for t in texts)
     assert all(t.count("ships with mbm") <= 1 for t in texts)
 
 
@@ -419,9 +420,9 @@ def test_a_failed_model_load_leaves_the_header_as_it_was(wide):
     picker.press("Enter")
     wide.get_by_role("button", name="Load", exact=True).click()
     expect(wide.locator(".toast-body.error").first).to_be_visible(timeout=60_000)
-    expect(wide.locator("#model-info")).to_contain_text("mbm-shapes")
+    expect(wide.locator("#model-info")).to_contain_text(EMBEDDED)
     _no_badges(wide)
-    expect(wide.locator("#header")).to_contain_text("mbm-shapes")
+    expect(wide.locator("#header")).to_contain_text(EMBEDDED)
 
 
 def test_exact_and_approximate_tiles_keep_their_size_on_a_small_gallery(wide):

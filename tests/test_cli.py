@@ -7,6 +7,7 @@ import pytest
 from conftest import run_mbm
 
 from mbm.models import create_model
+from mbm.models._registry import EMBEDDED
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_models_lists_the_embedded_model():
     out = run_mbm("models")
     assert out.returncode == 0
-    assert out.stdout.splitlines()[0].startswith("mbm-shapes") and "offline" in out.stdout
+    assert out.stdout.splitlines()[0].startswith(EMBEDDED) and "offline" in out.stdout
 
 
 def test_eval_prints_recall_and_zero_shot_for_the_shipped_model():

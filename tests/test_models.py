@@ -29,6 +29,7 @@ from mbm.models import (
     resolve_device,
     resolve_precision,
 )
+from mbm.models._registry import EMBEDDED
 from mbm.train.clip import TrainConfig, default_model_cfg, save, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,12 +63,12 @@ def _tiny_weights(folder):
 
 
 def test_list_models_names_the_embedded_model_first():
-    assert list_models()[0] == "mbm-shapes"
+    assert list_models()[0] == EMBEDDED
     assert "ViT-B-32:laion2b_s34b_b79k" in list_models()
 
 
 @pytest.mark.parametrize("spec, choices", [
-    ("nonsense", "mbm-shapes"), ("", "mbm-shapes"), ("ViT-B-99:laion", "mbm-shapes"),
+    ("nonsense", EMBEDDED), ("", EMBEDDED), ("ViT-B-99:laion", EMBEDDED),
     ("ViT-B-32:no-such-tag", "laion2b_s34b_b79k"),  # a known architecture lists its own tags
 ])
 def test_unknown_spec_is_a_value_error_listing_choices(spec, choices):
@@ -117,7 +118,7 @@ def test_open_clip_tag_offline_gives_one_clear_error(tiny_arch, monkeypatch):
         create_model("mbm-tiny-test:tiny", device="cpu")
     message = str(err.value)
     assert "mbm-tiny-test:tiny" in message and "not in the local cache" in message
-    assert "hub is unreachable" in message and "mbm-shapes" in message
+    assert "hub is unreachable" in message and EMBEDDED in message
 
 
 def test_open_clip_tag_loads_the_downloaded_weights(tiny_arch, monkeypatch, tmp_path):
@@ -199,7 +200,7 @@ def _fake_hf_cache(cache: Path, repo_id: str, filename: str) -> None:
 
 def test_default_model_prefers_cached_open_clip_weights_then_the_embedded_model(tmp_path):
     from mbm.models import default_model, is_cached
-    assert default_model(on_space=False, cache_dir=str(tmp_path)) == "mbm-shapes"
+    assert default_model(on_space=False, cache_dir=str(tmp_path)) == EMBEDDED
     _fake_hf_cache(tmp_path, "apple/MobileCLIP-S1-OpenCLIP", "open_clip_model.safetensors")
     assert is_cached("MobileCLIP-S1:datacompdr", str(tmp_path))
     assert not is_cached("ViT-B-32:laion2b_s34b_b79k", str(tmp_path))
@@ -212,7 +213,7 @@ def test_a_space_that_cannot_download_its_default_falls_back_and_says_so(tmp_pat
     config = EngineConfig.from_env({"SPACE_ID": "someone/mbm", "MBM_CACHE": str(tmp_path)}, device="cpu")
     assert config.on_space and config.model is None
     engine = Engine(config)
-    assert engine.encoder.name == "mbm-shapes" and config.model == "mbm-shapes"
+    assert engine.encoder.name == EMBEDDED and config.model == EMBEDDED
     assert "ViT-B-32:laion2b_s34b_b79k could not be loaded here" in engine.notice
 
 
@@ -280,7 +281,7 @@ print(json.dumps(out))
     assert out.returncode == 0, out.stderr
     refused = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(refused) == {"ViT-B-32:laion2b_s34b_b79k", "hf-hub:someone/nothing-cached"}
-    assert all("not in the local cache" in m and "mbm-shapes" in m for m in refused.values())
+    assert all("not in the local cache" in m and EMBEDDED in m for m in refused.values())
     assert "Retrying" not in out.stderr  # huggingface_hub was never asked to reach the hub
 
 
@@ -314,7 +315,7 @@ print(json.dumps(enc.encode_texts(["a red circle"])[0].tolist()))
 
 def test_the_tests_hugging_face_cache_is_their_own():
     assert os.environ["HF_HOME"].startswith(tempfile.gettempdir()) and "mbm-test-hf-home-" in os.environ["HF_HOME"]
-    assert default_model(False) == "mbm-shapes"  # whatever this machine has cached
+    assert default_model(False) == EMBEDDED  # whatever this machine has cached
 
 
 def test_an_embedded_model_names_the_words_it_never_read(shapes_model):
