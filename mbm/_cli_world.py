@@ -32,6 +32,8 @@ def _world_flags(p: argparse.ArgumentParser, world: str, holdout: str) -> None:
 def add_train_flags(p: argparse.ArgumentParser) -> None:
     _world_flags(p, "train mbm-world: widened shapes + emoji concepts", "the art style never trained on")
     p.add_argument("--emoji-fraction", type=float, default=0.5, help="with --world: emoji share of each batch")
+    p.add_argument("--phrase-share", type=float, default=0.5,
+                   help="with --world: English emoji captions phrased as people type them ('a dog'), not bare labels")
     p.add_argument("--width", type=int, default=32, help="with --world: image tower width")
     p.add_argument("--embed-dim", type=int, default=256, help="with --world: shared embedding size")
     p.add_argument("--text-width", type=int, default=256, help="with --world: text tower width")
@@ -68,7 +70,8 @@ def train_world(args) -> int:
     model_cfg = world_model_cfg(args.image_size, args.width, args.embed_dim, args.text_width, args.text_layers)
     cfg = TrainConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       aux_weight=args.aux_weight, aux_until=args.aux_until, world=str(cache_of(args)),
-                      emoji_fraction=args.emoji_fraction, holdout_style=args.holdout_style, model_cfg=model_cfg)
+                      emoji_fraction=args.emoji_fraction, holdout_style=args.holdout_style,
+                      phrase_share=args.phrase_share, model_cfg=model_cfg)
     out = Path(args.out)
 
     def on_row(row: dict) -> None:

@@ -22,8 +22,9 @@ from mbm.data import emoji as emoji_data
 
 HOLDOUT_STYLE = "twemoji"
 ENGLISH_SHARE = 0.3  # of emoji captions; the other 27 locales share the rest
-# Half the English captions say the label as people type it ("a dog", "a picture of a fox"): with the bare label
-# only, "a dog" lies nearer the shapes' captions ("a red circle") than the dog, and a classroom types "a dog".
+# By default half the English captions say the label as people type it ("a dog", "a picture of a fox"): with bare
+# labels only, "a dog" lies nearer the shapes' captions ("a red circle") than the dog, and a classroom types "a dog".
+# (`mbm-world` as shipped was trained with bare labels: `--phrase-share 0` replays it.)
 ENGLISH_PHRASES = ("{a} {}", "{a} {}", "the {}", "a picture of {a} {}", "{} emoji", "an emoji of {a} {}")
 
 
@@ -45,7 +46,7 @@ class EmojiSet:
         return list(self.concepts[0]["names"]) if self.concepts else []
 
 
-def caption(concept: dict, rng: random.Random, locale: str | None = None) -> str:
+def caption(concept: dict, rng: random.Random, locale: str | None = None, phrase_share: float = 0.5) -> str:
     """A concept's name in a random (or given) locale: its label, a third of the time with up to 3 tags."""
     if locale is None:
         others = [loc for loc in concept["names"] if loc != "en"]
@@ -54,7 +55,7 @@ def caption(concept: dict, rng: random.Random, locale: str | None = None) -> str
     tags = [t for t in tags if t.lower() != label.lower()]
     if tags and rng.random() < 1 / 3:
         return f"{label}: " + ", ".join(rng.sample(tags, min(len(tags), rng.randint(1, 3))))
-    if locale == "en" and rng.random() < 0.5:
+    if locale == "en" and phrase_share > 0 and rng.random() < phrase_share:
         article = "an" if label[:1].lower() in "aeiou" else "a"
         return rng.choice(ENGLISH_PHRASES).replace("{a}", article).replace("{}", label)
     return label
@@ -76,11 +77,12 @@ def paste(rgba: np.ndarray, size: int, rng: random.Random, kind: str | None = No
     return img
 
 
-def emoji_items(data: EmojiSet, n: int, size: int, rng: random.Random, styles: list[str]) -> tuple[list, list[str]]:
+def emoji_items(data: EmojiSet, n: int, size: int, rng: random.Random, styles: list[str],
+                phrase_share: float = 0.5) -> tuple[list, list[str]]:
     """`n` distinct concepts, each in a random training style: (images, captions)."""
     picks = rng.sample(range(len(data.concepts)), min(n, len(data.concepts)))
     images = [paste(data.images[rng.choice(styles)][i], size, rng) for i in picks]
-    return images, [caption(data.concepts[i], rng) for i in picks]
+    return images, [caption(data.concepts[i], rng, phrase_share=phrase_share) for i in picks]
 
 
 def shapes_items(n: int, size: int, rng: random.Random, group_fraction: float = 0.5,

@@ -58,6 +58,7 @@ class TrainConfig:
     world: str = ""  # the mbm cache holding `prepare-data`'s emoji arrays: train on the widened world; "" = shapes
     emoji_fraction: float = 0.5  # widened world: share of each batch that is emoji concepts
     holdout_style: str = "twemoji"  # widened world: the art style never trained on
+    phrase_share: float = 0.5  # widened world: English emoji captions said as people type them ("a dog")
     model_cfg: dict = field(default_factory=default_model_cfg)
 
 
