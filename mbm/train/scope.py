@@ -22,8 +22,9 @@ def shapes_captions(n_batches: int = 20, seed: int = 0) -> Iterator[str]:
         yield from make_batch(rng, 128, 0.5)[1]
 
 
-def world_captions(cache: Path) -> Iterator[str]:
-    """The shapes' captions, and every name, tag and English phrasing of every emoji concept in every locale."""
+def world_captions(cache: Path, phrases: bool = True) -> Iterator[str]:
+    """The shapes' captions, and every name and tag of every emoji concept in every locale (and, with `phrases`,
+    every English phrasing of its label)."""
     from mbm.data import world
     yield from shapes_captions()
     concepts = json.loads((Path(cache) / "emoji" / "concepts.json").read_text(encoding="utf-8"))
@@ -31,7 +32,7 @@ def world_captions(cache: Path) -> Iterator[str]:
         for names in c["names"].values():
             yield from names
         label = c["names"]["en"][0]
-        for article in ("a", "an"):
+        for article in ("a", "an") if phrases else ():
             yield from (p.replace("{a}", article).replace("{}", label) for p in world.ENGLISH_PHRASES)
 
 
@@ -54,6 +55,7 @@ def write_for(folder: str | Path, world_cache: str | Path | None = None) -> Path
         from mbm.engine import EngineConfig
         world_cache = EngineConfig.from_env().cache_path()  # where prepare-data put the concepts
     tokenizer = open_clip.SimpleTokenizer(context_length=config["model_cfg"]["text_cfg"]["context_length"])
-    texts = world_captions(Path(world_cache)) if world_cache else shapes_captions()
+    phrases = config.get("mbm_train_cfg", {}).get("phrase_share", 0.5) > 0
+    texts = world_captions(Path(world_cache), phrases) if world_cache else shapes_captions()
     knows = world_knows(Path(world_cache)) if world_cache else SHAPES_KNOWS
     return write_scope(folder, knows, texts, tokenizer.encode)
