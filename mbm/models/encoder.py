@@ -163,11 +163,8 @@ class Encoder:
     def token_ids(self, text: str) -> list[int]:
         """The vocabulary ids of `text`'s tokens as the model sees them, without start and end markers ([] if the
         tokenizer cannot say)."""
-        tok = self.tokenizer
-        if not isinstance(getattr(tok, "decoder", None), dict):
-            return []
-        ids = tok([bound_for_tokenizer(text)])[0].tolist()
-        return [i for i in ids if i not in (0, tok.sot_token_id, tok.eot_token_id)]
+        ids, tok = _bpe_ids(self.tokenizer, text) or [], self.tokenizer
+        return [i for i in ids if i not in (tok.sot_token_id, tok.eot_token_id)]
 
     def unseen_words(self, text: str) -> list[str]:
         """The words of `text` this model never read in training ([] when it ships no scope: a pretrained model)."""
@@ -179,10 +176,9 @@ class Encoder:
         end marker). Spelled as the vocabulary spells them, bytes decoded: "</w>" closes a word, so
         "a red circle" is `["<start_of_text>", "a</w>", "red</w>", "circle</w>", "<end_of_text>"]`.
         [] if the tokenizer cannot say."""
-        tok, text = self.tokenizer, bound_for_tokenizer(text)
-        if isinstance(getattr(tok, "decoder", None), dict):  # open_clip's SimpleTokenizer (byte-level BPE)
-            ids = tok([text])[0].tolist()  # (context_length,), zero-padded after the end marker
-            ids = ids[:ids.index(tok.eot_token_id) + 1] if tok.eot_token_id in ids else ids
+        tok, ids = self.tokenizer, _bpe_ids(self.tokenizer, text)
+        text = bound_for_tokenizer(text)
+        if ids is not None:  # open_clip's SimpleTokenizer (byte-level BPE)
             def readable(token: str) -> str:  # "Ã©</w>" -> "é</w>": the BPE's bytes decoded; markers stay
                 word, end = (token[:-4], "</w>") if token.endswith("</w>") else (token, "")
                 if not all(c in tok.byte_decoder for c in word):
@@ -204,6 +200,15 @@ class Encoder:
                 feats = run(items[start:start + batch_size]).float()  # (B, D)
                 parts.append(F.normalize(feats, dim=-1).cpu().numpy())
         return np.concatenate(parts) if parts else out
+
+
+def _bpe_ids(tok, text: str) -> list[int] | None:
+    """The ids open_clip's byte-level BPE gives `text`, markers included, up to the end marker (the padding cut off);
+    None for another tokenizer."""
+    if not isinstance(getattr(tok, "decoder", None), dict):
+        return None
+    ids = tok([bound_for_tokenizer(text)])[0].tolist()  # (context_length,), zero-padded after the end marker
+    return ids[:ids.index(tok.eot_token_id) + 1] if tok.eot_token_id in ids else ids
 
 
 def _is_conv_tower(visual: torch.nn.Module) -> bool:
