@@ -103,7 +103,7 @@ def test_fetch_refuses_a_file_with_the_wrong_hash(tmp_path):
 def test_captions_name_the_concept_in_one_locale():
     concept = {"names": {"en": ["fox", "face"], "ja": ["キツネ"]}}
     seen = {world.caption(concept, random.Random(i)) for i in range(400)}
-    phrased = {p.replace("{a}", "a").replace("{}", "fox") for p in world.ENGLISH_PHRASES}
+    phrased = {world.phrased(p, "fox") for p in world.ENGLISH_PHRASES}
     assert {"fox", "キツネ", "a fox", "fox: face"} <= seen and seen <= {"fox", "キツネ", "fox: face", *phrased}
     assert world.caption({"names": {"en": ["owl"]}}, random.Random(3), "en") in {"owl", "an owl", "the owl",
                                                                                  "a picture of an owl", "owl emoji",

@@ -46,6 +46,11 @@ class EmojiSet:
         return list(self.concepts[0]["names"]) if self.concepts else []
 
 
+def phrased(template: str, label: str) -> str:
+    """One of `ENGLISH_PHRASES` said of `label`, with the article its first letter takes ("an owl", "a fox")."""
+    return template.replace("{a}", "an" if label[:1].lower() in "aeiou" else "a").replace("{}", label)
+
+
 def caption(concept: dict, rng: random.Random, locale: str | None = None, phrase_share: float = 0.5) -> str:
     """A concept's name in a random (or given) locale: its label, a third of the time with up to 3 tags."""
     if locale is None:
@@ -56,8 +61,7 @@ def caption(concept: dict, rng: random.Random, locale: str | None = None, phrase
     if tags and rng.random() < 1 / 3:
         return f"{label}: " + ", ".join(rng.sample(tags, min(len(tags), rng.randint(1, 3))))
     if locale == "en" and phrase_share > 0 and rng.random() < phrase_share:
-        article = "an" if label[:1].lower() in "aeiou" else "a"
-        return rng.choice(ENGLISH_PHRASES).replace("{a}", article).replace("{}", label)
+        return phrased(rng.choice(ENGLISH_PHRASES), label)
     return label
 
 

@@ -32,8 +32,8 @@ def world_captions(cache: Path, phrases: bool = True) -> Iterator[str]:
         for names in c["names"].values():
             yield from names
         label = c["names"]["en"][0]
-        for article in ("a", "an") if phrases else ():
-            yield from (p.replace("{a}", article).replace("{}", label) for p in world.ENGLISH_PHRASES)
+        if phrases:
+            yield from (world.phrased(p, label) for p in world.ENGLISH_PHRASES)
 
 
 def world_knows(cache: Path) -> str:
