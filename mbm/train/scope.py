@@ -22,12 +22,11 @@ def shapes_captions(n_batches: int = 20, seed: int = 0) -> Iterator[str]:
         yield from make_batch(rng, 128, 0.5)[1]
 
 
-def world_captions(cache: Path, phrases: bool = True) -> Iterator[str]:
+def world_captions(concepts: list[dict], phrases: bool = True) -> Iterator[str]:
     """The shapes' captions, and every name and tag of every emoji concept in every locale (and, with `phrases`,
     every English phrasing of its label)."""
     from mbm.data import world
     yield from shapes_captions()
-    concepts = json.loads((Path(cache) / "emoji" / "concepts.json").read_text(encoding="utf-8"))
     for c in concepts:
         for names in c["names"].values():
             yield from names
@@ -36,8 +35,7 @@ def world_captions(cache: Path, phrases: bool = True) -> Iterator[str]:
             yield from (world.phrased(p, label) for p in world.ENGLISH_PHRASES)
 
 
-def world_knows(cache: Path) -> str:
-    concepts = json.loads((Path(cache) / "emoji" / "concepts.json").read_text(encoding="utf-8"))
+def world_knows(concepts: list[dict]) -> str:
     locales = len(concepts[0]["names"]) if concepts else 0
     return (f"It learned coloured shapes on any background, drawn or photographed, and {len(concepts):,} emoji "
             f"concepts (animals, food, objects, faces, places, symbols) named in {locales} languages.")
@@ -56,6 +54,9 @@ def write_for(folder: str | Path, world_cache: str | Path | None = None) -> Path
         world_cache = EngineConfig.from_env().cache_path()  # where prepare-data put the concepts
     tokenizer = open_clip.SimpleTokenizer(context_length=config["model_cfg"]["text_cfg"]["context_length"])
     phrases = config.get("mbm_train_cfg", {}).get("phrase_share", 0.5) > 0
-    texts = world_captions(Path(world_cache), phrases) if world_cache else shapes_captions()
-    knows = world_knows(Path(world_cache)) if world_cache else SHAPES_KNOWS
+    if world_cache:  # prepare-data's concepts, read once for both
+        concepts = json.loads((Path(world_cache) / "emoji" / "concepts.json").read_text(encoding="utf-8"))
+        texts, knows = world_captions(concepts, phrases), world_knows(concepts)
+    else:
+        texts, knows = shapes_captions(), SHAPES_KNOWS
     return write_scope(folder, knows, texts, tokenizer.encode)
