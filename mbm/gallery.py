@@ -6,6 +6,10 @@ be read) and, per model, the embedding of each image and of its caption. FAISS i
 `index/` and thumbnails under `thumbs/` are caches: delete them, or kill the process while they are
 written, and they are rebuilt from SQLite.
 
+A video is one item too, with a row in `videos` and one in `frames` per sampled frame (its time), each frame
+embedded per model; the FAISS index holds the frames beside the images, under ids from `FRAME_IDS` up, so one
+search ranks both (`mbm.search` merges a video's matching frames into moments).
+
 `sync()` reconciles the table with the folder (new, changed, renamed, deleted files) and then encodes
 whatever lacks an embedding for the current model, one committed batch at a time; so a sync killed at
 any moment resumes where it stopped, with nothing lost and nothing twice. Originals are only read.
@@ -28,10 +32,11 @@ from mbm.models import Encoder
 from mbm.store import GalleryLockedError, Store
 from mbm.sync import Progress, Syncing, SyncReport
 
-__all__ = ["Gallery", "GalleryLockedError", "Item", "Progress", "SyncReport"]
+__all__ = ["FRAME_IDS", "Frames", "Gallery", "GalleryLockedError", "Item", "Progress", "SyncReport"]
 
 log = logging.getLogger(__name__)
 BUSY_TIMEOUT_S = 10.0  # how long a write waits for another process's write to the same store before giving up
+FRAME_IDS = 1 << 40  # a video frame's id in the FAISS index is FRAME_IDS + its row id; below it, images' item ids
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,25 @@ class Item:
     height: int | None
     sha256: str | None
     error: str | None
+    every: float | None = None  # a video's seconds between clock frames; None for an image
+
+    @property
+    def is_video(self) -> bool:
+        return self.every is not None
+
+
+@dataclass(frozen=True)
+class Frames:
+    """Every embedded frame of the gallery's videos for the current model, ordered by video and time."""
+    ids: np.ndarray  # (F,) frame row ids
+    items: np.ndarray  # (F,) the video's item id
+    times: np.ndarray  # (F,) seconds
+    vectors: np.ndarray  # (F, D)
+
+    def of(self, item_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """`(times, vectors)` of one video's frames."""
+        where = self.items == item_id
+        return self.times[where], self.vectors[where]
 
 
 class Gallery(Syncing):
@@ -66,20 +90,24 @@ class Gallery(Syncing):
             raise NotADirectoryError(f"gallery folder {self.root} is {kind}")
         self.store = Path(store).expanduser().resolve() if store else self.root / ".mbm"
         self.store.mkdir(parents=True, exist_ok=True)
-        self.encoder, self.factory = encoder, factory
+        self.encoder = encoder
         if factory:
             Index(encoder.embed_dim, factory)  # a bad factory string fails now, not after a long sync
         self._sync_lock = threading.Lock()
         self.db = Store(self.store, busy_timeout_s)
+        self.factory = factory or self.db.one("SELECT value FROM meta WHERE key=?", (self._factory_key(),))
         self._index: Index | None = None
         self._matrix: tuple[int, np.ndarray, np.ndarray] | None = None  # (generation, ids, vectors)
+        self._frames: tuple[int, Frames] | None = None
 
     def __repr__(self) -> str:
         return f"Gallery({str(self.root)!r}, model={self.encoder.name!r}, items={len(self)})"
 
     def __len__(self) -> int:
-        """Images searchable with the current model."""
-        return self.db.one("SELECT COUNT(*) FROM vectors WHERE model=? AND kind='image'", (self.encoder.key,))
+        """Images and videos searchable with the current model."""
+        return self.db.one("SELECT (SELECT COUNT(*) FROM vectors WHERE model=? AND kind='image') + (SELECT COUNT("
+                           "DISTINCT f.item_id) FROM frames f JOIN frame_vectors v ON v.frame_id=f.id WHERE v.model=?)",
+                           (self.encoder.key,) * 2)
 
     def close(self) -> None:
         self.db.close()
@@ -95,8 +123,8 @@ class Gallery(Syncing):
         """Items in the order of `ids` (ids not in the gallery, and -1, are left out)."""
         ids = [int(i) for i in ids if i >= 0]
         marks = ",".join("?" * len(ids))
-        rows = self.db.all(f"SELECT id, path, caption, width, height, sha256, error FROM items WHERE id IN ({marks})",
-                         ids)
+        rows = self.db.all(f"SELECT items.id, path, caption, width, height, sha256, error, v.every FROM items "
+                           f"LEFT JOIN videos v ON v.item_id=items.id WHERE items.id IN ({marks})", ids)
         by_id = {r[0]: Item(*r) for r in rows}
         return [by_id[i] for i in ids if i in by_id]
 
@@ -109,7 +137,8 @@ class Gallery(Syncing):
     def labels(self) -> dict[int, str]:
         """`{item id: label}` for images in a sub-folder, the folder name being the label (the ImageNet
         convention: `root/cat/1.jpg` is a cat); images at the root carry no label."""
-        rows = self.db.all("SELECT id, path FROM items WHERE error IS NULL AND path LIKE '%/%'")
+        rows = self.db.all("SELECT id, path FROM items WHERE error IS NULL AND path LIKE '%/%' "
+                           "AND id NOT IN (SELECT item_id FROM videos)")
         return {item_id: path.split("/", 1)[0] for item_id, path in rows}
 
     def file(self, item: Item) -> Path:
@@ -136,6 +165,25 @@ class Gallery(Syncing):
         if self._matrix is None or self._matrix[0] != gen:
             self._matrix = (gen, *self.vectors("image"))
         return self._matrix[1], self._matrix[2]
+
+    def frames(self) -> Frames:
+        """The embedded frames of every video for the current model, cached until the gallery changes."""
+        gen = self.generation()
+        if self._frames is None or self._frames[0] != gen:
+            rows = self.db.all("SELECT f.id, f.item_id, f.t, v.vector FROM frames f JOIN frame_vectors v ON "
+                               "v.frame_id=f.id WHERE v.model=? ORDER BY f.item_id, f.t", (self.encoder.key,))
+            vecs = np.frombuffer(b"".join(r[3] for r in rows), np.float32).reshape(len(rows), self.encoder.embed_dim)
+            column = lambda i, dtype: np.array([r[i] for r in rows], dtype)
+            self._frames = (gen, Frames(column(0, np.int64), column(1, np.int64), column(2, np.float64), vecs))
+        return self._frames[1]
+
+    def frame_thumbnail(self, item: Item, t: float) -> Path | None:
+        """The cached picture of a video's frame at `t` seconds (None if there is none)."""
+        from mbm.sync_video import frame_key
+        if item.sha256 is None:
+            return None
+        path = self._thumb_path(frame_key(item.sha256, t))
+        return path if path.is_file() else None
 
     def captions(self) -> tuple[list[int], list[str], np.ndarray]:
         """Ids, captions and caption embeddings of the readable items: image->text's default text bank."""
@@ -177,13 +225,16 @@ class Gallery(Syncing):
         except IndexFileError as e:
             log.warning("rebuilding the index: %s", e)
             return None
-        if len(index) != len(self) or index.dim != self.encoder.embed_dim:
-            log.warning("rebuilding the index: %s holds %d vectors, the gallery %d", path, len(index), len(self))
+        expected = len(self.image_matrix()[0]) + len(self.frames().ids)
+        if len(index) != expected or index.dim != self.encoder.embed_dim:
+            log.warning("rebuilding the index: %s holds %d vectors, the gallery %d", path, len(index), expected)
             return None
         return index
 
     def _build_index(self, path: Path) -> Index:
         ids, vecs = self.image_matrix()  # the same read later serves score histograms
+        frames = self.frames()
+        ids, vecs = np.concatenate([ids, FRAME_IDS + frames.ids]), np.vstack([vecs, frames.vectors])
         index = Index.build(vecs, ids, factory=self.factory) if len(ids) else Index(self.encoder.embed_dim)
         path.parent.mkdir(parents=True, exist_ok=True)
         index.save(path)
@@ -191,8 +242,23 @@ class Gallery(Syncing):
         for old in stale:  # earlier generations, and temp files of a save that was killed
             if old != path:
                 old.unlink(missing_ok=True)
-        log.info("built %r over %d images", index, len(ids))
+        log.info("built %r over %d images and frames", index, len(ids))
         return index
+
+    def record_factory(self, factory: str | None) -> None:
+        """Keep `factory` as this model's index type in the store (None: back to the choice by size), so every
+        later opening without a factory of its own (the page, `search`) builds and loads the same index."""
+        if factory:
+            Index(self.encoder.embed_dim, factory)
+        with self.db.transaction() as db:
+            db.execute("DELETE FROM meta WHERE key=?", (self._factory_key(),))
+            if factory:
+                db.execute("INSERT INTO meta VALUES (?, ?)", (self._factory_key(), factory))
+        with self.db.lock:
+            self.factory, self._index = factory, None
+
+    def _factory_key(self) -> str:
+        return f"index_factory {self.encoder.key}"
 
     def _index_path(self, generation: int) -> Path:
         return self.store / "index" / f"{self._model_slug()}-g{generation}.faiss"

@@ -33,6 +33,27 @@ CREATE TABLE IF NOT EXISTS vectors (
     PRIMARY KEY (item_id, model, kind)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- Videos (added by issue 20; a store written before them gains these tables when opened, its rows untouched):
+-- an item that is a video has a row here, and one row in `frames` per sampled frame.
+CREATE TABLE IF NOT EXISTS videos (
+    item_id INTEGER PRIMARY KEY REFERENCES items(id) ON DELETE CASCADE,
+    every REAL NOT NULL,         -- seconds between the clock's frames (cuts come on top)
+    duration REAL,               -- seconds; NULL until first read
+    frames INTEGER               -- frames sampled once the whole video was read (or up to its damage); NULL before
+);
+CREATE TABLE IF NOT EXISTS frames (
+    id INTEGER PRIMARY KEY,
+    item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+    t REAL NOT NULL,             -- seconds from the start
+    cut INTEGER NOT NULL,        -- 1: kept because the picture jumped, 0: by the clock
+    UNIQUE (item_id, t)
+);
+CREATE TABLE IF NOT EXISTS frame_vectors (
+    frame_id INTEGER NOT NULL REFERENCES frames(id) ON DELETE CASCADE,
+    model TEXT NOT NULL,         -- Encoder.key
+    vector BLOB NOT NULL,        -- float32, L2-normalised
+    PRIMARY KEY (frame_id, model)
+);
 """
 
 

@@ -3,7 +3,8 @@ embed what the current model lacks, one committed batch at a time, so a sync kil
 stopped. Decoding runs on every core ahead of the encoder.
 
 A folder may ship its embeddings for a model (`mbm.shipped`): an image whose bytes and a caption whose text are in
-them, for exactly these weights, takes its vector from there instead of the model."""
+them, for exactly these weights, takes its vector from there instead of the model. Videos (`mbm.video.is_video`)
+are listed here like images and sampled, frame by frame, by `mbm.sync_video`."""
 
 from __future__ import annotations
 
@@ -29,10 +30,13 @@ from mbm.data.images import (
     thumbnail,
 )
 from mbm.shipped import read_shipped, write_shipped
+from mbm.sync_video import EVERY, VideoSyncing
+from mbm.video import VIDEO_SUFFIXES, is_video
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]  # (done, total, what) -> None
 THUMB_SIZE = 256  # the side of a cached thumbnail, in pixels
+_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 @dataclass
 class SyncReport:
     """What one `sync()` did; `skipped` pairs a relative path with the reason it could not be read."""
@@ -42,7 +46,9 @@ class SyncReport:
     removed: int = 0
     unchanged: int = 0
     encoded: int = 0  # images embedded in this run
-    reused: int = 0  # of those, the ones whose vector came from the folder's shipped vectors
+    reused: int = 0  # images and frames whose vector came from the folder's shipped vectors
+    videos: int = 0  # videos sampled in this run
+    frames: int = 0  # their frames embedded in this run
     captions_encoded: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
@@ -50,11 +56,12 @@ class SyncReport:
     def summary(self) -> str:
         return (f"{self.added} added, {self.changed} changed, {self.renamed} renamed, {self.removed} removed, "
                 f"{self.unchanged} unchanged; {self.encoded} images encoded"
+                f"{f', {self.frames} frames of {self.videos} videos' if self.videos else ''}"
                 f"{f' ({self.reused} from shipped vectors)' if self.reused else ''}, {len(self.skipped)} skipped "
                 f"in {self.seconds:.1f} s")
 
 
-class Syncing:
+class Syncing(VideoSyncing):
     """`Gallery.sync` and what it needs; mixed into `Gallery`, whose store, folder and encoder it uses."""
 
     def sync(self, progress: Progress | None = None, batch_size: int | None = None,
@@ -77,6 +84,7 @@ class Syncing:
             shipped = read_shipped(self.root, self.encoder)
             self._encode_images(report, progress, batch_size or self.encoder.image_batch,
                                 workers or min(8, os.cpu_count() or 2), shipped.images)
+            self._encode_videos(report, progress, shipped.frames)
             self._encode_captions(report, progress, shipped.captions)
             report.skipped = [*unreadable.items(), *((i.path, i.error) for i in self.errors())]
             self.index  # noqa: B018 - build and save it now, not during the first query
@@ -100,7 +108,7 @@ class Syncing:
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(folder, d) != self.store)
             for name in files:
                 path = Path(folder, name)
-                if path.suffix.lower() not in IMAGE_SUFFIXES or name.startswith("."):
+                if path.suffix.lower() not in _SUFFIXES or name.startswith("."):
                     continue
                 try:
                     st = path.stat()
@@ -150,8 +158,9 @@ class Syncing:
             del missing[moved[1]]
             report.renamed += 1
             return
-        db.execute("INSERT INTO items (path, size, mtime_ns, sha256, caption) VALUES (?, ?, ?, NULL, ?)",
-                   (path, size, mtime, caption))
+        item_id = db.execute("INSERT INTO items (path, size, mtime_ns, sha256, caption) VALUES (?, ?, ?, NULL, ?)",
+                             (path, size, mtime, caption)).lastrowid
+        self._mark_video(db, item_id, path)
         report.added += 1
 
     def _update(self, db, row, size, mtime, caption, report) -> None:
@@ -170,7 +179,14 @@ class Syncing:
         db.execute("UPDATE items SET size=?, mtime_ns=?, sha256=NULL, width=NULL, height=NULL, error=NULL "
                    "WHERE id=?", (size, mtime, item_id))
         db.execute("DELETE FROM vectors WHERE item_id=? AND kind='image'", (item_id,))  # for every model
+        db.execute("DELETE FROM frames WHERE item_id=?", (item_id,))  # a video's frames, and their vectors
+        db.execute("DELETE FROM videos WHERE item_id=?", (item_id,))
+        self._mark_video(db, item_id, path)  # a GIF may have become animated, or still
         report.changed += 1
+
+    def _mark_video(self, db, item_id: int, path: str) -> None:
+        if is_video(self.root / path):
+            db.execute("INSERT INTO videos (item_id, every) VALUES (?, ?)", (item_id, EVERY))
 
     def write_shipped_vectors(self) -> Path:
         """Write `ROOT/.vectors/<model>.npz` from this store (see `mbm.shipped`); sync first."""
@@ -179,7 +195,8 @@ class Syncing:
     def _encode_images(self, report: SyncReport, progress: Progress | None, batch_size: int, workers: int,
                        shipped: dict[str, np.ndarray]) -> None:
         todo = self.db.all("SELECT id, path FROM items WHERE error IS NULL AND id NOT IN "
-                         "(SELECT item_id FROM vectors WHERE model=? AND kind='image') ORDER BY id",
+                         "(SELECT item_id FROM vectors WHERE model=? AND kind='image') "
+                         "AND id NOT IN (SELECT item_id FROM videos) ORDER BY id",
                          (self.encoder.key,))
         draft = max(THUMB_SIZE, self.encoder.image_size)
         decode = lambda row: self._decode(row, draft, shipped)
@@ -240,7 +257,8 @@ class Syncing:
     def _encode_captions(self, report: SyncReport, progress: Progress | None, shipped: dict[str, np.ndarray],
                          batch_size: int = 256) -> None:
         todo = self.db.all("SELECT id, caption FROM items WHERE error IS NULL AND id NOT IN "
-                         "(SELECT item_id FROM vectors WHERE model=? AND kind='caption') ORDER BY id",
+                         "(SELECT item_id FROM vectors WHERE model=? AND kind='caption') "
+                         "AND id NOT IN (SELECT item_id FROM videos) ORDER BY id",
                          (self.encoder.key,))
         for start in range(0, len(todo), batch_size):
             rows = todo[start:start + batch_size]
@@ -259,13 +277,14 @@ class Syncing:
         return self.store / "thumbs" / sha[:2] / f"{sha}.jpg"
 
     def _drop_orphan_thumbnails(self) -> None:
-        """Thumbnails are keyed by content, so a deleted or changed file leaves one behind; remove those."""
+        """Thumbnails are keyed by content (a video's frames by its content and their time), so a deleted or changed
+        file leaves some behind; remove those."""
         folder = self.store / "thumbs"
         if not folder.is_dir():
             return
         live = {r[0] for r in self.db.all("SELECT sha256 FROM items WHERE sha256 IS NOT NULL")}
         for thumb in folder.glob("*/*.jpg"):
-            if thumb.stem not in live:
+            if thumb.stem.split("-")[0] not in live:
                 thumb.unlink(missing_ok=True)
 
 

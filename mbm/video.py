@@ -23,7 +23,7 @@ from PIL import Image
 
 from mbm.errors import InputError
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".webm", ".mov", ".mkv", ".m4v", ".avi"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".webm", ".mov", ".mkv", ".m4v", ".avi"})  # and an animated .gif: is_video
 
 
 class VideoError(InputError):
@@ -51,6 +51,19 @@ class Frame:
     t: float  # seconds from the start
     image: Image.Image  # RGB, at most `side` px on its long side
     cut: bool = False  # kept because the picture jumped, not because of the clock
+
+
+def is_video(path: str | Path) -> bool:
+    """Whether a gallery file is a video: a video suffix, or a GIF with more than one frame (a still GIF, or one
+    Pillow cannot open, stays an image, as it always was)."""
+    suffix = Path(path).suffix.lower()
+    if suffix != ".gif":
+        return suffix in VIDEO_SUFFIXES
+    try:
+        with Image.open(path) as im:
+            return getattr(im, "n_frames", 1) > 1  # counts the frames without decoding them
+    except Exception:  # not a GIF after all, damaged, a bomb: the image path says what is wrong with it
+        return False
 
 
 def _open(path: str | Path):
