@@ -217,21 +217,23 @@ EXAMPLE_SECONDS = 15.0
 
 
 def example_frame(t: float, size: int = 256, script: tuple[Appearance, ...] = EXAMPLE_SCRIPT) -> Image.Image:
-    """The example video's picture at `t` seconds: the script's objects on a light grey stage."""
+    """The example video's picture at `t` seconds: the script's objects, large, on a mid-grey stage (the shapes
+    world's own tones and sizes, so its model sees what it was trained on), drawn at twice the size and reduced."""
     import random
 
     from PIL import ImageDraw
 
     from mbm.data.backgrounds import draw_shape
-    from mbm.data.shapes import COLOURS
-    image = Image.new("RGB", (size, size), (236, 236, 232))
+    from mbm.data.shapes import COLOURS, SIZES
+    s = 2 * size
+    image = Image.new("RGB", (s, s), (140, 140, 136))
     draw = ImageDraw.Draw(image)
     for a in script:
         if a.start <= t < a.end:
             x = a.x0 + (a.x1 - a.x0) * (t - a.start) / (a.end - a.start)
-            draw_shape(draw, a.shape, x * size, a.y * size, 0.13 * size, COLOURS[a.colour], "filled", 0.0,
+            draw_shape(draw, a.shape, x * s, a.y * s, SIZES["large"] / 2 * s, COLOURS[a.colour], "filled", 0.0,
                        random.Random(0))
-    return image
+    return image.resize((size, size), Image.Resampling.BOX)
 
 
 def write_example(path: str | Path, fps: int = 12, size: int = 256, seconds: float = EXAMPLE_SECONDS) -> Path:
@@ -283,8 +285,8 @@ def moments(times: np.ndarray, scores: np.ndarray, every: float = 1.0, share: fl
     """The spans of one video's sampled frames that match a query, best first.
 
     A frame matches when its score stands out from the video's own run of scores: at least `share` of the way
-    from their median (what the video looks like to this query most of the time) to their best (and at least
-    `threshold`, if given). Matching frames no more than 1.5 `every` apart merge into one span, which ends one
+    from their lower quartile (what the video looks like to this query when the thing is not there; a median is a
+    matching frame when the thing is on screen most of the time) to their best (and at least `threshold`, if given). Matching frames no more than 1.5 `every` apart merge into one span, which ends one
     `every` after its last frame (the frame stands for the seconds until the next one).
     """
     times, scores = np.asarray(times, float), np.asarray(scores, float)
@@ -292,7 +294,8 @@ def moments(times: np.ndarray, scores: np.ndarray, every: float = 1.0, share: fl
         return []
     order = np.argsort(times)
     times, scores = times[order], scores[order]
-    floor = np.median(scores) + share * (scores.max() - np.median(scores))
+    base = np.percentile(scores, 25)
+    floor = base + share * (scores.max() - base)
     if threshold is not None:
         floor = max(floor, threshold)
     spans: list[list[int]] = []
