@@ -87,9 +87,10 @@ def _search(args) -> int:
                              threshold=args.threshold)
     if args.json:
         print(json.dumps([dict(id=h.id, path=str(h.path), caption=h.caption, score=round(h.score, 6),
-                               thumbnail=str(h.thumbnail) if h.thumbnail else None) for h in hits], indent=2))
+                               thumbnail=str(h.thumbnail) if h.thumbnail else None, start=h.start, end=h.end)
+                          for h in hits], indent=2))  # start, end: a video moment's seconds (None for an image)
     for h in hits if not args.json else ():
-        print(f"{h.score:7.4f}  #{h.id:<6} {h.path}  {h.caption}")
+        print(f"{h.score:7.4f}  #{h.id:<6} {h.path}{'@' + h.span if h.span else ''}  {h.caption}")
     return 0 if hits else 1
 
 

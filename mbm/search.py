@@ -9,6 +9,9 @@ serves the CLI and the page:
     atom     := "quoted text" | 'quoted text' | @image-path | @"image path" | #item-id | bare words
     query    := ["-"] term (("+" | "-") term)*      operators stand apart, so "t-shirt" stays one word
 
+A video's frames are ranked with the images; the frames of one video that stand out for the query merge into
+moments (`mbm.video.moments`), each one hit: the video, its span, its best frame and that frame's score.
+
 image->text runs the other way: an image's vector ranks a bank of texts (the gallery's captions, or
 texts the caller gives).
 """
@@ -26,8 +29,10 @@ from PIL import Image
 
 from mbm.data.images import load_image
 from mbm.errors import InputError
+from mbm.gallery import FRAME_IDS
 from mbm.models import Encoder
 from mbm.text import MAX_TEXTS, check_texts, clean_text
+from mbm.video import Moment, moments
 
 if TYPE_CHECKING:
     from mbm.gallery import Gallery
@@ -89,8 +94,21 @@ class Hit:
     path: Path  # the original file
     caption: str
     score: float  # cosine similarity to the query, in [-1, 1]
-    thumbnail: Path | None  # a cached JPEG of at most 256 px, for pages
+    thumbnail: Path | None  # a cached JPEG of at most 256 px, for pages (a video's: its best frame)
     relpath: str = ""  # the path inside the gallery folder, safe to show to people
+    start: float | None = None  # a video's moment: from `start` to `end` seconds, best at `best`; None for an image
+    end: float | None = None
+    best: float | None = None
+
+    @property
+    def span(self) -> str:
+        """A video moment's `mm:ss-mm:ss`; "" for an image."""
+        return "" if self.start is None else Moment(self.start, self.end, self.best, self.score).label()
+
+    @property
+    def where(self) -> str:
+        """The file inside the gallery, and for a video the moment: `clips/a.mp4@00:01-00:05`."""
+        return f"{self.relpath}@{self.span}" if self.span else self.relpath
 
 
 def parse_query(text: str) -> list[Term]:
@@ -185,14 +203,17 @@ def _embed(encoder: Encoder, term: Term, gallery: Gallery | None) -> np.ndarray:
         raise InputError(f"item #{term.value} needs a gallery to look it up in")
     ids, vecs = gallery.image_matrix()
     where = np.flatnonzero(ids == term.value)
+    if not len(where) and len(gallery.frames().of(term.value)[1]):  # a video: what its frames have in common
+        mean = gallery.frames().of(term.value)[1].mean(axis=0)
+        return mean / max(float(np.linalg.norm(mean)), 1e-6)
     if not len(where):
         raise InputError(f"no item #{term.value} in this gallery (it has {len(ids)} searchable images)")
     return vecs[where[0]]
 
 
 class Results(list):
-    """Hits, best first (a list), and `scores`: the query's cosine to every searchable image of the gallery, `(N,)`,
-    what a histogram of the query needs (computed when first asked)."""
+    """Hits, best first (a list), and `scores`: the query's cosine to every searchable image and video frame of the
+    gallery, `(N,)`, what a histogram of the query needs (computed when first asked)."""
 
     def __init__(self, hits: list[Hit], gallery: Gallery, vector: np.ndarray):
         super().__init__(hits)
@@ -201,7 +222,8 @@ class Results(list):
     @property
     def scores(self) -> np.ndarray:
         if self._scores is None:
-            self._scores = self._gallery.image_matrix()[1] @ self._vector
+            images, frames = self._gallery.image_matrix()[1], self._gallery.frames().vectors
+            self._scores = np.concatenate([images @ self._vector, frames @ self._vector])
         return self._scores
 
 
@@ -220,12 +242,39 @@ def search(gallery: Gallery, query: str | list[Term] | np.ndarray, k: int = 10, 
         raise InputError(f"k must be at least 1, got {k}")
     vec = query if isinstance(query, np.ndarray) else query_vector(
         gallery.encoder, parse_query(query) if isinstance(query, str) else query, gallery)
-    scores, ids = gallery.index.search(vec, k + len(exclude))
-    keep = [(s, i) for s, i in zip(scores[0], ids[0]) if i >= 0 and i not in exclude
-            and (threshold is None or s >= threshold)][:k]
-    items = {it.id: it for it in gallery.items([i for _, i in keep])}
-    return Results([Hit(int(i), gallery.file(items[i]), items[i].caption, float(s), gallery.thumbnail(items[i]),
-                        items[i].path) for s, i in keep if i in items], gallery, vec)
+    index = gallery.index
+    wanted = k + len(exclude)
+    depth = min(len(index), max(4 * wanted, wanted + 64))  # a video's frames may fill many places of the ranking
+    scores, ids = index.search(vec, max(depth, 1))
+    found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+    # a moment whose best frame ranked below what was fetched may trail images that were not fetched: left out
+    floor = found[-1][0] if found and depth < len(index) else -np.inf
+    frame_of = _frame_items(gallery, [i for _, i in found if i >= FRAME_IDS])
+    images = [(s, i) for s, i in found if i < FRAME_IDS]
+    videos = list(dict.fromkeys(frame_of[i] for _, i in found if i in frame_of))
+    items = {it.id: it for it in gallery.items([i for _, i in images] + videos)}
+    hits = [Hit(i, gallery.file(items[i]), items[i].caption, s, gallery.thumbnail(items[i]), items[i].path)
+            for s, i in images if i in items]
+    for video_id in videos:
+        hits += _moments(gallery, items[video_id], vec, floor) if video_id in items else []
+    hits.sort(key=lambda h: -h.score)
+    keep = [h for h in hits if h.id not in exclude and (threshold is None or h.score >= threshold)][:k]
+    return Results(keep, gallery, vec)
+
+
+def _frame_items(gallery: Gallery, index_ids: list[int]) -> dict[int, int]:
+    """`{index id: video item id}` of frames found in the index."""
+    frames = gallery.frames()
+    row = dict(zip((FRAME_IDS + frames.ids).tolist(), frames.items.tolist()))
+    return {i: row[i] for i in index_ids if i in row}
+
+
+def _moments(gallery: Gallery, item, vec: np.ndarray, floor: float) -> list[Hit]:
+    """One hit per moment of a video that matches the query (scored by its best frame), down to `floor`."""
+    times, vectors = gallery.frames().of(item.id)
+    return [Hit(item.id, gallery.file(item), item.caption, m.score, gallery.frame_thumbnail(item, m.best), item.path,
+                m.start, m.end, m.best)
+            for m in moments(times, vectors @ vec, every=item.every) if m.score >= floor]
 
 
 def rank_texts(encoder: Encoder, image: Image.Image | str | Path | np.ndarray, texts: list[str] | None = None,
