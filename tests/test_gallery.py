@@ -243,6 +243,8 @@ def test_the_built_in_gallery_ships_the_vectors_of_the_embedded_models(shapes_mo
     gallery = ROOT / "assets" / "gallery"
     files = {hashlib.sha256(p.read_bytes()).hexdigest() for p in gallery.rglob("*")
              if p.suffix.lower() in (".png", ".jpg") and SHIPPED not in p.parts}
+    videos = {hashlib.sha256(p.read_bytes()).hexdigest() for p in gallery.rglob("*.mp4")}
+    assert videos  # the example video of the shapes world
     shipped = sorted((gallery / SHIPPED).glob("*.npz"))
     assert EMBEDDED in [p.stem for p in shipped]  # the model a fresh `python app.py` serves
     for path in shipped:
@@ -250,6 +252,8 @@ def test_the_built_in_gallery_ships_the_vectors_of_the_embedded_models(shapes_mo
         with np.load(path, allow_pickle=False) as z:
             assert str(z["model"]) == encoder.key, f"{path.name} is stale: python -m mbm index ... --ship-vectors"
             assert set(z["sha256"].tolist()) == files
+            frames = {k.rsplit("-", 1)[0] for k in z["frame_keys"].tolist()}  # a video's frames: by its bytes
+            assert frames == videos and len(z["frame_keys"]) >= 15 * len(videos)
 
 
 def test_kill_9_during_sync_then_sync_again_loses_and_duplicates_nothing(tmp_path, shapes_model):

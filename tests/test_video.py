@@ -9,6 +9,8 @@ import pytest
 from mbm import video
 from mbm.video import Limits, VideoError
 
+BUILT_IN = Path(__file__).resolve().parents[1] / "assets" / "gallery" / "videos" / "shapes-example.mp4"
+
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory) -> Path:
@@ -24,9 +26,12 @@ def test_the_example_is_a_small_h264_file_sampled_once_a_second(example):
     assert all(f.image.size == (128, 128) and f.image.mode == "RGB" for f in frames)
 
 
-def test_the_frames_show_the_script(example):
-    """A red pixel where the script puts the red circle, at the seconds it says, and none elsewhere."""
-    frames = {f.t: np.asarray(f.image).astype(int) for f in video.sample(example, every=0.5)}
+@pytest.mark.parametrize("which", ["written", "built-in"])
+def test_the_frames_show_the_script(example, which):
+    """A red pixel where the script puts the red circle, at the seconds it says, and none elsewhere: in the example
+    written now, and in the copy the built-in gallery holds."""
+    path = example if which == "written" else BUILT_IN
+    frames = {f.t: np.asarray(f.image).astype(int) for f in video.sample(path, every=0.5)}
     red = {t for t, px in frames.items() if ((px[..., 0] > 180) & (px[..., 1] < 80) & (px[..., 2] < 80)).sum() > 50}
     truth = {t for t in frames for s, e in video.on_screen("red circle") if s <= t < e}
     assert red == truth and video.on_screen("red circle") == [(1.0, 5.0), (10.0, 14.0)]
