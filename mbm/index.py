@@ -4,7 +4,9 @@
 `faiss.METRIC_INNER_PRODUCT`, so callers add their own int64 ids and get back `(scores, ids)` with `-1`
 (score `-inf`) where there is no result. Every entry point checks shapes and finiteness the way faiss's
 `class_wrappers.py` does and turns caller mistakes into `ValueError`. `choose_factory` picks the index
-type from the number of vectors; `save` is atomic and `load` turns a damaged file into `IndexFileError`.
+type from the number of vectors: exact, then HNSW, then above `COMPRESS_ABOVE` an IVF index with compressed codes
+(`compressed_factory`), trained on a sample, whose `nprobe` `build` tunes to `RECALL_TARGET` against an exact
+scan; `save` is atomic and `load` turns a damaged file into `IndexFileError`.
 Searches may run from several threads at once; `add` must not run concurrently with anything else.
 """
 
@@ -30,6 +32,11 @@ HNSW_FACTORY = "HNSW32,Flat"  # M=32 links per node; ",Flat" keeps full vectors,
 # recall@10 >= 0.95 on random 512-d vectors (HNSW's worst case); measured in docs/BENCHMARKS.md, "The FAISS index"
 HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 2048  # callers who measured their own (clustered) data can lower it: `set_search_params`
+# Above this many vectors HNSW32,Flat holds ~(4 * dim + 300) bytes each (23 GB at 10M x 512): compress instead.
+COMPRESS_ABOVE = 10_000_000
+SQ8_MAX_BYTES = 2**35  # SQ8 codes (dim bytes a vector) up to 32 GiB of them; above, PQ codes of dim / 8 bytes
+TRAIN_SAMPLE = 100_000  # IVF indexes train on a seeded sample of at most max(this, 64 per list) vectors
+RECALL_TARGET = 0.95  # build() raises a compressed IVF index's nprobe until recall@10 reaches this (or all lists)
 
 # Below this many queries a search runs on one OpenMP thread: one query's exact scan is bound by memory bandwidth,
 # and split over threads it waits for a busy core (docs/BENCHMARKS.md, "Query latency"). The setting is per
@@ -52,22 +59,50 @@ class IndexFileError(RuntimeError):
     """A saved index that cannot be read (missing, truncated or not an index); rebuild it from the vectors."""
 
 
-def choose_factory(n: int, dim: int) -> str:
-    """The factory string for `n` vectors of `dim` floats (autofaiss's rule of thumb, without the memory budget).
+def choose_factory(n: int, dim: int, compress_above: int = COMPRESS_ABOVE) -> str:
+    """The factory string for `n` vectors of `dim` floats (autofaiss's rule of thumb, by size).
 
     Up to `FLAT_MAX_VECTORS` an exact "Flat" scan wins: no training, no build time, perfect recall, and a
     scan of 100k x 512 floats costs about 20 ms on 2 cores. Above it, "HNSW32,Flat": a graph search whose
-    cost grows roughly with log(n), keeping full vectors so scores are exact and recall stays high.
+    cost grows roughly with log(n), keeping full vectors so scores are exact and recall stays high. Above
+    `compress_above`, full vectors no longer fit a machine's memory: `compressed_factory`.
 
     Args:
         n: number of vectors the index will hold.
-        dim: their dimension (not used by the rule yet; kept so a memory budget can be added).
+        dim: their dimension.
+        compress_above: compress from this many vectors on (lower it to compress a smaller gallery).
     Returns:
         A string for `faiss.index_factory`.
     """
     if n < 0 or dim <= 0:
         raise ValueError(f"need n >= 0 and dim > 0, got n={n}, dim={dim}")
+    if n > compress_above:
+        return compressed_factory(n, dim)
     return "Flat" if n <= FLAT_MAX_VECTORS else HNSW_FACTORY
+
+
+def compressed_factory(n: int, dim: int) -> str:
+    """An IVF index with compressed codes for `n` vectors: about 4 * sqrt(n) lists (a power of two, at most
+    65536, with at least 39 training vectors each), and SQ8 codes (dim bytes a vector, recall close to exact) while
+    they fit `SQ8_MAX_BYTES`, else PQ codes of dim / 8 bytes (16x smaller than floats, lower recall)."""
+    lists = 2 ** round(np.log2(max(1.0, 4 * np.sqrt(n))))
+    lists = int(max(1, min(lists, 65536, 2 ** int(np.log2(max(1, n // 39))))))
+    codes = "SQ8" if n * dim <= SQ8_MAX_BYTES or dim % 8 else f"PQ{dim // 8}"
+    return f"IVF{lists},{codes}"
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of each row of `truth` (the exact top k ids) that the same row of `found` holds."""
+    assert found.shape[0] == truth.shape[0]
+    return float(np.mean([len(set(f[f >= 0]) & set(t[t >= 0])) / max(1, (t >= 0).sum()) for f, t in zip(found, truth)]))
+
+
+def recall_vs_exact(index: Index, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
+    """recall@k of `index` for `queries` against an exact scan of `vectors` (under `ids`), the rows it holds."""
+    k = min(k, len(vectors))
+    truth = np.asarray(ids)[faiss.knn(np.ascontiguousarray(queries, np.float32), vectors, k,
+                                      metric=faiss.METRIC_INNER_PRODUCT)[1]]  # (Q, k)
+    return recall_at(index.search(queries, k)[1], truth)
 
 
 def _make_inner(dim: int, factory: str) -> faiss.Index:
@@ -134,7 +169,10 @@ class Index:
         x = index._matrix(x, "vectors")
         if not index._index.is_trained:
             index._train(x)
-        index.add(x, np.arange(len(x)) if ids is None else ids)
+        ids = np.arange(len(x)) if ids is None else ids
+        index.add(x, ids)
+        if index.compressed:
+            index._tune_nprobe(x, np.asarray(ids, np.int64))
         return index
 
     @property
@@ -152,6 +190,29 @@ class Index:
     def exact(self) -> bool:
         """True when search is an exhaustive scan (Flat), so results equal brute force."""
         return isinstance(self._inner(), faiss.IndexFlat)
+
+    @property
+    def compressed(self) -> bool:
+        """True for an IVF index that keeps codes (SQ, PQ) instead of the vectors: scores are approximate too."""
+        ivf = faiss.try_extract_index_ivf(self._inner())
+        return ivf is not None and not isinstance(ivf, faiss.IndexIVFFlat)
+
+    @property
+    def nprobe(self) -> int | None:
+        """The lists an IVF search scans (None for other kinds)."""
+        ivf = faiss.try_extract_index_ivf(self._inner())
+        return None if ivf is None else int(ivf.nprobe)
+
+    def nbytes(self) -> int:
+        """The bytes of the index as saved, about what it holds in memory (counted while written, not kept)."""
+        total = 0
+
+        def count(chunk: bytes) -> int:
+            nonlocal total
+            total += len(chunk)
+            return len(chunk)
+        faiss.write_index(self._index, faiss.PyCallbackIOWriter(count))
+        return total
 
     def __repr__(self) -> str:
         return f"Index(dim={self.dim}, factory={self.factory!r}, ntotal={self.ntotal})"
@@ -175,11 +236,37 @@ class Index:
             ivf.cp.min_points_per_centroid = 1
             if len(x) < 39 * ivf.nlist:
                 log.info("training %s on %d vectors: under 39 per list, its lists will be uneven", self.factory, len(x))
+            sample = max(TRAIN_SAMPLE, 64 * ivf.nlist)
+            if len(x) > sample:  # k-means and the codes learn as well from a sample, in a fraction of the time
+                x = x[np.sort(np.random.default_rng(0).choice(len(x), sample, replace=False))]
         try:
             self._index.train(x)
         except RuntimeError as e:
             raise ValueError(f"could not train {self.factory!r} on {len(x)} vectors: {e}") from e
         log.info("trained %s on %d vectors", self.factory, len(x))
+
+    def _tune_nprobe(self, x: np.ndarray, ids: np.ndarray, queries: int = 256, k: int = 10) -> None:
+        """The smallest power-of-two nprobe whose recall@k reaches `RECALL_TARGET` for a sample of the indexed
+        vectors as queries (each query's own row left out of both lists), against an exact scan."""
+        ivf = faiss.try_extract_index_ivf(self._inner())
+        rows = np.random.default_rng(1).choice(len(x), min(queries, len(x)), replace=False)
+        kk = min(k + 1, len(x))
+        truth = ids[faiss.knn(x[rows], x, kk, metric=faiss.METRIC_INNER_PRODUCT)[1]]  # (Q, k + 1)
+
+        def drop_self(found: np.ndarray) -> np.ndarray:  # (Q, k): each row without the query's own id
+            out = np.full((len(rows), k), -1, np.int64)
+            for i, (q, r) in enumerate(zip(rows, found)):
+                kept = r[r != ids[q]][:k]
+                out[i, :len(kept)] = kept
+            return out
+        ivf.nprobe, recall = 1, 0.0
+        while True:
+            recall = recall_at(drop_self(self.search(x[rows], kk)[1]), drop_self(truth))
+            if recall >= RECALL_TARGET or ivf.nprobe >= ivf.nlist:
+                break
+            ivf.nprobe = min(2 * ivf.nprobe, ivf.nlist)
+        log.info("%s: nprobe %d of %d lists, recall@%d %.3f on %d indexed vectors", self.factory, ivf.nprobe,
+                 ivf.nlist, k, recall, len(rows))
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Add `(n, dim)` float32 unit rows under `(n,)` non-negative int64 ids."""
