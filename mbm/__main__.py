@@ -1,6 +1,6 @@
 """Command line: `python -m mbm COMMAND`, one function per command (`python -m mbm --help` lists them: index,
-search, describe, classify, models, eval, train-clip, train-fusion, eval-fusion, eval-late-fusion, make-gallery and
-the world's data and model commands). The library logs; this module prints."""
+embed, search, describe, classify, models, eval, train-clip, train-fusion, eval-fusion, eval-late-fusion,
+make-gallery and the world's data and model commands). The library logs; this module prints."""
 
 from __future__ import annotations
 
@@ -60,6 +60,12 @@ def _tqdm_progress():
 
 
 def _index(args) -> int:
+    if args.from_shards:  # the shards of `embed`: imported, the folder is not read
+        from mbm._cli_scale import index_from_shards
+        return index_from_shards(args, _tqdm_progress())
+    if args.folder is None:
+        from mbm.errors import InputError
+        raise InputError("name the folder to index, or --from-shards SHARDS")
     engine = _engine(args, gallery=args.folder)
     gallery = engine.gallery  # opening it syncs it
     report = engine.last_sync
@@ -76,6 +82,11 @@ def _index(args) -> int:
     if shipped:
         print(f"vectors for {engine.encoder.key} written to {shipped}")
     return 0
+
+
+def _embed(args) -> int:
+    from mbm._cli_scale import embed
+    return embed(args, _tqdm_progress())
 
 
 def _search(args) -> int:
@@ -153,11 +164,18 @@ def _flags_prepare_data(p: argparse.ArgumentParser) -> None:
 
 
 def _flags_index(p: argparse.ArgumentParser) -> None:
-    p.add_argument("folder", help="the folder of images (searched recursively)")
+    from mbm._cli_scale import flags_from_shards
+    p.add_argument("folder", nargs="?", default=None, help="the folder of images (searched recursively)")
     _store_flags(p)
+    flags_from_shards(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a summary")
     p.add_argument("--ship-vectors", action="store_true",
                    help="also write FOLDER/.vectors/<model>.npz, so a copy of the folder indexes without the model")
+
+
+def _flags_embed(p: argparse.ArgumentParser) -> None:
+    from mbm._cli_scale import flags_embed
+    flags_embed(p)
 
 
 def _flags_search(p: argparse.ArgumentParser) -> None:
@@ -194,6 +212,8 @@ COMMANDS = {
                      _prepare_data, {}),
     "index": ("make a folder of images searchable (incremental; safe to interrupt)", _flags_index, _index,
               {"epilog": EXIT_CODES}),
+    "embed": ("embed images into shards on a Dask cluster (local, or --cluster); then index --from-shards",
+              _flags_embed, _embed, {"epilog": EXIT_CODES}),
     "search": ("text->image, image->image or a weighted mix, in a gallery", _flags_search, _search,
                {"description": SEARCH_SYNTAX, "epilog": EXIT_CODES}),
     "describe": ("image->text: rank the gallery's captions (or --texts) for an image", _flags_describe, _describe,
