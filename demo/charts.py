@@ -256,3 +256,41 @@ def cells_svg(colours: np.ndarray, size: int = 120) -> str:
                     for y in range(h) for x in range(w))
     return (f'<svg class="mbm-cells" viewBox="0 0 {w * c:.0f} {h * c:.0f}" width="{w * c:.0f}" height="{h * c:.0f}" '
             f'role="img" aria-label="colour cells">{rects}</svg>')
+
+
+# ---------------------------------------------------------------- zero-shot over time
+PALETTE = ("#3b6fd6", "#e07b24", "#2e9e4f", "#d62f2f", "#8c3cc8", "#8b5a2b", "#e377c2", "#555555", "#bcbd22",
+           "#17becf")  # one colour per label, distinct in hue and in lightness
+
+
+def timeline_svg(times: np.ndarray, labels: list[str], probs: np.ndarray, width: int = 720,
+                 height: int = 240) -> str:
+    """Each label's probability over a video's sampled frames, `probs (F, L)` at `times (F,)` seconds: one line and
+    dot per label (hover a dot for the frame's time and probability), a 0-100% scale, the labels as a legend."""
+    times, probs = np.asarray(times, float), np.asarray(probs, float)
+    legend_w = int(24 + CHAR_W * max(len(_short(label, 24)) for label in labels))
+    pad_l, pad_r, pad_y = 40, legend_w, 22
+    t_hi = max(float(times.max()) if len(times) else 0.0, 1e-9)
+    px = lambda t: pad_l + t / t_hi * (width - pad_l - pad_r)
+    py = lambda p: height - pad_y - p * (height - 2 * pad_y)
+    out = []
+    for j, label in enumerate(labels):
+        colour = PALETTE[j % len(PALETTE)]
+        points = " ".join(f"{px(t):.1f},{py(p):.1f}" for t, p in zip(times, probs[:, j]))
+        out.append(f'<g class="label" data-label="{escape(label)}"><polyline points="{points}" fill="none" '
+                   f'stroke="{colour}" stroke-width="2"/>')
+        out += [f'<circle cx="{px(t):.1f}" cy="{py(p):.1f}" r="3" fill="{colour}"><title>{escape(label)}: {p:.0%} '
+                f'at {int(t) // 60:02d}:{t % 60:04.1f}</title></circle>' for t, p in zip(times, probs[:, j])]
+        y = pad_y + 16 * j
+        out.append(f'<rect x="{width - legend_w + 10}" y="{y - 8}" width="10" height="10" fill="{colour}"/>'
+                   f'<text x="{width - legend_w + 24}" y="{y + 1}" font-size="11">{escape(_short(label, 24))}'
+                   f'</text></g>')
+    axis = (f'<line x1="{pad_l}" x2="{width - pad_r}" y1="{py(0)}" y2="{py(0)}" stroke="#888"/>'
+            f'<line x1="{pad_l}" x2="{width - pad_r}" y1="{py(1)}" y2="{py(1)}" stroke="#ddd"/>'
+            f'<text x="{pad_l - 4}" y="{py(1) + 4}" font-size="11" text-anchor="end">100%</text>'
+            f'<text x="{pad_l - 4}" y="{py(0) + 4}" font-size="11" text-anchor="end">0%</text>'
+            f'<text x="{pad_l}" y="{height - 4}" font-size="11">0 s</text>'
+            f'<text x="{width - pad_r}" y="{height - 4}" font-size="11" text-anchor="end">{t_hi:.0f} s</text>')
+    return (f'<svg class="mbm-timeline" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+            f'style="max-width:100%" role="img" aria-label="probability of each label over time">{axis}'
+            f'{"".join(out)}</svg>')

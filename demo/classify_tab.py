@@ -12,6 +12,7 @@ from demo.common import EXAMPLES, Page, friendly, read_drawing, read_image
 from demo.common import text as as_text
 from demo.components import Drawing, Picture
 from demo.queries import parse_prompts
+from demo.video_views import build_classify_video
 from mbm.classify import DEFAULT_TEMPLATES
 from mbm.fusion import STRATEGIES
 
@@ -31,6 +32,7 @@ def build(page: Page) -> None:
                                     api_name="classify_drawing", concurrency_id="prompts", concurrency_limit=1)):
         event.failure(cleared, None, outputs, api_visibility="private")
     _examples(classify, [image, labels, templates], outputs)
+    build_classify_video(page, labels, templates)
 
     _build_fused(page, image)
 

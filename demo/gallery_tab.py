@@ -18,6 +18,9 @@ from mbm.gallery import Gallery
 from mbm.sessions import Session
 from mbm.sync import SyncReport
 from mbm.uploads import Intake
+from mbm.video import VIDEO_SUFFIXES
+
+KINDS = "JPEG, PNG or WebP images, MP4, WebM, MOV or MKV videos"
 
 
 def gallery_line(gallery: Gallery, own: bool) -> str:
@@ -42,14 +45,13 @@ def unreadable(intake: Intake, report: SyncReport, root: Path) -> list[tuple[str
 def check_readable(intake: Intake, failed: list[tuple[str, str]], gallery: Gallery) -> None:
     """A gr.Error saying so when no image of this upload could be read, or the visitor's gallery holds none: they
     stay on the gallery they were searching rather than switch to an empty one."""
-    images = [p for p in intake.added if p.suffix.lower() in IMAGE_SUFFIXES]
+    images = [p for p in intake.added if p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
     if images and len(failed) == len(images):
         why = "; ".join(r if r.startswith(n) else f"{n}: {r}" for n, r in failed[:3]) + ("; …" * (len(failed) > 3))
-        raise gr.Error(f"None of the {len(images)} files could be read: {why}. Upload JPEG, PNG or WebP images, or a "
-                       ".zip of them.")
+        raise gr.Error(f"None of the {len(images)} files could be read: {why}. Upload {KINDS}, or a .zip of them.")
     if not len(gallery):
-        raise gr.Error(f"{intake.summary()}, and your uploads hold no image that can be read yet. Upload JPEG, PNG or "
-                       "WebP images, or a .zip of them.")
+        raise gr.Error(f"{intake.summary()}, and your uploads hold no image or video that can be read yet. Upload "
+                       f"{KINDS}, or a .zip of them.")
 
 
 @dataclass
@@ -84,8 +86,8 @@ def _layout(page: Page) -> _Gallery:
     info = gr.Markdown(gallery_line(page.engine.gallery, own=False), elem_id="gallery-info")
     with gr.Row():
         with gr.Column():
-            files = gr.File(label="Your images, or a .zip of them", file_count="multiple",
-                            file_types=["image", ".zip", ".txt"], elem_id="uploads")
+            files = gr.File(label="Your images and videos, or a .zip of them", file_count="multiple",
+                            file_types=["image", *sorted(VIDEO_SUFFIXES), ".zip", ".txt"], elem_id="uploads")
             index_button = gr.Button("Index my uploads", variant="primary")
         with gr.Column():
             builtin_button = gr.Button("Back to the server's gallery")
@@ -133,8 +135,9 @@ def _switches(page: Page):
         failed = unreadable(intake, report, gallery.root)
         check_readable(intake, failed, gallery)
         why = intake.skipped + failed
-        text = (f"{intake.summary()}; indexed {report.encoded} new images in {report.seconds:.1f} s. "
-                f"Your gallery now has **{len(gallery)}** searchable images.")
+        videos = f" and {report.frames} frames of {report.videos} videos" if report.videos else ""
+        text = (f"{intake.summary()}; indexed {report.encoded} new images{videos} in {report.seconds:.1f} s. "
+                f"Your gallery now has **{len(gallery)}** searchable images{' and videos' if videos else ''}.")
         return session, gallery_line(gallery, own=True), text, gr.Dataframe(value=_skipped_rows(why), visible=bool(why))
 
     @friendly

@@ -19,13 +19,14 @@ MAX_QUERY_CHARS = MAX_PROMPT_CHARS = MAX_TEXT_CHARS
 
 
 def tiles(hits: list[Hit]) -> list[tuple[Image.Image, str]]:
-    """`(thumbnail, "score · caption")` pairs for gr.Gallery. Images, not paths: Gradio copies them to its own
+    """`(thumbnail, "score · caption")` pairs for gr.Gallery (a video's moment: its best frame, "score · ▶ mm:ss-mm:ss ·
+    caption"). Images, not paths: Gradio copies them to its own
     cache, so no folder of the host (or of another session) has to be opened to the web."""
     shown = []
     for h in hits:
         image = Image.open(h.thumbnail if h.thumbnail else h.path)
         image.draft("RGB", (256, 256))
-        shown.append((image, f"{h.score:.3f} · {h.caption}"))
+        shown.append((image, f"{h.score:.3f} · {f'▶ {h.span} · ' if h.span else ''}{h.caption}"))
     return shown
 
 

@@ -13,6 +13,7 @@ from demo.common import Page, friendly, number, read_drawing, read_image, search
 from demo.common import text as as_text
 from demo.components import Drawing, Picture, Slider
 from demo.queries import MAX_QUERY_CHARS, check_query, tiles
+from demo.video_views import Clips, moment_of, player, show_moment_handler
 from mbm.search import Hit
 from mbm.text import SHARED_MAX_TEXTS as MAX_TEXTS
 
@@ -41,12 +42,15 @@ class _Search:
     histogram: gr.HTML
     captions: gr.Dataframe  # image->text for an image query
     hit_ids: gr.State  # the shown results' item ids, for "more like this"
+    moment: gr.State  # the best video moment among them (mbm.search.Hit's path and span), for the player
+    player: gr.Video  # a clip cut around that moment
+    player_line: gr.Markdown
 
 
 def build(page: Page, choice: gr.State) -> gr.Markdown:
     """The tab; returns its line saying which gallery is searched, for the Gallery tab to update."""
     ui = _layout(page)
-    _wire(ui, choice, *_handlers(page))
+    _wire(ui, choice, *_handlers(page), show_moment_handler(page, Clips()))
     _build_describe(page, ui.image, ui.k, choice)
     _build_api(page)
     return ui.where
@@ -73,15 +77,16 @@ def _layout(page: Page) -> _Search:
     timing = gr.Markdown(elem_id="search-timing")
     results = gr.Gallery(label="Results: click one for more like it", columns=6, height=420, format="jpeg",
                          elem_id="results", allow_preview=False, elem_classes="mbm-tiles")
+    video, line = player()
     histogram = gr.HTML(label="Scores of every gallery image for this query", elem_id="histogram")
     captions = gr.Dataframe(headers=["caption", "cosine"], label="Captions ranked for the image (image->text)",
                             visible=False, elem_id="captions", wrap=True, column_widths=["85%", "15%"])
     return _Search(where, text, examples, image, drawing, draw_button, weight, k, threshold, button, timing,
-                   results, histogram, captions, gr.State([]))
+                   results, histogram, captions, gr.State([]), gr.State(None), video, line)
 
 
 def _handlers(page: Page):
-    """`(search, more_like, search_drawing)`: each returns (tiles, histogram, note, captions, hit ids)."""
+    """`(search, more_like, search_drawing)`: each returns (tiles, histogram, note, captions, hit ids, moment)."""
 
     @friendly
     def search(text, image, weight, k, threshold, choice):
@@ -95,11 +100,12 @@ def _handlers(page: Page):
         ranked = page.engine.describe(vec, k=10, gallery=gallery) if vec is not None else []
         took = (time.perf_counter() - start) * 1000
         kind = "text+image" if query and image is not None else "text" if query else "image"
-        note = (f"**{len(hits)}** of {len(scores)} images ({kind} query) in **{took:.0f} ms**"
+        note = (f"**{len(hits)}** of {_scored(gallery, scores)} ({kind} query) in **{took:.0f} ms**"
                 + ("" if hits else " — none scores above the threshold; lower it to see more.")
                 + (f"\n\n{beyond}" if (beyond := page.engine.beyond(as_text(text, "The query"))) else ""))
         return (tiles(hits), histogram_svg(scores, threshold, [h.score for h in hits]), note,
-                gr.Dataframe(value=[[t, round(s, 4)] for t, s in ranked], visible=bool(ranked)), [h.id for h in hits])
+                gr.Dataframe(value=[[t, round(s, 4)] for t, s in ranked], visible=bool(ranked)), [h.id for h in hits],
+                moment_of(hits))
 
     @friendly
     def more_like(hit_ids, k, threshold, choice, evt: gr.SelectData):
@@ -109,9 +115,10 @@ def _handlers(page: Page):
         start = time.perf_counter()
         hits = page.engine.more_like(hit_ids[evt.index], int(k), threshold, gallery)
         took = (time.perf_counter() - start) * 1000
-        note = f"**{len(hits)}** of {len(hits.scores)} images like result {evt.index + 1} in **{took:.0f} ms**"
+        note = (f"**{len(hits)}** of {_scored(gallery, hits.scores)} like result {evt.index + 1} in "
+                f"**{took:.0f} ms**")
         return (_grid(hits), histogram_svg(hits.scores, threshold, [h.score for h in hits]), note,
-                gr.Dataframe(visible=False), [h.id for h in hits])
+                gr.Dataframe(visible=False), [h.id for h in hits], moment_of(hits))
 
     @friendly
     def search_drawing(drawing, text, weight, k, threshold, choice):
@@ -122,19 +129,23 @@ def _handlers(page: Page):
     return search, more_like, search_drawing
 
 
-def _wire(ui: _Search, choice: gr.State, search, more_like, search_drawing) -> None:
-    outputs = [ui.results, ui.histogram, ui.timing, ui.captions, ui.hit_ids]
+def _wire(ui: _Search, choice: gr.State, search, more_like, search_drawing, show_moment) -> None:
+    outputs = [ui.results, ui.histogram, ui.timing, ui.captions, ui.hit_ids, ui.moment]
     inputs = [ui.text, ui.image, ui.weight, ui.k, ui.threshold, choice]
     # a failed request clears what it would have replaced: the old answer under an "Error" badge is not this query's
-    cleared = lambda: (gr.Gallery(value=None, selected_index=None), "", "", gr.Dataframe(visible=False), [])
+    cleared = lambda: (gr.Gallery(value=None, selected_index=None), "", "", gr.Dataframe(visible=False), [], None,
+                       gr.Video(value=None, visible=False), "")
     events = [gr.on([ui.button.click, ui.text.submit], search, inputs, outputs, api_name="search"),
               ui.examples.load_input_event.then(search, inputs, outputs, api_visibility="private"),
               ui.draw_button.click(search_drawing, [ui.drawing, *inputs[:1], *inputs[2:]], outputs,
                                    api_name="search_drawing"),
               ui.results.select(more_like, [ui.hit_ids, ui.k, ui.threshold, choice], outputs,
                                 api_name="more_like_click", api_visibility="private")]
-    for event in events:
-        event.failure(cleared, None, outputs, api_visibility="private")
+    for i, event in enumerate(events):
+        event.failure(cleared, None, [*outputs, ui.player, ui.player_line], api_visibility="private")
+        # the player follows every search: its clip is cut once the results are shown (the search itself stays quick)
+        event.success(show_moment, ui.moment, [ui.player, ui.player_line], **(
+            {"api_name": "search_moment"} if i == 0 else {"api_visibility": "private"}))
 
 
 def _build_describe(page: Page, image: Picture, k: Slider, choice: gr.State) -> None:
@@ -182,6 +193,12 @@ def _build_api(page: Page) -> None:
     gr.api(more_like, api_name="more_like")
 
 
+def _scored(gallery, scores) -> str:
+    """"300 images", or "300 images and 15 video frames": what a query's histogram counted."""
+    frames = len(gallery.frames().ids)
+    return f"{len(scores) - frames:,} images" + (f" and {frames:,} video frames" if frames else "")
+
+
 def _grid(hits: list[Hit]) -> gr.Gallery:
     """The result tiles, with no tile selected: a highlight left from the last click would mark a new result."""
     return gr.Gallery(value=tiles(hits), selected_index=None)
@@ -196,4 +213,5 @@ def _check_threshold(threshold: float) -> float:
 
 
 def _rows(hits: list[Hit]) -> list[dict]:
-    return [dict(id=h.id, file=h.relpath, caption=h.caption, score=round(h.score, 4)) for h in hits]
+    return [dict(id=h.id, file=h.relpath, caption=h.caption, score=round(h.score, 4), start=h.start, end=h.end)
+            for h in hits]  # start, end: a video moment's seconds; None for an image

@@ -113,6 +113,43 @@ def zero_shot(encoder: Encoder, image: Image.Image | np.ndarray, labels: list[st
     return ZeroShot(ranked(probabilities(encoder, image_emb, protos)[0]), per_template, truncated)
 
 
+@dataclass
+class Timeline:
+    """Zero-shot over time: each label's probability at each sampled frame of a video."""
+    times: np.ndarray  # (F,) seconds
+    labels: list[str]  # cleaned, in the order of the columns
+    probs: np.ndarray  # (F, L), rows sum to 1
+    truncated: list[str]  # prompts the tokenizer cut short
+
+
+def zero_shot_video(encoder: Encoder, path, labels: list[str], templates: list[str] | tuple[str, ...] | None = None,
+                    every: float = 1.0, limits=None, batch: int = 32) -> Timeline:
+    """Zero-shot classification of a video's frames, one every `every` seconds (`mbm.video.sample`, no cuts), with
+    the prompt-ensembled prototypes of `zero_shot`, computed once. Frames are embedded `batch` at a time.
+
+    Raises:
+        VideoError: not a usable video, beyond `limits` (default `mbm.video.Limits()`), or damaged part way.
+        InputError: labels or templates that `zero_shot` refuses.
+    """
+    from mbm import video
+    labels, templates = clean_labels(labels), clean_templates(templates)
+    check_prompts(len(labels), len(templates))
+    texts = [p for label in labels for p in prompts(label, templates)]
+    truncated = [t for t in texts if (encoder.count_tokens(t) or 0) > encoder.context_length]
+    protos = _ensemble(encoder.encode_texts(texts).reshape(len(labels), len(templates), -1))  # (L, D)
+    times, probs, frames = [], [], []
+    side = max(64, encoder.image_size)
+    for frame in video.sample(path, every=every, side=side, cut_threshold=None, limits=limits or video.Limits()):
+        frames.append(frame)
+        if len(frames) == batch:
+            probs.append(probabilities(encoder, encoder.encode_images([f.image for f in frames]), protos))
+            times, frames = times + [f.t for f in frames], []
+    if frames:
+        probs.append(probabilities(encoder, encoder.encode_images([f.image for f in frames]), protos))
+        times += [f.t for f in frames]
+    return Timeline(np.array(times), labels, np.vstack(probs), truncated)
+
+
 def neighbour_vote(scores: np.ndarray, neighbour_labels: list[str], labels: list[str],
                    temperature: float = 0.05) -> np.ndarray:
     """`(L,)` probabilities: a vote of the k nearest labelled images, each weighted by `exp(cosine / T)`.

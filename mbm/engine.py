@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mbm.classify import ZeroShot, late_fusion, zero_shot
+from mbm.classify import Timeline, ZeroShot, late_fusion, zero_shot, zero_shot_video
 from mbm.errors import InputError
 from mbm.explore import (
     EmbeddingMap,
@@ -230,6 +230,11 @@ class Engine:
                   templates: list[str] | None = None) -> ZeroShot:
         """Zero-shot classification of one image among labels (see `mbm.classify.zero_shot`)."""
         return zero_shot(self.encoder, image, labels, templates)
+
+    def zero_shot_video(self, path: str | Path, labels: list[str], templates: list[str] | None = None,
+                        every: float = 1.0, limits=None) -> Timeline:
+        """Zero-shot over time: each label's probability at a video's frames (see `mbm.classify.zero_shot_video`)."""
+        return zero_shot_video(self.encoder, path, labels, templates, every=every, limits=limits)
 
     def late_fusion(self, image: Image.Image, labels: list[str] | None = None, k: int = 10, alpha: float = 0.5,
                     templates: list[str] | None = None, gallery: Gallery | None = None) -> dict[str, dict[str, float]]:

@@ -139,8 +139,8 @@ class Session:
         intake = take_uploads(uploads, self.images, self.limits, quota)
         if not intake.added and not self.images.is_dir():
             why = "; ".join(f"{name}: {reason}" for name, reason in intake.skipped[:3]) or "no image files in them"
-            raise InputError(f"None of those files could be used ({why}). Upload JPEG, PNG or WebP images, or a "
-                             ".zip of them.")
+            raise InputError(f"None of those files could be used ({why}). Upload JPEG, PNG or WebP images, MP4, WebM, "
+                             "MOV or MKV videos, or a .zip of them.")
         gallery, report = self.engine.open_gallery(self.images, store=self.store, progress=progress, activate=False)
         return gallery, intake, report
 

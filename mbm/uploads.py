@@ -1,11 +1,12 @@
-"""Visitors' uploads: loose files and .zip archives become image files in one private folder, safely.
+"""Visitors' uploads: loose files and .zip archives become image and video files in one private folder, safely.
 
 `take_uploads` copies the images (and the `NAME.txt` caption beside an image) from uploaded files and zips into
 a folder. Nothing lands outside it (absolute paths, drive letters, `..`, symbolic links), zip bombs are refused
 from their declared sizes and cut off while streaming, every limit is checked before anything is read, names are
 sanitised, nothing is overwritten, and each file appears whole or not at all (hidden temp name, then rename).
 Hidden files (`.DS_Store`, `__MACOSX/`, `.mbm/`) are dropped silently; every other file not taken gets a reason
-in plain words. Images are not decoded here: the gallery does that.
+in plain words. Videos (`mbm.video.VIDEO_SUFFIXES`) are taken as images are, under the same limits and quota.
+Nothing is decoded here: the gallery does that.
 
 This module keeps the books of one batch (limits, quota, what was taken, where it went); judging a zip and its
 members' names before anything is read lives in `mbm._zipsafe`.
@@ -39,12 +40,14 @@ from mbm._zipsafe import (
     size_words,
 )
 from mbm.data.images import IMAGE_SUFFIXES
+from mbm.video import VIDEO_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
 MAX_CAPTION_BYTES = 10 * 2**10  # a NAME.txt sidecar caption larger than this is skipped
 _CHUNK = 2**20  # bytes copied at a time
-_KEPT_SUFFIXES = IMAGE_SUFFIXES | {".txt"}
+_MEDIA = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+_KEPT_SUFFIXES = _MEDIA | {".txt"}
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,10 @@ class Intake:
     def summary(self) -> str:
         """One line for people, e.g. "3 images added with 1 caption, 1 already there, 2 skipped"."""
         images = sum(p.suffix.lower() in IMAGE_SUFFIXES for p in self.added)
-        captions = len(self.added) - images
-        text = plural(images, "image") + " added" + (f" with {plural(captions, 'caption')}" if captions else "")
+        videos = sum(p.suffix.lower() in VIDEO_SUFFIXES for p in self.added)
+        captions = len(self.added) - images - videos
+        text = plural(images, "image") + (f" and {plural(videos, 'video')}" if videos else "") + " added" + (
+            f" with {plural(captions, 'caption')}" if captions else "")
         there = f", {len(self.already)} already there" if self.already else ""
         return f"{text}{there}, {len(self.skipped)} skipped"
 
@@ -136,11 +141,11 @@ class _Batch:
         """Take the images among `items` with their captions, hand zips to `on_zip`, skip the rest."""
         captions = {item.key: item for item in items if item.suffix == ".txt"}
         for item in items:
-            if item.suffix in IMAGE_SUFFIXES:
+            if item.suffix in _MEDIA:
                 item.caption = captions.pop(item.key, None)
         unpaired = {id(c) for c in captions.values()}
         for item in items:
-            if item.suffix in IMAGE_SUFFIXES:
+            if item.suffix in _MEDIA:
                 self.take(item)
             elif item.suffix == ".zip":
                 on_zip(item)

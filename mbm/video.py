@@ -286,7 +286,8 @@ def moments(times: np.ndarray, scores: np.ndarray, every: float = 1.0, share: fl
 
     A frame matches when its score stands out from the video's own run of scores: at least `share` of the way
     from their lower quartile (what the video looks like to this query when the thing is not there; a median is a
-    matching frame when the thing is on screen most of the time) to their best (and at least `threshold`, if given). Matching frames no more than 1.5 `every` apart merge into one span, which ends one
+    matching frame when the thing is on screen most of the time) to their best (and at least `threshold`, if given).
+    Matching frames no more than 1.5 `every` apart merge into one span, which ends one
     `every` after its last frame (the frame stands for the seconds until the next one).
     """
     times, scores = np.asarray(times, float), np.asarray(scores, float)
