@@ -77,10 +77,10 @@ def _engine(encoder, cache) -> Engine:
 
 @pytest.fixture(scope="module")
 def plain_scores(plain, tmp_path_factory) -> dict[str, dict[str, float]]:
-    """query -> {gallery file: plain score}, every item of the built-in gallery."""
+    """query -> {gallery file (a video: file@moment): plain score}, every item of the built-in gallery."""
     engine = _engine(plain, tmp_path_factory.mktemp("plain"))
     n = len(engine.gallery)
-    return {q: {h.relpath: h.score for h in engine.search(q, k=n)} for q in QUERIES}
+    return {q: {h.where: h.score for h in engine.search(q, k=n)} for q in QUERIES}
 
 
 def test_fast_paths_embed_like_the_plain_one(fast, plain, images):
@@ -107,7 +107,7 @@ def test_fast_paths_find_the_same_top_k_in_the_built_in_gallery(fast, plain_scor
     for q in QUERIES:
         scores = plain_scores[q]
         want = sorted(scores, key=scores.get, reverse=True)[:K]
-        got = [h.relpath for h in engine.search(q, k=K)]
+        got = [h.where for h in engine.search(q, k=K)]
         kth = scores[want[-1]]
         assert all(scores[f] >= kth - TIE[name] for f in got), (q, got, want)
         ranks = [scores[f] for f in got]  # the fast path's order, in plain scores: falling, but for ties
@@ -195,3 +195,52 @@ def test_channels_last_is_the_default_for_convolutional_towers_on_the_cpu(shapes
     enc = Encoder(vit, shapes_model.preprocess, shapes_model.tokenizer, name="tiny-vit", device="cpu")
     assert not enc.channels_last  # its one convolution cuts the patches: nothing to gain
     assert (enc.image_batch, enc.text_batch) == (16, 32)  # a 224 px tower is compute-bound on the CPU
+
+
+# Texts of every length the cut meets: "!" is token id 0 (the padding's id), scripts of several bytes a character,
+# one past the context length; 2x the batch below, so they are sorted by length into batches and put back in order.
+CUT_TEXTS = ["a red circle", "Hello!!! a big blue square!", "!", "ein roter Kreis", "キツネ", "лиса",
+             "a " + "very " * 80 + "long caption"] * 3
+
+
+@pytest.mark.parametrize("path", ["plain", "onnx_model"])
+def test_texts_cut_to_their_length_embed_as_the_padded_model_does(path, plain, request):
+    """A query costs its own length (issue 19): the towers see token ids cut after the batch's longest text, and
+    each text's embedding is the one the model gives it padded to the context length, in the order asked."""
+    enc = request.getfixturevalue(path)
+    assert enc.short_text and (enc.runner is None or enc.runner.short_text)
+    with torch.inference_mode():
+        padded = torch.nn.functional.normalize(plain.model.encode_text(plain.tokenizer(CUT_TEXTS)), dim=-1).numpy()
+    for got in (enc.encode_texts(CUT_TEXTS, batch_size=len(CUT_TEXTS) // 2),
+                np.concatenate([enc.encode_texts([t]) for t in CUT_TEXTS])):
+        assert (got * padded).sum(axis=1).min() >= 1 - 1e-5
+
+
+def test_a_query_runs_on_one_thread_and_gives_the_count_back(plain, monkeypatch):
+    """Small text batches run on one CPU thread (faster on a busy machine: docs/BENCHMARKS.md, issue 19); queries
+    from many threads at once leave the process with the thread count it had, and big batches keep it."""
+    import threading
+
+    import mbm.models.encoder as encoder_module
+    seen, real = [], encoder_module.causal_text
+
+    def spy(model, tokens):
+        seen.append((len(tokens), torch.get_num_threads()))
+        return real(model, tokens)
+    monkeypatch.setattr(encoder_module, "causal_text", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        workers = [threading.Thread(target=lambda: [plain.encode_texts(["a red circle"]) for _ in range(20)])
+                   for _ in range(6)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=120)
+        after_queries = torch.get_num_threads()
+        plain.encode_texts(TEXTS)
+    finally:
+        torch.set_num_threads(before)
+    assert after_queries == 2
+    assert sorted(set(seen[:-1])) == [(1, 1)] and len(seen) == 121  # 120 queries, each on one thread
+    assert seen[-1] == (len(TEXTS), 2)  # a batch of captions keeps both

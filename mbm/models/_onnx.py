@@ -1,7 +1,8 @@
 """The ONNX Runtime backend: both towers exported once per weights, then run by onnxruntime.
 
 `onnx_runner(encoder, cache_dir)` exports `image.onnx` (pixels `(B, 3, S, S)` float32 -> `(B, D)`) and
-`text.onnx` (token ids `(B, L)` int64 -> `(B, D)`) with `torch.onnx.export` (the dynamo exporter, which needs
+`text.onnx` (token ids `(B, L)` int64 -> `(B, D)`; L any length up to the context for a causal tower, so a query
+costs its own length: `mbm.models.encoder.causal_text`) with `torch.onnx.export` (the dynamo exporter, which needs
 onnx and onnxscript) into `cache_dir / <encoder key>/`, unless they are already there, and returns a `Runner`
 over two `onnxruntime.InferenceSession`s: the CUDA provider when the encoder is on CUDA and onnxruntime has it,
 else the CPU one with torch's thread count. Outputs match the torch model's within 1e-3 cosine
@@ -20,12 +21,13 @@ from pathlib import Path
 
 import torch
 
-from mbm.models.encoder import Encoder, Runner
+from mbm.models.encoder import Encoder, Runner, causal_text, cut_tokens, trims_text
 
 log = logging.getLogger(__name__)
 INSTALL = "pip install onnxruntime onnx onnxscript"
 FILES = ("image.onnx", "text.onnx")
 INPUT = "mbm_input"  # the graphs' input name (names inside the graph, like "embedding", must not clash)
+FORMAT = 2  # part of the cache folder's name: 2 = text graphs of any length (1 took exactly the context length)
 
 
 def need(module: str, what: str):
@@ -39,7 +41,7 @@ def need(module: str, what: str):
 def onnx_folder(cache_dir: str | Path, key: str) -> Path:
     """Where the files of the weights `key` live: a readable name plus a hash, safe on every file system."""
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[-60:].strip("._")
-    return Path(cache_dir).expanduser() / f"{readable}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    return Path(cache_dir).expanduser() / f"{readable}-{hashlib.sha1(f'{key}/{FORMAT}'.encode()).hexdigest()[:10]}"
 
 
 class _Tower(torch.nn.Module):
@@ -50,7 +52,9 @@ class _Tower(torch.nn.Module):
         self.model, self.tower = model, tower
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(x) if self.tower == "image" else self.model.encode_text(x)
+        if self.tower == "image":
+            return self.model.encode_image(x)
+        return causal_text(self.model, x) if trims_text(self.model) else self.model.encode_text(x)
 
 
 def export(encoder: Encoder, folder: Path) -> None:
@@ -59,9 +63,12 @@ def export(encoder: Encoder, folder: Path) -> None:
     need("onnxscript", "export the model")
     folder.mkdir(parents=True, exist_ok=True)
     size = encoder.image_size
+    short = trims_text(encoder.model)
+    tokens = encoder.tokenizer(["a photo of a red circle", "x"])
     examples = {"image": torch.randn(2, 3, size, size, device=encoder.device),
-                "text": encoder.tokenizer(["a photo of a red circle", "x"]).to(encoder.device)}
+                "text": (cut_tokens(tokens) if short else tokens).to(encoder.device)}
     batch = torch.export.Dim("batch", min=1, max=65536)
+    length = torch.export.Dim("length", min=2, max=encoder.context_length)
     logging.getLogger("onnxscript").setLevel(logging.ERROR)  # its optimiser's notes are for exporter developers
     for tower, x in examples.items():
         start, path = time.perf_counter(), folder / f"{tower}.onnx"
@@ -70,7 +77,8 @@ def export(encoder: Encoder, folder: Path) -> None:
             with torch.inference_mode(False), torch.no_grad():
                 program = torch.onnx.export(_Tower(encoder.model, tower).eval(), (x,), dynamo=True, verbose=False,
                                             input_names=[INPUT], output_names=["mbm_output"],
-                                            dynamic_shapes=({0: batch},))
+                                            dynamic_shapes=({0: batch, 1: length} if tower == "text" and short
+                                                            else {0: batch},))
             program.save(str(tmp), external_data=False)
             os.replace(tmp, path)
         except Exception as e:  # noqa: BLE001 - the exporter's many error types: one message for people
@@ -106,4 +114,4 @@ def onnx_runner(encoder: Encoder, cache_dir: str | Path) -> Runner:
     def run(session, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {INPUT: x.cpu().numpy()})[0])
     return Runner(image=lambda x: run(image, x.float().contiguous()), text=lambda t: run(text, t.long()),
-                  what=f"onnxruntime {providers[0]}")
+                  what=f"onnxruntime {providers[0]}", short_text=trims_text(encoder.model))

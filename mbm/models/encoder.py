@@ -10,13 +10,19 @@ and `(N, D)` float32 L2-normalised rows come out; device, precision, batching an
   of the model on a CPU that computes in bf16, or ONNX Runtime sessions (`mbm.models._onnx`). The torch model
   stays as `model`: training and `mbm.fusion` use it directly, and while a forward hook watches it (`mbm.trace`)
   calls run it instead of the runner, so the hooks see what comes out;
-- on CUDA, fp16 autocast and inputs copied from pinned memory without blocking.
+- on CUDA, fp16 autocast and inputs copied from pinned memory without blocking;
+- texts cost their own length: for open_clip's causal text towers (`CLIP` with argmax pooling, as OpenAI's and
+  OpenCLIP's are) token ids are cut after the batch's longest text instead of padded to the context length (the
+  causal mask makes the result the same), batches are formed from texts of similar length, and a small batch of
+  texts (a query) runs on one CPU thread, which is faster than two on a busy machine (docs/BENCHMARKS.md, issue 19).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +35,8 @@ from torch.nn.modules import module as nn_module
 from mbm.text import bound_for_tokenizer, bound_word_cache
 
 BIG_IMAGE = 160  # image towers at least this wide (224 px ViTs) are compute-bound: smaller batches on the CPU
+SMALL_TEXT = 8  # text batches up to this many run on one CPU thread (a query; docs/BENCHMARKS.md, issue 19)
+_THREADS_LOCK = threading.Lock()  # torch's thread count is process-wide: one small-text call changes it at a time
 
 
 @dataclass
@@ -38,6 +46,7 @@ class Runner:
     image: Callable[[torch.Tensor], torch.Tensor]
     text: Callable[[torch.Tensor], torch.Tensor]
     what: str  # for people: "bf16 copy", "onnxruntime CPUExecutionProvider"
+    short_text: bool = False  # `text` takes token ids cut after the longest text (see `causal_text`)
 
 
 class Encoder:
@@ -86,6 +95,7 @@ class Encoder:
             if channels_last is None else bool(channels_last)
         self.model.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         self._modules = list(self.model.modules())  # checked for forward hooks before each batch
+        self.short_text = trims_text(model)  # the torch model takes token ids cut after the longest text
         self.backend, self.runner = "torch", _bf16_runner(self)
         self.scope = None  # a `mbm.models.scope.Scope` when the model folder ships one (see `unseen_words`)
 
@@ -122,10 +132,31 @@ class Encoder:
         return self.model.encode_image(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
 
     def _text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """`(B, L)` CPU token ids -> `(B, D)` raw embeddings, by the runner unless hooks are watching."""
-        if self.runner is not None and not self._hooked():
-            return self.runner.text(tokens)
-        return self.model.encode_text(self._to_device(tokens))
+        """`(B, L)` CPU token ids -> `(B, D)` raw embeddings, by the runner unless hooks are watching; a small
+        batch on one CPU thread."""
+        if self._hooked():  # the model's own call, whole length: what a hook sees does not depend on the batch
+            return self.model.encode_text(self._to_device(tokens))
+        with self._one_thread() if len(tokens) <= SMALL_TEXT else contextlib.nullcontext():
+            if self.runner is not None:
+                return self.runner.text(cut_tokens(tokens) if self.runner.short_text else tokens)
+            if self.short_text:
+                return causal_text(self.model, self._to_device(cut_tokens(tokens)))
+            return self.model.encode_text(self._to_device(tokens))
+
+    @contextlib.contextmanager
+    def _one_thread(self):
+        """torch on one thread while the block runs, on the CPU; restored after. Calls that shrink the count take
+        turns, so none restores another's count. (An ONNX Runtime session keeps the count it was made with.)"""
+        if self.device.type != "cpu" or torch.get_num_threads() == 1:
+            yield
+            return
+        with _THREADS_LOCK:
+            before = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                yield
+            finally:
+                torch.set_num_threads(before)
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
         """The model's transform of one image: `(3, H, W)` float32 on the CPU. Thread-safe, so decoding
@@ -146,8 +177,15 @@ class Encoder:
         """Embed texts (truncated to `context_length` tokens), `batch_size` (default `text_batch`) per model call.
         Each text is first bounded (`mbm.text.bound_for_tokenizer`), so no text costs the tokenizer more than a
         fixed amount of work. Returns `(N, D)` float32, unit rows."""
-        run = lambda chunk: self._text(self.tokenizer([bound_for_tokenizer(t) for t in chunk]))  # (B, context_length)
-        return self._batched(list(texts), batch_size or self.text_batch, run)
+        texts = [bound_for_tokenizer(t) for t in texts]
+        batch_size = batch_size or self.text_batch
+        if len(texts) <= batch_size or not (self.short_text or getattr(self.runner, "short_text", False)):
+            return self._batched(texts, batch_size, lambda chunk: self._text(self.tokenizer(chunk)))
+        tokens = self.tokenizer(texts)  # (N, context_length)
+        order = torch.argsort(tokens.argmax(dim=1), stable=True)  # by length: each batch is cut after its longest
+        out = np.empty((len(texts), self.embed_dim), np.float32)
+        out[order.numpy()] = self._batched(tokens[order], batch_size, self._text)
+        return out
 
     def count_tokens(self, text: str) -> int | None:
         """Tokens `text` takes including start/end markers (None if the tokenizer cannot say);
@@ -202,6 +240,33 @@ class Encoder:
         return np.concatenate(parts) if parts else out
 
 
+def trims_text(model: torch.nn.Module) -> bool:
+    """True for an open_clip `CLIP` whose causal text tower pools at the end token (the highest id, OpenAI's
+    tokenizer): its embeddings do not change when the padding after a batch's longest text is cut off."""
+    from open_clip.model import CLIP
+    return isinstance(model, CLIP) and getattr(model, "attn_mask", None) is not None \
+        and getattr(model, "text_pool_type", None) == "argmax"
+
+
+def cut_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """`(B, L)` token ids -> `(B, L')`: the columns up to the batch's last end token (the highest id of each row;
+    id 0 is also the "!" token, so the padding is not found by its zeros)."""
+    return tokens[:, :max(2, int(tokens.argmax(dim=1).max()) + 1)]
+
+
+def causal_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip `CLIP.encode_text` (not normalised) for `(B, T)` token ids with T up to the context length, for a
+    model where `trims_text` holds: positions and causal mask are cut to T, so a short text costs its own length."""
+    from open_clip.transformer import text_global_pool
+    t, cast = tokens.shape[1], model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:t].to(cast)  # (B, T, W)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:t, :t]))
+    x = text_global_pool(x, tokens, model.text_pool_type)  # (B, W)
+    if model.text_projection is None:
+        return x
+    return model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+
+
 def _bpe_ids(tok, text: str) -> list[int] | None:
     """The ids open_clip's byte-level BPE gives `text`, markers included, up to the end marker (the padding cut off);
     None for another tokenizer."""
@@ -223,8 +288,10 @@ def _bf16_runner(encoder: Encoder) -> Runner | None:
         return None
     model = copy.deepcopy(encoder.model).to(torch.bfloat16)
     fmt = torch.channels_last if encoder.channels_last else torch.contiguous_format
+    short = trims_text(model)
     return Runner(image=lambda x: model.encode_image(x.to(torch.bfloat16, memory_format=fmt)),
-                  text=model.encode_text, what="bf16 copy")
+                  text=(lambda t: causal_text(model, t)) if short else model.encode_text, what="bf16 copy",
+                  short_text=short)
 
 
 def _fingerprint(model: torch.nn.Module) -> str:
