@@ -1,8 +1,13 @@
 """Videos in galleries, on real folders: one item per video and one row per sampled frame, incremental and resumable
 like images; a damaged video is recorded with its error and never harms the gallery; old stores open as they were."""
 
+import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +109,43 @@ def test_an_interrupted_sync_keeps_the_frames_it_committed_and_resumes(tmp_path,
     assert (report.videos, report.frames) == (1, 11)  # only what was not committed
     rows = frame_rows(Gallery(folder, shapes_model))
     assert rows[:4] == committed and [t for *_, t in rows] == [float(s) for s in range(15)]
+
+
+def test_kill_9_in_the_middle_of_a_video_loses_nothing_committed(tmp_path, shapes_model):
+    """`mbm index` killed while it embeds a 15-minute video (tiny, one frame a second); run again, it embeds only
+    the frames it had not committed, and no frame twice."""
+    folder, cache = tmp_path / "g", tmp_path / "cache"
+    video.write_example(folder / "long.mp4", fps=1, size=32, seconds=900)
+    proc = subprocess.Popen([sys.executable, "-m", "mbm", "index", str(folder), "--cache", str(cache)],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    done = _wait_for_frames(cache, proc, at_least=64)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert 0 < done < 900, "the kill should land in the middle of the video"
+
+    (store,) = (cache / "galleries").iterdir()
+    gallery = Gallery(folder, shapes_model, store=store)
+    report = gallery.sync()
+
+    assert report.frames <= 900 - done  # it resumed past what was committed
+    times = [t for *_, t in frame_rows(gallery)]
+    assert times == [float(s) for s in range(900)] and len(gallery.frames().ids) == 900
+
+
+def _wait_for_frames(cache: Path, proc: subprocess.Popen, at_least: int, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        stores = list((cache / "galleries").glob("*/gallery.sqlite")) if (cache / "galleries").is_dir() else []
+        try:
+            with sqlite3.connect(f"file:{stores[0]}?mode=ro", uri=True, timeout=30) as db:
+                n = db.execute("SELECT COUNT(*) FROM frame_vectors").fetchone()[0]
+        except (IndexError, sqlite3.OperationalError):  # no store yet, or its schema is being created
+            n = 0
+        if n >= at_least:
+            return n
+        time.sleep(0.02)
+    raise AssertionError(f"the index command ended or stalled before {at_least} frames were stored")
 
 
 def test_a_cut_off_video_keeps_its_first_seconds_and_says_what_is_wrong(tmp_path, clip, shapes_model):
