@@ -83,3 +83,13 @@ def test_the_cli_prints_file_at_a_span_and_json_gives_seconds(folder, tmp_path):
     rows = json.loads(run_mbm(*args, "--json").stdout)
     moment = next(r for r in rows if r["start"] is not None)
     assert moment["path"].endswith("example.mp4") and moment["end"] > moment["start"] >= 0
+
+
+def test_exact_against_approximate_compares_the_images_only(gallery):
+    """Explore's comparison ranks images: the gallery's own index holds the video's frames too, so it is not the
+    exact side of the comparison."""
+    from mbm.explore import approximate_index, compare_indexes
+    vec = gallery.encoder.encode_texts(["a red circle"])[0]
+    top = approximate_index("hnsw", 4)[1]
+    c = compare_indexes(gallery, vec, k=3, kind="hnsw", knob=top)
+    assert len(c.exact) == 3 and c.recall == 1.0 and all(i in c.captions for i, _ in c.exact)

@@ -74,7 +74,7 @@ def compare_indexes(gallery: Gallery, query_vec: np.ndarray, k: int = 10, kind: 
     k = whole(k, 1, 10**6, f"k must be a whole number of at least 1, got {k!r}")
     knob = whole(knob, 1, top, f"{INDEX_KINDS[kind]} must be a whole number from 1 to {top} here, got {knob!r}")
     exact = gallery.index
-    if not exact.exact:  # the gallery serves an approximate index itself: compare with a scan
+    if not exact.exact or len(exact) != len(ids):  # approximate itself, or holding video frames too: scan the images
         exact = cached(gallery, "index:Flat", lambda: Index.build(vecs, ids, "Flat"))
     approx, lock = cached(gallery, f"index:{factory}", lambda: (Index.build(vecs, ids, factory), threading.Lock()))
     with lock:  # the knob lives on the shared index: set it and search as one step
