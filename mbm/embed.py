@@ -47,13 +47,15 @@ class EmbedReport:
     encoded: int = 0  # images in the shards this run wrote
     unreadable: int = 0  # of those, files that could not be decoded (kept in the shard with their error)
     missing: list[str] = field(default_factory=list)  # listed paths that do not exist
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole run, the model's loading on the workers included
+    load_seconds: float = 0.0  # of which: until every worker had the model
 
     def summary(self) -> str:
-        rate = f" ({self.encoded / self.seconds:.1f} images/s)" if self.seconds and self.encoded else ""
+        busy = self.seconds - self.load_seconds
+        rate = f" ({self.encoded / busy:.1f} images/s once loaded)" if busy > 0 and self.encoded else ""
         return (f"{self.images} images in {self.shards} shards: {self.written} written, {self.skipped} already there; "
                 f"{self.encoded} images encoded{rate}, {self.unreadable} unreadable, {len(self.missing)} listed "
-                f"but missing, in {self.seconds:.1f} s")
+                f"but missing, in {self.seconds:.1f} s ({self.load_seconds:.1f} s loading the model)")
 
 
 class EncoderPlugin(WorkerPlugin):
@@ -187,10 +189,13 @@ def embed(source: str | os.PathLike, out: str | os.PathLike, client: Client, spe
     root, entries, missing = read_source(source)
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
+    before = time.perf_counter()
     key, dim = load_model(client, spec, device, precision, threads, timeout)
+    loaded = time.perf_counter() - before
     chunks = plan(root, entries, key, shard_size)
     todo = [c for c in chunks if not (out / c.name).is_file()]
-    report = EmbedReport(images=len(entries), shards=len(chunks), skipped=len(chunks) - len(todo), missing=missing)
+    report = EmbedReport(images=len(entries), shards=len(chunks), skipped=len(chunks) - len(todo), missing=missing,
+                         load_seconds=loaded)
     futures = client.map(embed_chunk, todo, root=str(root), out=str(out), model_key=key,
                          key=[f"mbm-shard-{c.name.split('.')[0]}" for c in todo])
     for done, future in enumerate(as_completed(futures, timeout=timeout), 1):
