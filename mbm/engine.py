@@ -264,8 +264,8 @@ class Engine:
         if (text is None or isinstance(text, str) and not text.strip()) and image is None:  # no query: two clouds
             return embedding_map(gallery, method=method)
         vec = query_vector(self.encoder, list(Query.parse(text, image).terms), gallery)
-        hits = search(gallery, vec, k=k)
-        return embedding_map(gallery, vec, [h.id for h in hits], method=method)
+        ids, vectors = gallery.image_matrix()  # the map draws images: the query's hits among them, not video moments
+        return embedding_map(gallery, vec, ids[np.argsort(-(vectors @ vec), kind="stable")[:k]].tolist(), method=method)
 
     def similarity_matrix(self, n: int = 8, seed: int = 0, softmax: bool = False,
                           gallery: Gallery | None = None) -> SimilarityMatrix:

@@ -21,7 +21,7 @@ def served(tmp_path_factory):
 
 def test_the_map_draws_every_image_and_caption_and_the_gap_in_numbers(client, served):
     svg, words = client.predict("a red circle", 10, "pca", api_name="/embedding_map")
-    n = len(served.gallery)
+    n = len(served.gallery.image_matrix()[0])  # its images (the built-in video is searched, not mapped)
     assert svg.count('data-kind="image"') == n and svg.count('data-kind="caption"') == n
     assert svg.count('class="hit"') == 10  # the query's 10 hits are ringed
     assert 'class="query"' in svg and "a red circle" in svg
