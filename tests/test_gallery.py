@@ -260,7 +260,8 @@ def test_kill_9_during_sync_then_sync_again_loses_and_duplicates_nothing(tmp_pat
     folder = tmp_path / "big"
     files = write_folder(folder, 400, size=(600, 900), sidecars=False)
     cache = tmp_path / "cache"
-    proc = subprocess.Popen([sys.executable, "-m", "mbm", "index", str(folder), "--cache", str(cache)],
+    proc = subprocess.Popen([sys.executable, "-m", "mbm", "index", str(folder), "--cache", str(cache),
+                             "--model", shapes_model.name],  # the model the resumed sync below uses
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     done = _wait_for_vectors(cache, proc, at_least=64)
