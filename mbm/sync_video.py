@@ -10,6 +10,7 @@ A folder's shipped vectors (`mbm.shipped`) hold frames too, keyed by the video's
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -52,7 +53,7 @@ class VideoSyncing:
         sha, error, seen, batch, info = _sha256(file), None, 0, [], None
         try:
             if sha is None:
-                raise video.VideoError(f"{path} cannot be read")
+                raise video.VideoError(f"{file.name} cannot be read (moved, or its permissions changed)")
             info = video.probe(file)
             for frame in video.sample(file, every=every, side=THUMB_SIZE):
                 seen += 1
@@ -63,7 +64,8 @@ class VideoSyncing:
                     batch = []
         except video.VideoError as e:
             log.warning("video %s: %s", path, e)
-            error = str(e) if str(e).startswith(file.name) else f"{path}: {e}"
+            folder = Path(path).parent.as_posix()
+            error = str(e) if folder == "." else f"{folder}/{e}"  # it starts with the file's name: name its folder
         if batch:  # the frames before a damage are kept
             self._store_frames(item_id, sha, info, batch, report, shipped)
         with self.db.transaction() as db:
