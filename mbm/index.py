@@ -34,7 +34,7 @@ HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 2048  # callers who measured their own (clustered) data can lower it: `set_search_params`
 # Above this many vectors HNSW32,Flat holds ~(4 * dim + 300) bytes each (23 GB at 10M x 512): compress instead.
 COMPRESS_ABOVE = 10_000_000
-SQ8_MAX_BYTES = 2**35  # SQ8 codes (dim bytes a vector) up to 32 GiB of them; above, PQ codes of dim / 8 bytes
+CODES_MAX_BYTES = 2**35  # SQ8 codes (dim bytes a vector) while they fit 32 GiB, then SQ4, then PQ of dim / 8 bytes
 TRAIN_SAMPLE = 100_000  # IVF indexes train on a seeded sample of at most max(this, 64 per list) vectors
 RECALL_TARGET = 0.95  # build() raises a compressed IVF index's nprobe until recall@10 reaches this (or all lists)
 
@@ -83,12 +83,14 @@ def choose_factory(n: int, dim: int, compress_above: int = COMPRESS_ABOVE) -> st
 
 def compressed_factory(n: int, dim: int) -> str:
     """An IVF index with compressed codes for `n` vectors: about 4 * sqrt(n) lists (a power of two, at most
-    65536, with at least 39 training vectors each), and SQ8 codes (dim bytes a vector, recall close to exact) while
-    they fit `SQ8_MAX_BYTES`, else PQ codes of dim / 8 bytes (16x smaller than floats, lower recall)."""
+    65536, with at least 39 training vectors each), and the largest codes that fit `CODES_MAX_BYTES`: SQ8 (dim
+    bytes a vector; recall@10 close to exact), SQ4 (half that; about 0.87), else PQ of dim / 8 bytes (about 0.5 on
+    embedding-like vectors; docs/BENCHMARKS.md, "Past one machine")."""
     lists = 2 ** round(np.log2(max(1.0, 4 * np.sqrt(n))))
     lists = int(max(1, min(lists, 65536, 2 ** int(np.log2(max(1, n // 39))))))
-    codes = "SQ8" if n * dim <= SQ8_MAX_BYTES or dim % 8 else f"PQ{dim // 8}"
-    return f"IVF{lists},{codes}"
+    if n * dim <= CODES_MAX_BYTES or dim % 8:
+        return f"IVF{lists},SQ8"
+    return f"IVF{lists},{'SQ4' if n * dim // 2 <= CODES_MAX_BYTES else f'PQ{dim // 8}'}"
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:

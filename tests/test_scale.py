@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT
 
 from mbm.__main__ import main
-from mbm.index import COMPRESS_ABOVE, SQ8_MAX_BYTES, Index, choose_factory, recall_vs_exact
+from mbm.index import CODES_MAX_BYTES, COMPRESS_ABOVE, Index, choose_factory, recall_vs_exact
 from mbm.shards import MANIFEST, Entry, Manifest, iter_shards, plan, read_source
 
 pytest.importorskip("distributed")
@@ -140,7 +140,8 @@ def test_from_shards_builds_a_compressed_index_the_cli_searches(shards, folder, 
 def test_compressed_choice_by_size():
     assert choose_factory(COMPRESS_ABOVE, 512) == "HNSW32,Flat"
     assert choose_factory(COMPRESS_ABOVE + 1, 512) == "IVF16384,SQ8"
-    assert choose_factory(10**9, 512).endswith(",PQ64") and 10**9 * 512 > SQ8_MAX_BYTES
+    assert choose_factory(10**8, 512) == "IVF32768,SQ4" and 10**8 * 512 > CODES_MAX_BYTES  # SQ8 would not fit
+    assert choose_factory(10**9, 512) == "IVF65536,PQ64"
     assert choose_factory(300, 128, compress_above=100) == "IVF4,SQ8"  # lists with >= 39 training vectors each
 
 
