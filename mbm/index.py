@@ -207,14 +207,9 @@ class Index:
 
     def nbytes(self) -> int:
         """The bytes of the index as saved, about what it holds in memory (counted while written, not kept)."""
-        total = 0
-
-        def count(chunk: bytes) -> int:
-            nonlocal total
-            total += len(chunk)
-            return len(chunk)
-        faiss.write_index(self._index, faiss.PyCallbackIOWriter(count))
-        return total
+        sizes = []
+        faiss.write_index(self._index, faiss.PyCallbackIOWriter(lambda chunk: sizes.append(len(chunk)) or len(chunk)))
+        return sum(sizes)
 
     def __repr__(self) -> str:
         return f"Index(dim={self.dim}, factory={self.factory!r}, ntotal={self.ntotal})"
@@ -253,16 +248,10 @@ class Index:
         out of both lists), against an exact scan."""
         ivf = faiss.try_extract_index_ivf(self._inner())
         rows = np.random.default_rng(1).choice(len(x), min(queries, len(x)), replace=False)
-        kk = min(k + 1, len(x))
-        truth = ids[faiss.knn(x[rows], x, kk, metric=faiss.METRIC_INNER_PRODUCT)[1]]  # (Q, k + 1)
-
-        def drop_self(found: np.ndarray) -> np.ndarray:  # (Q, k): each row without the query's own id
-            out = np.full((len(rows), k), -1, np.int64)
-            for i, (q, r) in enumerate(zip(rows, found)):
-                kept = r[r != ids[q]][:k]
-                out[i, :len(kept)] = kept
-            return out
-        measure = lambda: recall_at(drop_self(self.search(x[rows], kk)[1]), drop_self(truth))
+        kk, own = min(k + 1, len(x)), ids[rows][:, None]
+        mask = lambda found: np.where(found == own, -1, found)  # each query's own row left out: (Q, k + 1)
+        truth = mask(ids[faiss.knn(x[rows], x, kk, metric=faiss.METRIC_INNER_PRODUCT)[1]])
+        measure = lambda: recall_at(mask(self.search(x[rows], kk)[1]), truth)
         ivf.nprobe = 1
         recall = measure()
         while recall < RECALL_TARGET and ivf.nprobe < ivf.nlist:
