@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mbm.errors import InputError
 from mbm.shards import INSTALL, SHARD_SIZE, Chunk, Entry, Manifest, plan, read_source, write_shard
 
 try:
@@ -223,7 +224,12 @@ def connect(address: str | None = None, workers: int = 1, timeout: float = 60) -
         cluster; None for a cluster someone else sized).
     """
     if address:
-        with Client(address, timeout=timeout) as client:
+        try:
+            client = Client(address, timeout=timeout)
+        except OSError as e:  # refused, timed out, no such host
+            raise InputError(f"cannot reach a Dask scheduler at {address} ({e}); start one (`dask scheduler`, "
+                             "dask-jobqueue, Kubernetes) or leave --cluster out for a local cluster") from e
+        with client:
             yield client, None
         return
     if workers <= 0:
