@@ -119,10 +119,14 @@ def _walk(root: Path) -> list[str]:
 def _listed(src: Path) -> list[str]:
     if src.suffix.lower() in (".parquet", ".csv"):
         pq = need_pyarrow()
+        import pyarrow as pa
         import pyarrow.csv
-        table = pq.read_table(src, columns=["path"]) if src.suffix.lower() == ".parquet" else \
-            pyarrow.csv.read_csv(src).select(["path"])
-        return [p for p in table.column("path").to_pylist() if p]
+        try:
+            table = pq.read_table(src, columns=["path"]) if src.suffix.lower() == ".parquet" else \
+                pyarrow.csv.read_csv(src)
+            return [p for p in table.column("path").to_pylist() if p]
+        except (KeyError, pa.ArrowException) as e:
+            raise InputError(f"{src} needs a 'path' column of image paths ({e})") from e
     return [line.strip() for line in src.read_text().splitlines() if line.strip()]
 
 
