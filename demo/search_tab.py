@@ -100,7 +100,7 @@ def _handlers(page: Page):
         ranked = page.engine.describe(vec, k=10, gallery=gallery) if vec is not None else []
         took = (time.perf_counter() - start) * 1000
         kind = "text+image" if query and image is not None else "text" if query else "image"
-        note = (f"**{len(hits)}** of {_scored(gallery, scores)} ({kind} query) in **{took:.0f} ms**"
+        note = (f"**{len(hits)}** of {_scored(gallery, scores)} ({kind} query) in **{took:.0f} ms**{_frames(gallery)}"
                 + ("" if hits else " — none scores above the threshold; lower it to see more.")
                 + (f"\n\n{beyond}" if (beyond := page.engine.beyond(as_text(text, "The query"))) else ""))
         return (tiles(hits), histogram_svg(scores, threshold, [h.score for h in hits]), note,
@@ -116,7 +116,7 @@ def _handlers(page: Page):
         hits = page.engine.more_like(hit_ids[evt.index], int(k), threshold, gallery)
         took = (time.perf_counter() - start) * 1000
         note = (f"**{len(hits)}** of {_scored(gallery, hits.scores)} like result {evt.index + 1} in "
-                f"**{took:.0f} ms**")
+                f"**{took:.0f} ms**{_frames(gallery)}")
         return (_grid(hits), histogram_svg(hits.scores, threshold, [h.score for h in hits]), note,
                 gr.Dataframe(visible=False), [h.id for h in hits], moment_of(hits))
 
@@ -194,9 +194,14 @@ def _build_api(page: Page) -> None:
 
 
 def _scored(gallery, scores) -> str:
-    """"300 images", or "300 images and 15 video frames": what a query's histogram counted."""
+    """"300 images": the images among what a query's histogram counted (the rest are video frames)."""
+    return f"{len(scores) - len(gallery.frames().ids):,} images"
+
+
+def _frames(gallery) -> str:
+    """" · and 15 video frames" when the gallery holds videos, whose frames are ranked with the images."""
     frames = len(gallery.frames().ids)
-    return f"{len(scores) - frames:,} images" + (f" and {frames:,} video frames" if frames else "")
+    return f" · and {frames:,} video frames" if frames else ""
 
 
 def _grid(hits: list[Hit]) -> gr.Gallery:

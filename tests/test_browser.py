@@ -299,7 +299,7 @@ def test_search_results_captions_and_histogram_are_shown_whole(wide):
     expect(wide.locator("#results img")).to_have_count(12)
     captions = wide.locator("#results .caption-label")
     assert wide.locator("#results").evaluate(ELLIPSIS) == []  # no "a medium red cir…"
-    assert "a medium red circle" in captions.first.inner_text()
+    assert any("a medium red circle" in c for c in captions.all_inner_texts())  # (the first may be a video's moment)
     hist, column = wide.locator("#histogram svg").bounding_box(), wide.locator("#results").bounding_box()
     assert hist["width"] > 0.9 * column["width"]  # not a third of its width
     star = ROOT / "assets" / "examples" / "blue-star.png"

@@ -33,7 +33,7 @@ def test_a_search_shows_the_moment_and_plays_a_clip_cut_around_it(client):
     tiles, _, timing, _ = client.predict("a red circle", None, 1.0, 6, 0.0, api_name="/search")
     moments = [t["caption"] for t in tiles if "▶" in t["caption"]]
     assert moments and all(("00:01-00:05" in c) or ("00:10-00:14" in c) for c in moments), moments
-    assert "video frames" in timing
+    assert "images (text query) in" in timing and "15 video frames" in timing
     player, line = client.predict(api_name="/search_moment")
     clip = Path(player["value"])
     info = video.probe(clip)
