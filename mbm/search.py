@@ -244,7 +244,8 @@ def search(gallery: Gallery, query: str | list[Term] | np.ndarray, k: int = 10, 
         gallery.encoder, parse_query(query) if isinstance(query, str) else query, gallery)
     index = gallery.index
     wanted = k + len(exclude)
-    depth = min(len(index), max(4 * wanted, wanted + 64))  # a video's frames may fill many places of the ranking
+    # a video's frames may fill many places of the ranking: look further when the gallery has any
+    depth = min(len(index), max(4 * wanted, wanted + 64)) if len(gallery.frames().ids) else wanted
     scores, ids = index.search(vec, max(depth, 1))
     found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
     # a moment whose best frame ranked below what was fetched may trail images that were not fetched: left out
