@@ -13,7 +13,7 @@ from demo.common import Page, friendly, number, read_drawing, read_image, search
 from demo.common import text as as_text
 from demo.components import Drawing, Picture, Slider
 from demo.queries import MAX_QUERY_CHARS, check_query, tiles
-from demo.video_views import Clips, moment_of, player, show_moment_handler
+from demo.video_views import Clips, moment_of, player, show_moment_handler, tile_keys
 from mbm.search import Hit
 from mbm.text import SHARED_MAX_TEXTS as MAX_TEXTS
 
@@ -41,7 +41,7 @@ class _Search:
     results: gr.Gallery
     histogram: gr.HTML
     captions: gr.Dataframe  # image->text for an image query
-    hit_ids: gr.State  # the shown results' item ids, for "more like this"
+    hit_ids: gr.State  # per result shown: its item id, for "more like this", or a video's moment, to play it
     moment: gr.State  # the best video moment among them (mbm.search.Hit's path and span), for the player
     player: gr.Video  # a clip cut around that moment
     player_line: gr.Markdown
@@ -75,8 +75,8 @@ def _layout(page: Page) -> _Search:
             threshold = Slider(-0.2, 1.0, value=0.0, step=0.01, label="Score threshold (cosine)")
             button = gr.Button("Search", variant="primary")
     timing = gr.Markdown(elem_id="search-timing")
-    results = gr.Gallery(label="Results: click one for more like it", columns=6, height=420, format="jpeg",
-                         elem_id="results", allow_preview=False, elem_classes="mbm-tiles")
+    results = gr.Gallery(label="Results: click an image for more like it, a video's moment (▶) to play it", columns=6,
+                         height=420, format="jpeg", elem_id="results", allow_preview=False, elem_classes="mbm-tiles")
     video, line = player()
     histogram = gr.HTML(label="Scores of every gallery image for this query", elem_id="histogram")
     captions = gr.Dataframe(headers=["caption", "cosine"], label="Captions ranked for the image (image->text)",
@@ -104,13 +104,15 @@ def _handlers(page: Page):
                 + ("" if hits else " — none scores above the threshold; lower it to see more.")
                 + (f"\n\n{beyond}" if (beyond := page.engine.beyond(as_text(text, "The query"))) else ""))
         return (tiles(hits), histogram_svg(scores, threshold, [h.score for h in hits]), note,
-                gr.Dataframe(value=[[t, round(s, 4)] for t, s in ranked], visible=bool(ranked)), [h.id for h in hits],
+                gr.Dataframe(value=[[t, round(s, 4)] for t, s in ranked], visible=bool(ranked)), tile_keys(hits),
                 moment_of(hits))
 
     @friendly
     def more_like(hit_ids, k, threshold, choice, evt: gr.SelectData):
         if not hit_ids or evt.index is None or evt.index >= len(hit_ids):
             raise gr.Error("Search first, then click a result to find more like it.")
+        if isinstance(hit_ids[evt.index], dict):  # a video's moment: play it, the results stay
+            return (*(gr.skip(),) * 5, hit_ids[evt.index])
         gallery = page.gallery(choice)
         start = time.perf_counter()
         hits = page.engine.more_like(hit_ids[evt.index], int(k), threshold, gallery)
@@ -118,7 +120,7 @@ def _handlers(page: Page):
         note = (f"**{len(hits)}** of {_scored(gallery, hits.scores)} like result {evt.index + 1} in "
                 f"**{took:.0f} ms**{_frames(gallery)}")
         return (_grid(hits), histogram_svg(hits.scores, threshold, [h.score for h in hits]), note,
-                gr.Dataframe(visible=False), [h.id for h in hits], moment_of(hits))
+                gr.Dataframe(visible=False), tile_keys(hits), moment_of(hits))
 
     @friendly
     def search_drawing(drawing, text, weight, k, threshold, choice):

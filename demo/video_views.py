@@ -25,12 +25,21 @@ MAX_CLIPS = 64  # clips kept in the page's folder; older ones go (Gradio has cop
 KINDS = "an MP4, WebM, MOV or MKV video, or an animated GIF"
 
 
+def moment(hit: Hit) -> dict | None:
+    """What the player needs of a video's moment (and its item id, for "more like this"); None for an image."""
+    if hit.start is None:
+        return None
+    return dict(id=hit.id, path=str(hit.path), start=hit.start, end=hit.end, best=hit.best, where=hit.where)
+
+
 def moment_of(hits: list[Hit]) -> dict | None:
     """The best video moment among search hits (what the player shows), or None when no hit is a video."""
-    hit = next((h for h in hits if h.start is not None), None)
-    if hit is None:
-        return None
-    return dict(path=str(hit.path), start=hit.start, end=hit.end, best=hit.best, where=hit.where)
+    return next((m for h in hits if (m := moment(h)) is not None), None)
+
+
+def tile_keys(hits: list[Hit]) -> list[int | dict]:
+    """Per result tile: an image's item id (a click finds more like it), or a video's moment (a click plays it)."""
+    return [moment(h) or h.id for h in hits]
 
 
 class Clips:

@@ -105,3 +105,31 @@ def test_bad_input_to_zero_shot_over_time_says_what_to_do(client, tmp_path, whic
     file = {None: None, "text": handle_file(str(tmp_path / "notes.mp4")), "example": handle_file(str(EXAMPLE))}[which]
     with pytest.raises(AppError, match=message):
         client.predict(file, labels, "a {}.", api_name="/classify_video")
+
+
+def test_in_the_browser_clicking_a_moment_plays_it_and_keeps_the_results(server):
+    """A person's click on the second moment's tile: the player cuts that moment; the results stay as they were."""
+    from playwright.sync_api import expect, sync_playwright
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=flags)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        errors = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(server.url)
+        page.get_by_label("Text", exact=True).fill("a red circle")
+        page.get_by_role("button", name="Search", exact=True).click()
+        line = page.locator("#moment-line")
+        expect(line).to_contain_text("shapes-example.mp4@00:", timeout=30_000)
+        first = line.inner_text()
+        tiles = page.locator("#results .caption-label")
+        captions = tiles.all_inner_texts()
+        second = [i for i, c in enumerate(captions) if "▶" in c][1]
+        page.locator("#results img").nth(second).click()
+        span = captions[second].split("▶ ")[1].split(" ·")[0]
+        expect(line).to_contain_text(f"@{span}", timeout=30_000)
+        assert span not in first and tiles.all_inner_texts() == captions
+        expect(page.locator("#moment-video video")).to_be_visible()
+        browser.close()
+    assert errors == []
