@@ -29,7 +29,7 @@ def parse_flags(argv: list[str] | None = None) -> argparse.Namespace:
     answer at once."""
     parser = argparse.ArgumentParser(description="mbm: a multimodal model demo")
     parser.add_argument("--model", default=None, help="model spec (default: $MBM_MODEL, a cached open_clip model, "
-                                                      "or mbm-shapes)")
+                                                      "or mbm-world)")
     parser.add_argument("--gallery", default=None, help="image folder to serve (default: $MBM_GALLERY or built-in)")
     parser.add_argument("--host", default=os.environ.get("MBM_HOST"), help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("MBM_PORT", 0)) or None,

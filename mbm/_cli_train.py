@@ -232,5 +232,5 @@ def _flags_make_gallery(p: argparse.ArgumentParser) -> None:
 
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="model spec (default: $MBM_MODEL or mbm-shapes)")
+    p.add_argument("--model", default=None, help="model spec (default: $MBM_MODEL or mbm-world)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, mps (default: $MBM_DEVICE or auto)")

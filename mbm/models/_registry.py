@@ -1,8 +1,8 @@
 """The table of models mbm knows by name, how a spec string becomes a `Spec` (once), and the loaders by scheme.
 
 A spec is one of (the scheme prefix may be left out where the form says which it is):
-- `mbm:NAME` or `NAME`: an embedded model whose weights ship in `assets/NAME/`, working offline: `mbm-shapes`, and
-  `mbm-world` (widened shapes + emoji concepts in 28 languages) where `assets/mbm-world/` holds its weights;
+- `mbm:NAME` or `NAME`: an embedded model whose weights ship in `assets/NAME/`, working offline: `mbm-world` (the
+  default: shapes anywhere, drawings, emoji concepts in 28 languages) and `mbm-shapes` (the shapes world only);
 - `open_clip:ARCH:TAG` or `ARCH:TAG`: an open_clip architecture with one of its pretrained tags (weights from the
   Hugging Face cache or hub);
 - `hf-hub:ORG/REPO`: a model on the Hugging Face hub in open_clip's layout (config and weights);
@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
-EMBEDDED = "mbm-shapes"
-WORLD = "mbm-world"  # the embedded model of the widened world, loadable by name once its weights ship
+WORLD = "mbm-world"  # the embedded model of the widened world
+SHAPES = "mbm-shapes"  # the first embedded model: the synthetic shapes world only; loadable by name
+EMBEDDED = WORLD  # the default
 SPACE_MODEL = "ViT-B-32:laion2b_s34b_b79k"  # the default on a Hugging Face Space, where the hub is reachable
 
 
@@ -31,15 +32,11 @@ class ModelInfo:
     offline: bool  # True if it needs no download
 
 
-def _shipped(name: str) -> bool:
-    return (ASSETS / name / "open_clip_config.json").is_file()
-
-
 # A few well-known models for the model picker; any other open_clip ARCH:TAG works too.
 KNOWN_MODELS = (
-    ModelInfo(EMBEDDED, "embedded 128-d CLIP trained on the synthetic shapes world (ships with mbm)", True),
-    *([ModelInfo(WORLD, "embedded CLIP: shapes on any background, drawings, 1,570 emoji concepts in 28 languages",
-                 True)] if _shipped(WORLD) else []),
+    ModelInfo(WORLD, "embedded CLIP: shapes on any background, drawings, 1,570 emoji concepts in 28 languages "
+              "(ships with mbm)", True),
+    ModelInfo(SHAPES, "embedded 128-d CLIP trained on the synthetic shapes world only (ships with mbm)", True),
     ModelInfo("ViT-B-32:laion2b_s34b_b79k", "OpenCLIP ViT-B/32 trained on LAION-2B (~600 MB)", False),
     ModelInfo("ViT-B-16:laion2b_s34b_b88k", "OpenCLIP ViT-B/16 trained on LAION-2B (~600 MB, slower, better)", False),
     ModelInfo("MobileCLIP-S1:datacompdr", "Apple MobileCLIP-S1, fast on CPUs (~350 MB)", False),
@@ -74,7 +71,7 @@ def parse_spec(text: str) -> Spec | None:
     scheme, sep, rest = text.partition(":")
     if sep and scheme in SCHEMES:
         return _explicit(text, scheme, rest)
-    if text in EMBEDDED_NAMES or (text == WORLD and _shipped(WORLD)):
+    if text in EMBEDDED_NAMES:
         return Spec(text, "mbm", text)
     if not text.strip():
         return None
@@ -93,7 +90,7 @@ def _explicit(text: str, scheme: str, rest: str) -> Spec | None:
     return Spec(text, scheme, rest) if rest else None
 
 
-EMBEDDED_NAMES = (EMBEDDED,)
+EMBEDDED_NAMES = (WORLD, SHAPES)
 _LOADERS: dict[str, Callable] = {}
 
 
