@@ -126,13 +126,15 @@ def test_from_shards_builds_a_compressed_index_the_cli_searches(shards, folder, 
     assert facts["index_bytes"] < facts["flat_bytes"]
 
     image = str(folder / "scene-042.png")
-    assert main(["search", "--image", image, "--gallery", str(folder), "--cache", cache, "-k", "3", "--json"]) == 0
+    assert main(["search", "--image", image, "--gallery", str(folder), "--cache", cache, "--model", MODEL, "-k", "3",
+                 "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)
     assert Path(hits[0]["path"]).name == "scene-042.png" and hits[0]["score"] > 0.98
 
     store = Engine(EngineConfig(cache_dir=cache), encoder=shapes_model).store_for(folder)
     gallery = Gallery(folder, shapes_model, store=store)
     assert gallery.factory == facts["index"] and gallery.index.factory == facts["index"]  # recorded, then used
+    assert gallery.db.one("SELECT COUNT(DISTINCT model) FROM vectors") == 1  # the search used the imported ones
     report = gallery.sync()
     assert report.encoded == report.captions_encoded == report.added == 0 and report.unchanged == 301
 
