@@ -55,6 +55,21 @@ def _one_thread():
         faiss.omp_set_num_threads(before)
 
 
+def atomic_write(path: Path, write) -> None:
+    """`write(tmp)` a temp file beside `path`, fsync it, then rename it to `path`: readers see the old file or the
+    whole new one, never a part; the temp file goes if anything fails."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
 class IndexFileError(RuntimeError):
     """A saved index that cannot be read (missing, truncated or not an index); rebuild it from the vectors."""
 
@@ -317,17 +332,7 @@ class Index:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the index to `path` atomically: a temp file in the same folder, fsynced, then renamed."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            faiss.write_index(self._index, str(tmp))
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
+        atomic_write(Path(path), lambda tmp: faiss.write_index(self._index, str(tmp)))
         log.info("saved %r to %s", self, path)
 
     @classmethod

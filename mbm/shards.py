@@ -16,12 +16,10 @@ unchanged and a later folder change is picked up as usual.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ import numpy as np
 
 from mbm.data.images import IMAGE_SUFFIXES
 from mbm.errors import InputError
+from mbm.index import atomic_write
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -61,7 +60,7 @@ class Manifest:
     shards: list[str]  # file names, in path order
 
     def write(self, folder: Path) -> None:
-        _atomic_write(folder / MANIFEST, lambda tmp: tmp.write_text(json.dumps(asdict(self), indent=1)))
+        atomic_write(folder / MANIFEST, lambda tmp: tmp.write_text(json.dumps(asdict(self), indent=1)))
 
     @classmethod
     def read(cls, folder: str | os.PathLike) -> Manifest:
@@ -175,7 +174,7 @@ def write_shard(path: Path, rows: list[dict], images: np.ndarray, captions: np.n
     assert images.shape == captions.shape and len(images) == len(rows)
     table = pa.table({**{c: [r.get(c) for r in rows] for c in COLUMNS},
                       "image": _fixed_lists(images), "caption_vector": _fixed_lists(captions)})
-    _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _fixed_lists(x: np.ndarray):
@@ -195,19 +194,6 @@ def _matrix(column) -> np.ndarray:
     lists = column.combine_chunks()
     flat = lists.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
     return flat.reshape(len(lists), lists.type.list_size)
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 def iter_shards(folder: Path, manifest: Manifest) -> Iterator[tuple[list[dict], np.ndarray, np.ndarray]]:
