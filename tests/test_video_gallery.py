@@ -116,7 +116,8 @@ def test_kill_9_in_the_middle_of_a_video_loses_nothing_committed(tmp_path, shape
     the frames it had not committed, and no frame twice."""
     folder, cache = tmp_path / "g", tmp_path / "cache"
     video.write_example(folder / "long.mp4", fps=1, size=32, seconds=900)
-    proc = subprocess.Popen([sys.executable, "-m", "mbm", "index", str(folder), "--cache", str(cache)],
+    proc = subprocess.Popen([sys.executable, "-m", "mbm", "index", str(folder), "--cache", str(cache),
+                             "--model", shapes_model.name],  # the model the resumed sync below uses
                             cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     done = _wait_for_frames(cache, proc, at_least=64)
