@@ -62,8 +62,8 @@ def _layout(page: Page) -> _Search:
         with gr.Column(scale=2):
             text = gr.Textbox(label="Text", placeholder='a red circle   (or: 2 x "red circle" - blue)', lines=1)
             examples = gr.Examples([[e] for e in EXAMPLES], text, elem_id="search-examples",
-                                   label="Try one (the shipped model knows the shapes world in English; a multilingual "
-                                   "model understands the others)")
+                                   label="Try one (mbm-world knows shapes and 1,570 emoji concepts in 28 languages, "
+                                   "best in English; the gallery's emoji are an art style it never saw)")
             image = Picture(label="Image (optional)", height=220, elem_id="search-image")
             with gr.Accordion("Or draw it", open=False, elem_id="search-draw"):
                 drawing = Drawing(label="Draw a shape or a thing: pick the brush on the left, then a colour",
