@@ -132,27 +132,18 @@ def embed_chunk(chunk: Chunk, root: str, out: str, model_key: str) -> tuple[int,
 def _decode(root: Path, entry: Entry, encoder) -> dict:
     """One file as the gallery's sync reads it: bytes hashed, decoded at draft scale, the model's input taken
     from the 256 px thumbnail when that is big enough (so the vectors match `python -m mbm index`)."""
-    from mbm.data.images import (
-        ImageError,
-        caption_from_filename,
-        load_image,
-        read_sidecar_caption,
-        thumbnail,
-    )
-    from mbm.sync import THUMB_SIZE
+    from mbm.data.images import ImageError, caption_from_filename, read_sidecar_caption
+    from mbm.sync import decode_for_model, read_error
     path = root / entry.path
     row = dict(path=entry.path, size=entry.size, mtime_ns=entry.mtime_ns, sha256=None, width=None, height=None,
                caption=read_sidecar_caption(path) or caption_from_filename(path), error=None)
     try:
         data = path.read_bytes()
-        image = load_image(data, name=entry.path, draft=max(THUMB_SIZE, encoder.image_size))
-        small = thumbnail(image, THUMB_SIZE)
-        source = small if min(small.size) >= encoder.image_size else image
-        row["width"], row["height"] = image.info.get("full_size", image.size)
+        _, source, (row["width"], row["height"]) = decode_for_model(data, entry.path, encoder)
         row["sha256"] = hashlib.sha256(data).hexdigest()
         row["pixels"] = encoder.prepare(source)  # (3, H, W)
     except (ImageError, OSError) as e:
-        row["error"] = str(e) if isinstance(e, ImageError) else f"{entry.path}: {e.strerror or e}"
+        row["error"] = read_error(entry.path, e)
     return row
 
 

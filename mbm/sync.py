@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]  # (done, total, what) -> None
 THUMB_SIZE = 256  # the side of a cached thumbnail, in pixels
 _SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+
+
 @dataclass
 class SyncReport:
     """What one `sync()` did; `skipped` pairs a relative path with the reason it could not be read."""
@@ -59,6 +61,21 @@ class SyncReport:
                 f"{f', {self.frames} frames of {self.videos} videos' if self.videos else ''}"
                 f"{f' ({self.reused} from shipped vectors)' if self.reused else ''}, {len(self.skipped)} skipped "
                 f"in {self.seconds:.1f} s")
+
+
+def decode_for_model(data: bytes, name: str, encoder) -> tuple:
+    """One image file's bytes decoded as a gallery reads them: at draft scale (the model and the thumbnail need no
+    more), then `(thumbnail, the image the model's transform takes, the file's full (width, height))`; the model
+    sees no more than `image_size` pixels, so it takes the thumbnail when that is big enough. Raises ImageError."""
+    image = load_image(data, name=name, draft=max(THUMB_SIZE, encoder.image_size))
+    small = thumbnail(image, THUMB_SIZE)
+    source = small if min(small.size) >= encoder.image_size else image
+    return small, source, image.info.get("full_size", image.size)  # the draft may have decoded fewer pixels
+
+
+def read_error(path: str, e: Exception) -> str:
+    """Why a file could not be read, for its row: an ImageError says it already; an OSError gets the path."""
+    return str(e) if isinstance(e, ImageError) else f"{path}: {getattr(e, 'strerror', None) or e}"
 
 
 class Syncing(VideoSyncing):
@@ -198,8 +215,7 @@ class Syncing(VideoSyncing):
                          "(SELECT item_id FROM vectors WHERE model=? AND kind='image') "
                          "AND id NOT IN (SELECT item_id FROM videos) ORDER BY id",
                          (self.encoder.key,))
-        draft = max(THUMB_SIZE, self.encoder.image_size)
-        decode = lambda row: self._decode(row, draft, shipped)
+        decode = lambda row: self._decode(row, shipped)
         done = 0
         with ThreadPoolExecutor(workers, thread_name_prefix="mbm-decode") as pool:
             if self.encoder.device.type == "cpu":
@@ -215,25 +231,21 @@ class Syncing(VideoSyncing):
                 if progress:
                     progress(done, len(todo), "encoding images")
 
-    def _decode(self, row: tuple[int, str], draft: int, shipped: dict[str, np.ndarray]) -> dict:
+    def _decode(self, row: tuple[int, str], shipped: dict[str, np.ndarray]) -> dict:
         """In a worker thread: read, hash, decode, thumbnail and transform one file (or take its shipped vector)."""
         item_id, path = row
         try:
             data = (self.root / path).read_bytes()
             sha = hashlib.sha256(data).hexdigest()
-            image = load_image(data, name=path, draft=draft)
-            small = thumbnail(image, THUMB_SIZE)
+            small, source, full_size = decode_for_model(data, path, self.encoder)
             thumb = self._thumb_path(sha)
             if not thumb.is_file():
                 save_thumbnail(small, thumb, THUMB_SIZE)
-            # the model sees no more than image_size pixels: transform the thumbnail when it is big enough
-            source = small if min(small.size) >= self.encoder.image_size else image
-            full_size = image.info.get("full_size", image.size)  # the draft may have decoded fewer pixels
             if sha in shipped:
                 return dict(id=item_id, sha=sha, size=full_size, vector=shipped[sha])
             return dict(id=item_id, sha=sha, size=full_size, pixels=self.encoder.prepare(source))
         except (ImageError, OSError) as e:
-            return dict(id=item_id, error=str(e) if isinstance(e, ImageError) else f"{path}: {e.strerror or e}")
+            return dict(id=item_id, error=read_error(path, e))
 
     def _store_batch(self, batch: list[dict], report: SyncReport) -> None:
         good = [d for d in batch if "error" not in d]
