@@ -29,11 +29,28 @@ def _world_flags(p: argparse.ArgumentParser, world: str, holdout: str) -> None:
     p.add_argument("--holdout-style", default="twemoji", help=f"with --world: {holdout}")
 
 
+def background_weights(text: str) -> dict[str, float]:
+    """`texture=1.5,photo=2` -> {"texture": 1.5, "photo": 2.0}; an unknown kind or a bad weight is an error."""
+    from mbm.data.backgrounds import KINDS
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        kind, _, weight = part.partition("=")
+        try:
+            out[kind.strip()] = float(weight)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: write KIND=WEIGHT, e.g. photo=2") from None
+        if kind.strip() not in KINDS or out[kind.strip()] < 0:
+            raise argparse.ArgumentTypeError(f"{part!r}: the kinds are {', '.join(KINDS)}, weights >= 0")
+    return out
+
+
 def add_train_flags(p: argparse.ArgumentParser) -> None:
     _world_flags(p, "train mbm-world: widened shapes + emoji concepts", "the art style never trained on")
     p.add_argument("--emoji-fraction", type=float, default=0.5, help="with --world: emoji share of each batch")
     p.add_argument("--phrase-share", type=float, default=0.5,
                    help="with --world: English emoji captions phrased as people type them ('a dog'), not bare labels")
+    p.add_argument("--background-weights", type=background_weights, default={}, metavar="KIND=W,...",
+                   help="with --world: make some shapes backgrounds likelier, e.g. texture=1.5,photo=2 (others 1)")
     p.add_argument("--width", type=int, default=32, help="with --world: image tower width")
     p.add_argument("--embed-dim", type=int, default=256, help="with --world: shared embedding size")
     p.add_argument("--text-width", type=int, default=256, help="with --world: text tower width")
@@ -71,7 +88,8 @@ def train_world(args) -> int:
     cfg = TrainConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       aux_weight=args.aux_weight, aux_until=args.aux_until, world=str(cache_of(args)),
                       emoji_fraction=args.emoji_fraction, holdout_style=args.holdout_style,
-                      phrase_share=args.phrase_share, model_cfg=model_cfg)
+                      phrase_share=args.phrase_share, background_weights=args.background_weights,
+                      model_cfg=model_cfg)
     out = Path(args.out)
 
     def on_row(row: dict) -> None:

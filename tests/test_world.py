@@ -144,6 +144,16 @@ def test_widened_single_shapes_keep_their_words_true():
         assert o.size == backgrounds.size_word(d) and o.row == min(2, int(o.cy * 3))
 
 
+def test_background_weights_make_the_hard_kinds_likelier_and_keep_the_rest():
+    def kinds(weights):
+        rng = random.Random(5)
+        return [backgrounds.widen(make_scene("train", i, n_objects=1), rng, kind_weights=weights).background[1].kind
+                for i in range(800)]
+    plain, hard = kinds(None), kinds({"photo": 3, "texture": 2})
+    assert plain.count("photo") < 140 < 180 < hard.count("photo")  # 1/8 of 800 = 100; 3/11 of it = 218
+    assert set(hard) == set(backgrounds.KINDS) and hard.count("texture") > plain.count("texture")
+
+
 def test_every_script_gets_distinct_tokens():
     import open_clip
     tok = open_clip.SimpleTokenizer(context_length=48)
@@ -204,7 +214,8 @@ def test_command_line_trains_evaluates_and_writes_the_card(cache, tmp_path):
     from conftest import run_mbm
     out, small = tmp_path / "m", ["--image-size", "32", "--width", "8", "--embed-dim", "32", "--text-width", "32"]
     done = run_mbm("train-clip", "--world", "--cache", str(cache), "--steps", "2", "--batch-size", "8",
-                   "--curve-every", "1", *small, "--text-layers", "1", "--out", str(out))
+                   "--curve-every", "1", *small, "--text-layers", "1", "--background-weights", "photo=2",
+                   "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert '"step": 2' in done.stdout and (out / "curve.json").is_file()
     (tmp_path / "baseline.json").write_text("{}")
@@ -213,4 +224,6 @@ def test_command_line_trains_evaluates_and_writes_the_card(cache, tmp_path):
     assert done.returncode == 0, done.stderr
     card = (out / "MODEL_CARD.md").read_text()
     assert "never appears in training" in card and "| background hand" not in card and "| drawing hand |" in card
-    assert "python -m mbm train-clip --world --steps 2" in card
+    assert "python -m mbm train-clip --world --steps 2 --background-weights photo=2" in card
+    bad = run_mbm("train-clip", "--world", "--background-weights", "carpet=2", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "the kinds are grey, light" in bad.stderr

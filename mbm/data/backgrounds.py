@@ -42,8 +42,11 @@ class Look:
 
 
 def sample_look(rng: random.Random, kind: str | None = None, drawing: str | None = None,
-                degrade: bool | None = None) -> Look:
-    return Look(kind or rng.choice(KINDS), drawing or rng.choices(DRAWINGS, weights=(5, 2, 3))[0],
+                degrade: bool | None = None, kind_weights: dict[str, float] | None = None) -> Look:
+    """A random `Look`; `kind_weights` (kind -> weight, 1 where absent) makes some background kinds likelier."""
+    if kind is None:  # rng.choice without weights: the evaluation's scene streams stay what they were
+        kind = rng.choices(KINDS, [kind_weights.get(k, 1.0) for k in KINDS])[0] if kind_weights else rng.choice(KINDS)
+    return Look(kind, drawing or rng.choices(DRAWINGS, weights=(5, 2, 3))[0],
                 rng.uniform(-25, 25), rng.randrange(2**31), rng.random() < 0.4 if degrade is None else degrade)
 
 
@@ -52,13 +55,15 @@ def size_word(diameter: float) -> str:
     return "small" if diameter < 0.225 else "medium" if diameter < 0.28 else "large"
 
 
-def widen(scene: Scene, rng: random.Random, look: Look | None = None, diameter: float | None = None) -> Scene:
+def widen(scene: Scene, rng: random.Random, look: Look | None = None, diameter: float | None = None,
+          kind_weights: dict[str, float] | None = None) -> Scene:
     """The scene with a sampled (or given) `Look`; a single object half of the time gets a new size and place.
 
     Args:
         diameter: force a single object's diameter (fraction of the side); None samples one (or keeps it).
+        kind_weights: with no `look`, how likely each background kind is (see `sample_look`).
     """
-    look = look or sample_look(rng)
+    look = look or sample_look(rng, kind_weights=kind_weights)
     while not fits(look.kind, [o.rgb for o in scene.objects]):
         look = replace(look, kind=rng.choice(KINDS))
     objs = scene.objects

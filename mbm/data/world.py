@@ -89,14 +89,15 @@ def emoji_items(data: EmojiSet, n: int, size: int, rng: random.Random, styles: l
     return images, [caption(data.concepts[i], rng, phrase_share=phrase_share) for i in picks]
 
 
-def shapes_items(n: int, size: int, rng: random.Random, group_fraction: float = 0.5,
-                 group_size: int = 4) -> tuple[list, list[str], list]:
-    """`n` widened shapes scenes as (images, captions, scenes); grouped minimal variants share one look."""
+def shapes_items(n: int, size: int, rng: random.Random, group_fraction: float = 0.5, group_size: int = 4,
+                 kind_weights: dict[str, float] | None = None) -> tuple[list, list[str], list]:
+    """`n` widened shapes scenes as (images, captions, scenes); grouped minimal variants share one look, and
+    `kind_weights` weighs the background kinds (`backgrounds.sample_look`)."""
     from mbm.data.shapes import make_scene
     from mbm.train.clip import make_batch
 
     def new_scene(r: random.Random):
-        return backgrounds.widen(make_scene("train", r.randrange(2**40)), r)
+        return backgrounds.widen(make_scene("train", r.randrange(2**40)), r, kind_weights=kind_weights)
     scenes, texts = make_batch(rng, n, group_fraction, group_size, new_scene=new_scene)
     return [backgrounds.render(s, size) for s in scenes], texts, scenes
 

@@ -59,6 +59,7 @@ class TrainConfig:
     emoji_fraction: float = 0.5  # widened world: share of each batch that is emoji concepts
     holdout_style: str = "twemoji"  # widened world: the art style never trained on
     phrase_share: float = 0.5  # widened world: English emoji captions said as people type them ("a dog")
+    background_weights: dict = field(default_factory=dict)  # widened world: kind -> weight of shapes backgrounds
     model_cfg: dict = field(default_factory=default_model_cfg)
 
 
