@@ -90,12 +90,15 @@ def _embed(args) -> int:
 
 
 def _search(args) -> int:
-    engine = _engine(args, gallery=args.gallery)
-    if args.more_like is not None:
-        hits = engine.more_like(args.more_like, k=args.k, threshold=args.threshold)
-    else:
-        hits = engine.search(args.query, image=args.image, image_weight=args.image_weight, k=args.k,
-                             threshold=args.threshold)
+    from mbm._cli_query import quick_search
+    hits = quick_search(args)  # without torch when it can: MBM_BACKEND=onnx, a gallery in sync, a text query
+    if hits is None:
+        engine = _engine(args, gallery=args.gallery)
+        if args.more_like is not None:
+            hits = engine.more_like(args.more_like, k=args.k, threshold=args.threshold)
+        else:
+            hits = engine.search(args.query, image=args.image, image_weight=args.image_weight, k=args.k,
+                                 threshold=args.threshold)
     if args.json:
         print(json.dumps([dict(id=h.id, path=str(h.path), caption=h.caption, score=round(h.score, 6),
                                thumbnail=str(h.thumbnail) if h.thumbnail else None, start=h.start, end=h.end)

@@ -24,13 +24,16 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mbm.index import Index, IndexFileError
-from mbm.models import Encoder
 from mbm.store import GalleryLockedError, Store
 from mbm.sync import Progress, Syncing, SyncReport
+
+if TYPE_CHECKING:  # imports torch: a query process may run without it (mbm.models._query)
+    from mbm.models import Encoder
 
 __all__ = ["FRAME_IDS", "Frames", "Gallery", "GalleryLockedError", "Item", "Progress", "SyncReport"]
 

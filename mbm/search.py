@@ -30,12 +30,12 @@ from PIL import Image
 from mbm.data.images import load_image
 from mbm.errors import InputError
 from mbm.gallery import FRAME_IDS
-from mbm.models import Encoder
 from mbm.text import MAX_TEXTS, check_texts, clean_text
 from mbm.video import Moment, moments
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imports torch: a query process may run without it (mbm.models._query)
     from mbm.gallery import Gallery
+    from mbm.models import Encoder
 
 MAX_WEIGHT = 100.0  # a term's weight; the sum is normalised, so only ratios matter and this allows 10,000:1
 WEIGHT = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?:x\s+|[*:]\s*)(.+)$", re.S)

@@ -30,7 +30,7 @@ from mbm.data.images import (
     thumbnail,
 )
 from mbm.shipped import read_shipped, write_shipped
-from mbm.sync_video import EVERY, VideoSyncing
+from mbm.sync_video import EVERY, VIDEOS_TODO, VideoSyncing
 from mbm.video import VIDEO_SUFFIXES, is_video
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,20 @@ class Syncing(VideoSyncing):
         report.seconds = time.perf_counter() - start
         log.info("synced %s: %s", self.root, report.summary())
         return report
+
+    def up_to_date(self) -> bool:
+        """True when a sync would change nothing a search reads: every file under the root is as the store recorded
+        it (none new or gone; size, mtime and caption the same) and every image and video has its embeddings for the
+        current model. Only reads: a process that cannot embed images (a torch-free query, `mbm._cli_query`) asks
+        this before it answers from the store. Files that cannot be read now count as they were, as in `sync`."""
+        found, unreadable = self._scan()
+        rows = {r[0]: tuple(r[1:]) for r in self.db.all("SELECT path, size, mtime_ns, caption FROM items")}
+        if any(rows.get(path) != seen for path, seen in found.items()):
+            return False
+        if any(path not in found and not path.startswith(tuple(unreadable)) for path in rows):
+            return False
+        return not (self.db.all(IMAGES_TODO + " LIMIT 1", (self.encoder.key,))
+                    or self.db.all(VIDEOS_TODO + " LIMIT 1", (self.encoder.key,)))
 
     def _scan(self) -> tuple[dict[str, tuple[int, int, str]], dict[str, str]]:
         """`{relative path: (size, mtime_ns, caption)}` of the image files under the root, and `{relative path: why}`
@@ -211,10 +225,7 @@ class Syncing(VideoSyncing):
 
     def _encode_images(self, report: SyncReport, progress: Progress | None, batch_size: int, workers: int,
                        shipped: dict[str, np.ndarray]) -> None:
-        todo = self.db.all("SELECT id, path FROM items WHERE error IS NULL AND id NOT IN "
-                         "(SELECT item_id FROM vectors WHERE model=? AND kind='image') "
-                         "AND id NOT IN (SELECT item_id FROM videos) ORDER BY id",
-                         (self.encoder.key,))
+        todo = self.db.all(IMAGES_TODO, (self.encoder.key,))
         decode = lambda row: self._decode(row, shipped)
         done = 0
         with ThreadPoolExecutor(workers, thread_name_prefix="mbm-decode") as pool:
@@ -298,6 +309,11 @@ class Syncing(VideoSyncing):
         for thumb in folder.glob("*/*.jpg"):
             if thumb.stem.split("-")[0] not in live:
                 thumb.unlink(missing_ok=True)
+
+
+# images that lack an embedding for a model (`?`: its key)
+IMAGES_TODO = ("SELECT id, path FROM items WHERE error IS NULL AND id NOT IN (SELECT item_id FROM vectors WHERE "
+               "model=? AND kind='image') AND id NOT IN (SELECT item_id FROM videos) ORDER BY id")
 
 
 def _sha256(path: Path) -> str | None:

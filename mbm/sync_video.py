@@ -28,16 +28,17 @@ def frame_key(sha: str, t: float) -> str:
     return f"{sha}-{round(t * 1000)}"
 
 
+# videos not sampled yet, or with frames that lack an embedding for a model (`?`: its key)
+VIDEOS_TODO = ("SELECT v.item_id, i.path, v.every FROM videos v JOIN items i ON i.id = v.item_id "
+               "WHERE (v.frames IS NULL AND i.error IS NULL) OR EXISTS (SELECT 1 FROM frames f WHERE f.item_id = "
+               "v.item_id AND f.id NOT IN (SELECT frame_id FROM frame_vectors WHERE model=?)) ORDER BY v.item_id")
+
 class VideoSyncing:
     """`_encode_videos` and what it needs; mixed into `Gallery` (its store, root, encoder and thumbnails)."""
 
     def _encode_videos(self, report, progress, shipped: dict[str, np.ndarray]) -> None:
         """Sample and embed every video that lacks frames, or frames embedded by the current model."""
-        todo = self.db.all(
-            "SELECT v.item_id, i.path, v.every FROM videos v JOIN items i ON i.id = v.item_id "
-            "WHERE (v.frames IS NULL AND i.error IS NULL) OR EXISTS (SELECT 1 FROM frames f WHERE f.item_id = "
-            "v.item_id AND f.id NOT IN (SELECT frame_id FROM frame_vectors WHERE model=?)) ORDER BY v.item_id",
-            (self.encoder.key,))
+        todo = self.db.all(VIDEOS_TODO, (self.encoder.key,))
         for n, (item_id, path, every) in enumerate(todo, 1):
             self._encode_video(item_id, path, every, report, shipped)
             report.videos += 1

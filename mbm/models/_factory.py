@@ -7,14 +7,22 @@ are read safely (`mbm.models._weights`).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
 
 from mbm.errors import InputError
 from mbm.models._device import resolve_device, resolve_precision
-from mbm.models._registry import ASSETS, EMBEDDED, KNOWN_MODELS, SPACE_MODEL, Spec, list_models, loader, parse_spec
+from mbm.models._registry import (
+    ASSETS,
+    EMBEDDED,
+    Spec,
+    cached_weights,
+    default_cache_dir,
+    list_models,
+    loader,
+    parse_spec,
+)
 from mbm.models._registry import register as register_loader
 from mbm.models._weights import WEIGHT_SUFFIXES, WeightsUnavailableError, reading_weights, weights_in
 from mbm.models.encoder import Encoder
@@ -22,12 +30,6 @@ from mbm.models.scope import load_scope
 
 log = logging.getLogger(__name__)
 BACKENDS = ("torch", "onnx")
-
-
-def default_cache_dir() -> Path:
-    """mbm's cache folder when none is configured: ~/.cache/mbm, or mbm under $XDG_CACHE_HOME (the XDG convention)."""
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "mbm"
 
 
 def create_model(spec: str = EMBEDDED, device: str | torch.device = "auto", precision: str = "auto", *,
@@ -69,9 +71,28 @@ def create_model(spec: str = EMBEDDED, device: str | torch.device = "auto", prec
         encoder.scope = load_scope(folder if folder.is_dir() else folder.parent)
     if backend == "onnx":
         from mbm.models._onnx import onnx_runner
+        encoder.weights = weights_file(parsed)  # named in the graphs' query.json, for torch-free query processes
         encoder.use_runner(onnx_runner(encoder, cache_dir or default_cache_dir() / "onnx"), backend="onnx")
     log.info("loaded %r (%s)", encoder, encoder.runner.what if encoder.runner else "plain torch")
     return encoder
+
+
+def weights_file(spec: Spec) -> Path | None:
+    """The one file a spec's weights were read from (None when it cannot say, e.g. weights not cached)."""
+    from huggingface_hub import try_to_load_from_cache
+    if spec.scheme in ("mbm", "local-dir"):
+        path = ASSETS / spec.name if spec.scheme == "mbm" else Path(spec.name).expanduser()
+        found = weights_in(path) if path.is_dir() else path
+    elif spec.scheme == "checkpoint":
+        found = Path(spec.tag).expanduser()
+    elif spec.scheme == "open_clip":
+        from open_clip.pretrained import get_pretrained_cfg
+        found = cached_weights(get_pretrained_cfg(spec.name, spec.tag).get("hf_hub", ""))
+    else:  # hf-hub
+        cached = (try_to_load_from_cache(spec.name, n) for n in ("open_clip_model.safetensors",
+                                                                  "open_clip_pytorch_model.bin"))
+        found = next((Path(f) for f in cached if isinstance(f, str)), None)
+    return found if found is not None and found.is_file() else None
 
 
 @register_loader("mbm")
@@ -134,7 +155,7 @@ def _open_clip(spec: Spec, device: torch.device):
     if not pretrained_cfg:
         raise InputError(f"unknown model {spec.text!r}: {spec.name} has no pretrained tag {spec.tag!r}; choose "
                          f"from {open_clip.list_pretrained_tags_by_model(spec.name)} or give a weights file")
-    weights = _cached_weights(pretrained_cfg.get("hf_hub", ""))
+    weights = cached_weights(pretrained_cfg.get("hf_hub", ""))
     if weights is None:
         if not hub_reachable(pretrained_cfg.get("url") or None):
             raise _unavailable(spec.text, ConnectionError("the hub cannot be reached"))
@@ -177,18 +198,7 @@ def is_cached(spec: str, cache_dir: str | None = None) -> bool:
     arch, _, tag = spec.partition(":")
     parsed = parse_spec(spec)
     hub = get_pretrained_cfg(arch, tag).get("hf_hub", "") if parsed and parsed.scheme == "open_clip" else ""
-    return _cached_weights(hub, cache_dir) is not None
-
-
-def _cached_weights(hub: str, cache_dir: str | None = None) -> Path | None:
-    """The cached weights file of an open_clip `hf_hub` entry ("org/name/" or "org/name/file"), or None."""
-    from huggingface_hub import try_to_load_from_cache
-    if not hub:
-        return None
-    repo_id, filename = os.path.split(hub)  # "org/name/" -> open_clip's default file names
-    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-    found = (try_to_load_from_cache(repo_id, name, cache_dir=cache_dir) for name in names)
-    return next((Path(f) for f in found if isinstance(f, str)), None)
+    return cached_weights(hub, cache_dir) is not None
 
 
 def hub_reachable(url: str | None = None, timeout: float = 1.0) -> bool:
@@ -220,12 +230,3 @@ def hub_reachable(url: str | None = None, timeout: float = 1.0) -> bool:
     worker.start()
     worker.join(timeout)
     return bool(result and result[0])
-
-
-def default_model(on_space: bool, cache_dir: str | None = None) -> str:
-    """The model to serve when none is named: on a Hugging Face Space, `SPACE_MODEL` (it can download);
-    elsewhere the first known open_clip model whose weights are cached, else the embedded model."""
-    if on_space:
-        return SPACE_MODEL
-    cached = (m.spec for m in KNOWN_MODELS if not m.offline and is_cached(m.spec, cache_dir))
-    return next(cached, EMBEDDED)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from mbm.models._query import write_manifest
 from mbm.models.encoder import Encoder, Runner, causal_text, cut_tokens, trims_text
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,13 @@ def onnx_runner(encoder: Encoder, cache_dir: str | Path) -> Runner:
             export(encoder, folder)
             image, text = open_both()
 
+    short = trims_text(encoder.model)
+    try:  # the text graph's query.json: a later query process can then answer without torch (mbm.models._query)
+        write_manifest(folder, encoder, getattr(encoder, "weights", None), short)
+    except OSError as e:  # a read-only cache still serves; such queries load the full model
+        log.warning("cannot write the query.json of %s: %s", folder, e)
+
     def run(session, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {INPUT: x.cpu().numpy()})[0])
     return Runner(image=lambda x: run(image, x.float().contiguous()), text=lambda t: run(text, t.long()),
-                  what=f"onnxruntime {providers[0]}", short_text=trims_text(encoder.model))
+                  what=f"onnxruntime {providers[0]}", short_text=short)

@@ -14,6 +14,7 @@ Loaders register themselves by scheme (`@register("open_clip")`, as timm registe
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ class ModelInfo:
     spec: str  # what create_model takes
     about: str  # one line for people choosing a model
     offline: bool  # True if it needs no download
+    hub: str = ""  # open_clip's `hf_hub` entry for its weights (tests/test_models.py checks it against open_clip's)
 
 
 # A few well-known models for the model picker; any other open_clip ARCH:TAG works too.
@@ -37,11 +39,40 @@ KNOWN_MODELS = (
     ModelInfo(WORLD, "embedded CLIP: shapes on any background, drawings, 1,570 emoji concepts in 28 languages "
               "(ships with mbm)", True),
     ModelInfo(SHAPES, "embedded 128-d CLIP trained on the synthetic shapes world only (ships with mbm)", True),
-    ModelInfo("ViT-B-32:laion2b_s34b_b79k", "OpenCLIP ViT-B/32 trained on LAION-2B (~600 MB)", False),
-    ModelInfo("ViT-B-16:laion2b_s34b_b88k", "OpenCLIP ViT-B/16 trained on LAION-2B (~600 MB, slower, better)", False),
-    ModelInfo("MobileCLIP-S1:datacompdr", "Apple MobileCLIP-S1, fast on CPUs (~350 MB)", False),
-    ModelInfo("RN50:openai", "OpenAI's original ResNet-50 CLIP (~400 MB)", False),
+    ModelInfo("ViT-B-32:laion2b_s34b_b79k", "OpenCLIP ViT-B/32 trained on LAION-2B (~600 MB)", False,
+              "laion/CLIP-ViT-B-32-laion2B-s34B-b79K/"),
+    ModelInfo("ViT-B-16:laion2b_s34b_b88k", "OpenCLIP ViT-B/16 trained on LAION-2B (~600 MB, slower, better)", False,
+              "laion/CLIP-ViT-B-16-laion2B-s34B-b88K/"),
+    ModelInfo("MobileCLIP-S1:datacompdr", "Apple MobileCLIP-S1, fast on CPUs (~350 MB)", False,
+              "apple/MobileCLIP-S1-OpenCLIP/"),
+    ModelInfo("RN50:openai", "OpenAI's original ResNet-50 CLIP (~400 MB)", False,
+              "timm/resnet50_clip.openai/"),
 )
+
+
+def default_cache_dir() -> Path:
+    """mbm's cache folder when none is configured: ~/.cache/mbm, or mbm under $XDG_CACHE_HOME (the XDG convention)."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "mbm"
+
+
+def cached_weights(hub: str, cache_dir: str | None = None) -> Path | None:
+    """The cached weights file of an open_clip `hf_hub` entry ("org/name/" or "org/name/file"), or None (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+    if not hub:
+        return None
+    repo_id, filename = os.path.split(hub)  # "org/name/" -> open_clip's default file names
+    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    found = (try_to_load_from_cache(repo_id, name, cache_dir=cache_dir) for name in names)
+    return next((Path(f) for f in found if isinstance(f, str)), None)
+
+
+def default_model(on_space: bool, cache_dir: str | None = None) -> str:
+    """The model to serve when none is named: on a Hugging Face Space, `SPACE_MODEL` (it can download);
+    elsewhere the first known open_clip model whose weights are cached, else the embedded model. No torch."""
+    if on_space:
+        return SPACE_MODEL
+    return next((m.spec for m in KNOWN_MODELS if m.hub and cached_weights(m.hub, cache_dir)), EMBEDDED)
 
 
 def list_models() -> list[str]:
