@@ -146,6 +146,29 @@ def test_arch_with_a_local_weights_file(tiny_arch, tmp_path):
         torch.testing.assert_close(enc.model.visual.conv1.weight, reference.visual.conv1.weight)
 
 
+def test_models_skip_random_init_yet_hold_what_the_plain_load_gives(tiny_arch, tmp_path, monkeypatch):
+    import mbm.models._factory as factory
+    reference, weights = _tiny_weights(tmp_path)
+    pt = tmp_path / "epoch_3.pt"
+    torch.save({"epoch": 3, "state_dict": reference.state_dict()}, pt)
+    built, real = [], factory.without_init
+    monkeypatch.setattr(factory, "without_init", lambda *a: built.append(real(*a)) or built[-1])
+    texts = ["a red circle", "Fuchs", "キツネ"]
+    for spec in ("mbm-world", "mbm-shapes", f"mbm-tiny-test:{weights}", f"mbm-tiny-test:{pt}"):
+        fast = create_model(spec, device="cpu")
+        assert built.pop() is not None, spec  # built on the meta device, weights assigned
+        with monkeypatch.context() as m:
+            m.setattr(factory, "without_init", lambda *a: None)
+            plain = create_model(spec, device="cpu")
+        a, b = fast.model.state_dict(), plain.model.state_dict()
+        assert a.keys() == b.keys() and fast.key == plain.key
+        for k in a:
+            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), (spec, k)
+        for (n, x), (_, y) in zip(fast.model.named_buffers(), plain.model.named_buffers()):
+            assert not x.is_meta and torch.equal(x, y), (spec, n)  # the causal mask too
+        np.testing.assert_array_equal(fast.encode_texts(texts), plain.encode_texts(texts))
+
+
 class _Payload:
     def __reduce__(self):
         return (print, ("pwned",))

@@ -117,6 +117,9 @@ def _local_dir(spec: Spec, device: torch.device):
         raise InputError(f"no open_clip_config.json in {folder}; a model folder needs one beside its weights (for a "
                          "checkpoint of a known architecture use ARCH:/path/to/weights)")
     name = f"local-dir:{folder}"
+    built = without_init(name, weights_in(folder) if path.is_dir() else path, device)
+    if built is not None:
+        return *built, open_clip.get_tokenizer(name)
     if path.is_dir():
         with reading_weights(weights_in(folder)):
             model, _, preprocess = open_clip.create_model_and_transforms(name, device=device, require_pretrained=True)
@@ -171,10 +174,52 @@ def _checkpoint(spec: Spec, device: torch.device):
     """A weights file of a known architecture (open_clip reads safetensors, or torch checkpoints weights-only)."""
     import open_clip
     weights = str(Path(spec.tag).expanduser())
+    built = without_init(_known_arch(spec), Path(weights), device)
+    if built is not None:
+        return *built, open_clip.get_tokenizer(spec.name)
     with reading_weights(Path(weights)):
         model, _, preprocess = open_clip.create_model_and_transforms(_known_arch(spec), pretrained=weights,
                                                                      device=device)
     return model, preprocess, open_clip.get_tokenizer(spec.name)
+
+
+def without_init(name: str, weights: Path, device: torch.device):
+    """`(model, preprocess)`: open_clip's `name` with the weights in `weights`, never randomly initialised. It is built
+    on the meta device (no memory, no init: for a ViT-B-32 that saves 0.8 s and the model's size in peak memory),
+    then the checkpoint's tensors, through open_clip's own conversions, are assigned in the model's dtypes.
+
+    Returns None where that cannot stand in for open_clip's plain load: a format open_clip converts otherwise, keys
+    or shapes that differ, a tensor left without a value other than the causal mask, any error (the plain load
+    then runs and reports a bad file as before)."""
+    import itertools
+
+    import open_clip
+    from open_clip import factory
+    from open_clip.model import CLIP
+    if not weights.is_file() or weights.suffix in (".npz", ".npy"):
+        return None
+    try:
+        with torch.device("meta"):
+            model, _, preprocess = open_clip.create_model_and_transforms(name, device="meta", load_weights=False)
+        state = factory.convert_state_dict(model, factory.load_state_dict(str(weights), weights_only=True))
+        if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+            state = factory.convert_to_custom_text_state_dict(state)
+        factory.resize_pos_embed(state, model)
+        factory.resize_text_pos_embed(state, model)
+        target = model.state_dict()
+        if set(state) != set(target) or any(state[k].shape != target[k].shape for k in state):
+            return None
+        model.load_state_dict({k: v.to(target[k].dtype) for k, v in state.items()}, strict=True, assign=True)
+    except Exception as e:  # noqa: BLE001 - whatever it is, the plain load decides (and names a bad file)
+        log.debug("loading %s the plain way: %s", weights, e)
+        return None
+    left = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
+    if left == ["attn_mask"] and isinstance(model, CLIP):  # not in checkpoints: the causal mask, as open_clip makes it
+        n = model.positional_embedding.shape[0]
+        model.attn_mask = torch.full((n, n), float("-inf")).triu_(1)
+    elif left:
+        return None
+    return model.to(device), preprocess
 
 
 def _known_arch(spec: Spec) -> str:
