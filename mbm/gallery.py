@@ -97,6 +97,7 @@ class Gallery(Syncing):
         if factory:
             Index(encoder.embed_dim, factory)  # a bad factory string fails now, not after a long sync
         self._sync_lock = threading.Lock()
+        self._captions_lock = threading.Lock()
         self.db = Store(self.store, busy_timeout_s)
         self.factory = factory or self.db.one("SELECT value FROM meta WHERE key=?", (self._factory_key(),))
         self._index: Index | None = None
@@ -189,7 +190,9 @@ class Gallery(Syncing):
         return path if path.is_file() else None
 
     def captions(self) -> tuple[list[int], list[str], np.ndarray]:
-        """Ids, captions and caption embeddings of the readable items: image->text's default text bank."""
+        """Ids, captions and caption embeddings of the readable items: image->text's default text bank. Captions a
+        sync left without a vector (those made from file names) are embedded now, once."""
+        self.embed_captions()
         ids, vecs = self.vectors("caption")
         caption = dict(self.db.all("SELECT id, caption FROM items WHERE error IS NULL"))
         return ids.tolist(), [caption[i] for i in ids.tolist()], vecs

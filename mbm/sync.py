@@ -221,6 +221,7 @@ class Syncing(VideoSyncing):
 
     def write_shipped_vectors(self) -> Path:
         """Write `ROOT/.vectors/<model>.npz` from this store (see `mbm.shipped`); sync first."""
+        self.embed_captions()  # every caption ships, those of file names too
         return write_shipped(self.root, self.db, self.encoder)
 
     def _encode_images(self, report: SyncReport, progress: Progress | None, batch_size: int, workers: int,
@@ -277,24 +278,33 @@ class Syncing(VideoSyncing):
         report.encoded += len(good)
         report.reused += len(good) - len(new)
 
-    def _encode_captions(self, report: SyncReport, progress: Progress | None, shipped: dict[str, np.ndarray],
-                         batch_size: int = 256) -> None:
-        todo = self.db.all("SELECT id, caption FROM items WHERE error IS NULL AND id NOT IN "
-                         "(SELECT item_id FROM vectors WHERE model=? AND kind='caption') "
-                         "AND id NOT IN (SELECT item_id FROM videos) ORDER BY id",
-                         (self.encoder.key,))
-        for start in range(0, len(todo), batch_size):
-            rows = todo[start:start + batch_size]
-            new = [caption for _, caption in rows if caption not in shipped]
-            encoded = dict(zip(new, self.encoder.encode_texts(new))) if new else {}
-            vecs = [shipped[c] if c in shipped else encoded[c] for _, c in rows]
-            with self.db.transaction() as db:
-                db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, 'caption', ?)",
-                               [(i, self.encoder.key, v.tobytes()) for (i, _), v in zip(rows, vecs)])
-                self.db.bump(db)
-            report.captions_encoded += len(rows)
-            if progress:
-                progress(report.captions_encoded, len(todo), "encoding captions")
+    def _encode_captions(self, report: SyncReport | None, progress: Progress | None, shipped: dict[str, np.ndarray],
+                         every: bool = False, batch_size: int = 256) -> None:
+        """Embed the captions that lack a vector for the current model: in a sync, only real text (a sidecar file)
+        and what the shipped vectors hold; a caption made from a file name waits until a view asks for the captions
+        (`embed_captions`), since most photo folders never need them and they cost a text pass per file."""
+        with self._captions_lock:  # a sync and a view asking for the captions at once embed each caption once
+            todo = [(i, c) for i, path, c in self.db.all(CAPTIONS_TODO, (self.encoder.key,))
+                    if every or c in shipped or c != caption_from_filename(path)]
+            done = 0
+            for start in range(0, len(todo), batch_size):
+                rows = todo[start:start + batch_size]
+                new = [caption for _, caption in rows if caption not in shipped]
+                encoded = dict(zip(new, self.encoder.encode_texts(new))) if new else {}
+                vecs = [shipped[c] if c in shipped else encoded[c] for _, c in rows]
+                with self.db.transaction() as db:
+                    db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, 'caption', ?)",
+                                   [(i, self.encoder.key, v.tobytes()) for (i, _), v in zip(rows, vecs)])
+                    self.db.bump(db)
+                done += len(rows)
+                if report is not None:
+                    report.captions_encoded += len(rows)
+                if progress:
+                    progress(done, len(todo), "encoding captions")
+
+    def embed_captions(self, progress: Progress | None = None) -> None:
+        """Embed every caption still without a vector for the current model (those a sync left: file names)."""
+        self._encode_captions(None, progress, {}, every=True)
 
     def _thumb_path(self, sha: str) -> Path:
         return self.store / "thumbs" / sha[:2] / f"{sha}.jpg"
@@ -311,6 +321,9 @@ class Syncing(VideoSyncing):
                 thumb.unlink(missing_ok=True)
 
 
+# captions of readable images that lack an embedding for a model (`?`: its key)
+CAPTIONS_TODO = ("SELECT id, path, caption FROM items WHERE error IS NULL AND id NOT IN (SELECT item_id FROM vectors "
+                 "WHERE model=? AND kind='caption') AND id NOT IN (SELECT item_id FROM videos) ORDER BY id")
 # images that lack an embedding for a model (`?`: its key)
 IMAGES_TODO = ("SELECT id, path FROM items WHERE error IS NULL AND id NOT IN (SELECT item_id FROM vectors WHERE "
                "model=? AND kind='image') AND id NOT IN (SELECT item_id FROM videos) ORDER BY id")

@@ -134,6 +134,19 @@ def test_a_sidecar_edit_re_encodes_the_caption_only(folder, shapes_model):
     assert "a completely different caption" in gallery.captions()[1]
 
 
+def test_file_name_captions_wait_until_a_view_asks_for_them(tmp_path, shapes_model):
+    folder = tmp_path / "photos"
+    write_folder(folder, 4, sidecars=True)
+    write_folder(folder / "named", 6, start=4, sidecars=False)  # captions from file names: "scene 0004", ...
+    gallery = Gallery(folder, shapes_model, store=tmp_path / "store")
+    report = gallery.sync()
+    assert report.encoded == 10 and report.captions_encoded == 2  # only the 2 sidecars' real text
+    ids, captions, vecs = gallery.captions()  # image->text asks: the rest are embedded now, once
+    assert len(ids) == 10 and sum(c.startswith("scene") for c in captions) == 8
+    np.testing.assert_allclose(vecs, shapes_model.encode_texts(captions), atol=1e-5)
+    assert gallery.sync().captions_encoded == 0 and len(gallery.captions()[0]) == 10
+
+
 def test_flat_index_returns_the_brute_force_ranking(folder, shapes_model):
     gallery = Gallery(folder, shapes_model)
     gallery.sync()
