@@ -6,6 +6,7 @@ are read safely (`mbm.models._weights`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -199,7 +200,7 @@ def without_init(name: str, weights: Path, device: torch.device):
     if not weights.is_file() or weights.suffix in (".npz", ".npy"):
         return None
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _quiet(NO_WEIGHTS_YET):
             model, _, preprocess = open_clip.create_model_and_transforms(name, device="meta", load_weights=False)
         state = factory.convert_state_dict(model, factory.load_state_dict(str(weights), weights_only=True))
         if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
@@ -220,6 +221,23 @@ def without_init(name: str, weights: Path, device: torch.device):
     elif left:
         return None
     return model.to(device), preprocess
+
+
+NO_WEIGHTS_YET = "No pretrained weights loaded"  # open_clip's warning for a model built without weights: here, not yet
+
+
+@contextlib.contextmanager
+def _quiet(words: str):
+    """Drop the root logger's records that contain `words` while the block runs (open_clip logs to the root)."""
+    class Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return words not in record.getMessage()
+    drop = Drop()
+    logging.getLogger().addFilter(drop)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(drop)
 
 
 def _known_arch(spec: Spec) -> str:
