@@ -17,12 +17,13 @@ into prompts and picks the closest; **Explore** shows why: where images and text
 approximate search and prompt wording change; **Gallery** lets you search your own images; **Learn** trains a small
 model in front of you and walks through the pipeline; **Model** shows what is serving."""
 # What Gradio's own styles get wrong for this page (the launch() that takes `css` is app.py's; this rides in the
-# page): result captions wrap instead of ending in "…" mid-word, over a background that keeps them readable
+# page): result captions (and the image->text table's) wrap instead of ending in "…" mid-word or being cut off
 CSS = """
 #mbm-style {display: none}
 .gradio-container .mbm-tiles .caption-label {white-space: normal; max-width: calc(100% - 8px); opacity: .92;
   line-height: 1.2; overflow-wrap: break-word}
 .gradio-container .mbm-fit .grid-wrap {min-height: 0; max-height: none}  /* as tall as its tiles, no blank below */
+.gradio-container #captions td {white-space: normal; overflow-wrap: anywhere}  /* a long caption wraps, not cut */
 """
 
 
