@@ -686,7 +686,9 @@ def test_bad_numbers_and_values_from_a_script_are_explained(server, api_name, da
 
 def test_braces_and_lone_surrogates_get_answers(server, client):
     label, table, _ = client.predict(handle_file(str(RED_CIRCLE)), "circle, star", "{}{}", api_name="/classify")
-    assert label["label"] == "circle" and table["value"]["data"][0][0] == "{}{}"
+    # "{}{}" makes "circlecircle" and "starstar": what the model makes of those is its business, not the page's
+    assert label["label"] in ("circle", "star") and table["value"]["data"][0][0] == "{}{}"
+    assert abs(sum(c["confidence"] for c in label["confidences"]) - 1) < 1e-3
     answer = _raw_call(server.url, "search_items", ["a red \ud800circle", 3, 0.0])  # a script's broken text
     assert answer["success"] and len(answer["output"]["data"][0]) == 3
     answer = _raw_call(server.url, "describe", [None, "a red circle\nbad \udc80 text", 2, None])

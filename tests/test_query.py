@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import pytest
+from conftest import ROOT
 from PIL import Image
 
-from conftest import ROOT
 from mbm.models import create_model
 from mbm.models._bpe import ClipBPE
 from mbm.models._query import find_query_encoder

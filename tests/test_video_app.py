@@ -2,6 +2,7 @@
 JSON rows' seconds, videos (and zips of them) uploaded into a visitor's gallery under the session's limits, and
 zero-shot over time; every bad input a sentence that says what to do."""
 
+import re
 import zipfile
 from pathlib import Path
 
@@ -29,10 +30,21 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     return {"short": short, "zip": folder / "videos.zip", "broken": folder / "broken.mp4"}
 
 
+RED_CIRCLE = ((1.0, 5.0), (10.0, 14.0))  # the example's script: when the red circle is on screen
+
+
+def _on_script(span) -> bool:
+    """A moment found for "a red circle" overlaps one of the script's spans by at least half (IoU >= 0.5, as
+    benchmarks/bench_moments.py counts)."""
+    return max(video.iou(span, truth) for truth in RED_CIRCLE) >= 0.5
+
+
 def test_a_search_shows_the_moment_and_plays_a_clip_cut_around_it(client):
     tiles, _, timing, _ = client.predict("a red circle", None, 1.0, 6, 0.0, api_name="/search")
     moments = [t["caption"] for t in tiles if "▶" in t["caption"]]
-    assert moments and all(("00:01-00:05" in c) or ("00:10-00:14" in c) for c in moments), moments
+    spans = [(int(a) * 60 + int(b), int(c) * 60 + int(d)) for m in moments
+             for a, b, c, d in re.findall(r"▶ (\d+):(\d+)-(\d+):(\d+)", m)]
+    assert spans and all(_on_script(span) for span in spans), moments
     assert "images (text query) in" in timing and "15 video frames" in timing
     player, line = client.predict(api_name="/search_moment")
     clip = Path(player["value"])
@@ -44,7 +56,7 @@ def test_a_search_shows_the_moment_and_plays_a_clip_cut_around_it(client):
 def test_json_rows_carry_the_seconds_of_a_moment(client):
     rows = client.predict("a red circle", 10, -1.0, api_name="/search_items")
     spans = sorted((r["start"], r["end"]) for r in rows if r["start"] is not None)
-    assert spans == [(1.0, 5.0), (10.0, 14.0)]  # both appearances of the red circle, as the script says
+    assert len(spans) == 2 and all(_on_script(span) for span in spans), spans  # both appearances of the red circle
     assert all(r["end"] is None for r in rows if r["start"] is None)
 
 
