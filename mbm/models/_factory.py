@@ -80,7 +80,6 @@ def create_model(spec: str = EMBEDDED, device: str | torch.device = "auto", prec
 
 def weights_file(spec: Spec) -> Path | None:
     """The one file a spec's weights were read from (None when it cannot say, e.g. weights not cached)."""
-    from huggingface_hub import try_to_load_from_cache
     if spec.scheme in ("mbm", "local-dir"):
         path = ASSETS / spec.name if spec.scheme == "mbm" else Path(spec.name).expanduser()
         found = weights_in(path) if path.is_dir() else path
@@ -89,10 +88,8 @@ def weights_file(spec: Spec) -> Path | None:
     elif spec.scheme == "open_clip":
         from open_clip.pretrained import get_pretrained_cfg
         found = cached_weights(get_pretrained_cfg(spec.name, spec.tag).get("hf_hub", ""))
-    else:  # hf-hub
-        cached = (try_to_load_from_cache(spec.name, n) for n in ("open_clip_model.safetensors",
-                                                                  "open_clip_pytorch_model.bin"))
-        found = next((Path(f) for f in cached if isinstance(f, str)), None)
+    else:  # hf-hub: the repository's default weights files, as an `hf_hub` entry "org/name/" names them
+        found = cached_weights(f"{spec.name}/")
     return found if found is not None and found.is_file() else None
 
 
