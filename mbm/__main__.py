@@ -38,11 +38,15 @@ def _prepare_data(args) -> int:
     return _cli_world().prepare_data(args)
 
 
+def _config(args, gallery: str | None = None):
+    from mbm.config import EngineConfig  # no torch: a query may be answered without it (mbm._cli_query)
+    return EngineConfig.from_env(model=args.model, gallery=gallery, cache_dir=args.cache, device=args.device,
+                                 index_factory=args.index_factory)
+
+
 def _engine(args, gallery: str | None = None):
-    from mbm.engine import Engine, EngineConfig
-    config = EngineConfig.from_env(model=args.model, gallery=gallery, cache_dir=args.cache, device=args.device,
-                                   index_factory=args.index_factory)
-    return Engine(config, progress=_tqdm_progress())
+    from mbm.engine import Engine
+    return Engine(_config(args, gallery), progress=_tqdm_progress())
 
 
 def _tqdm_progress():
@@ -91,7 +95,8 @@ def _embed(args) -> int:
 
 def _search(args) -> int:
     from mbm._cli_query import quick_search
-    hits = quick_search(args)  # without torch when it can: MBM_BACKEND=onnx, a gallery in sync, a text query
+    # without torch when it can (MBM_BACKEND=onnx, a text query, a gallery in sync); else the full engine
+    hits = quick_search(args, _config(args, args.gallery))
     if hits is None:
         engine = _engine(args, gallery=args.gallery)
         if args.more_like is not None:

@@ -23,12 +23,11 @@ from mbm.search import Query, Results, query_vector, search
 log = logging.getLogger(__name__)
 
 
-def quick_search(args) -> Results | None:
-    """The hits of `search`'s arguments when a torch-free process can answer them; None when it cannot."""
+def quick_search(args, config: EngineConfig) -> Results | None:
+    """The hits of `search`'s arguments, with the settings `config`, when a torch-free process can answer them; None
+    when it cannot."""
     if args.image is not None or args.more_like is not None or not (args.query and args.query.strip()):
         return None
-    config = EngineConfig.from_env(model=args.model, gallery=args.gallery, cache_dir=args.cache, device=args.device,
-                                   index_factory=args.index_factory)
     if config.backend != "onnx" or config.device not in ("auto", "cpu") or config.precision not in ("auto", "fp32"):
         return None
     query = Query.parse(args.query)  # bad input fails here as it would in the engine
