@@ -98,6 +98,7 @@ class Gallery(Syncing):
             Index(encoder.embed_dim, factory)  # a bad factory string fails now, not after a long sync
         self._sync_lock = threading.Lock()
         self._captions_lock = threading.Lock()
+        self._captions_complete: int | None = None  # the store generation at which every caption had its vector
         self.db = Store(self.store, busy_timeout_s)
         self.factory = factory or self.db.one("SELECT value FROM meta WHERE key=?", (self._factory_key(),))
         self._index: Index | None = None

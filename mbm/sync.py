@@ -303,8 +303,14 @@ class Syncing(VideoSyncing):
                     progress(done, len(todo), "encoding captions")
 
     def embed_captions(self, progress: Progress | None = None) -> None:
-        """Embed every caption still without a vector for the current model (those a sync left: file names)."""
+        """Embed every caption still without a vector for the current model (those a sync left: file names). Once
+        that is done at a store generation, a later call at the same generation does not look again."""
+        gen = self.generation()
+        if self._captions_complete == gen:
+            return
         self._encode_captions(None, progress, {}, every=True)
+        if self.generation() == gen:  # nothing was written meanwhile (by us or another): complete at `gen`
+            self._captions_complete = gen
 
     def _thumb_path(self, sha: str) -> Path:
         return self.store / "thumbs" / sha[:2] / f"{sha}.jpg"
