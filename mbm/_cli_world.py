@@ -29,19 +29,29 @@ def _world_flags(p: argparse.ArgumentParser, world: str, holdout: str) -> None:
     p.add_argument("--holdout-style", default="twemoji", help=f"with --world: {holdout}")
 
 
+def _weights(text: str, names: tuple[str, ...], what: str, example: str) -> dict[str, float]:
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, weight = part.partition("=")
+        try:
+            out[name.strip()] = float(weight)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: write {what.upper()}=WEIGHT, e.g. {example}") from None
+        if name.strip() not in names or out[name.strip()] < 0:
+            raise argparse.ArgumentTypeError(f"{part!r}: the {what}s are {', '.join(names)}, weights >= 0")
+    return out
+
+
 def background_weights(text: str) -> dict[str, float]:
     """`texture=1.5,photo=2` -> {"texture": 1.5, "photo": 2.0}; an unknown kind or a bad weight is an error."""
     from mbm.data.backgrounds import KINDS
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        kind, _, weight = part.partition("=")
-        try:
-            out[kind.strip()] = float(weight)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{part!r}: write KIND=WEIGHT, e.g. photo=2") from None
-        if kind.strip() not in KINDS or out[kind.strip()] < 0:
-            raise argparse.ArgumentTypeError(f"{part!r}: the kinds are {', '.join(KINDS)}, weights >= 0")
-    return out
+    return _weights(text, KINDS, "kind", "photo=2")
+
+
+def locale_weights(text: str) -> dict[str, float]:
+    """`ja=2,ru=2` -> {"ja": 2.0, "ru": 2.0}; an unknown locale (or English, which has its own share) is an error."""
+    from mbm.data.emoji import LOCALES
+    return _weights(text, tuple(loc for loc in LOCALES if loc != "en"), "locale", "ja=2")
 
 
 def add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -51,6 +61,14 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="with --world: English emoji captions phrased as people type them ('a dog'), not bare labels")
     p.add_argument("--background-weights", type=background_weights, default={}, metavar="KIND=W,...",
                    help="with --world: make some shapes backgrounds likelier, e.g. texture=1.5,photo=2 (others 1)")
+    p.add_argument("--locale-weights", type=locale_weights, default={}, metavar="LOCALE=W,...",
+                   help="with --world: make some non-English caption locales likelier, e.g. ja=2,ru=2 (others 1)")
+    p.add_argument("--vary-share", type=float, default=0.0,
+                   help="with --world: share of shapes whose photo or texture background is varied further "
+                        "(recoloured photos, more patterns) beyond what the evaluation draws")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="with --world: bf16 runs the towers under bfloat16 autocast (weights stay fp32); "
+                        "faster where the CPU has AMX or AVX512-BF16, or on a GPU")
     p.add_argument("--width", type=int, default=32, help="with --world: image tower width")
     p.add_argument("--embed-dim", type=int, default=256, help="with --world: shared embedding size")
     p.add_argument("--text-width", type=int, default=256, help="with --world: text tower width")
@@ -89,6 +107,7 @@ def train_world(args) -> int:
                       aux_weight=args.aux_weight, aux_until=args.aux_until, world=str(cache_of(args)),
                       emoji_fraction=args.emoji_fraction, holdout_style=args.holdout_style,
                       phrase_share=args.phrase_share, background_weights=args.background_weights,
+                      locale_weights=args.locale_weights, vary_share=args.vary_share, precision=args.precision,
                       model_cfg=model_cfg)
     out = Path(args.out)
 

@@ -39,15 +39,19 @@ class Look:
     rotation: float  # degrees, every object
     seed: int  # the background's and the strokes' randomness
     degrade: bool  # JPEG, blur and noise at the final size
+    vary: bool = False  # training only: photo crops flipped and recoloured, textures of more kinds (see `background`)
 
 
 def sample_look(rng: random.Random, kind: str | None = None, drawing: str | None = None,
-                degrade: bool | None = None, kind_weights: dict[str, float] | None = None) -> Look:
-    """A random `Look`; `kind_weights` (kind -> weight, 1 where absent) makes some background kinds likelier."""
+                degrade: bool | None = None, kind_weights: dict[str, float] | None = None,
+                vary_share: float = 0.0) -> Look:
+    """A random `Look`; `kind_weights` (kind -> weight, 1 where absent) makes some background kinds likelier, and
+    `vary_share` of the looks get `vary` (no random draw when 0: the evaluation's scene streams stay as they were)."""
     if kind is None:  # rng.choice without weights: the evaluation's scene streams stay what they were
         kind = rng.choices(KINDS, [kind_weights.get(k, 1.0) for k in KINDS])[0] if kind_weights else rng.choice(KINDS)
-    return Look(kind, drawing or rng.choices(DRAWINGS, weights=(5, 2, 3))[0],
+    look = Look(kind, drawing or rng.choices(DRAWINGS, weights=(5, 2, 3))[0],
                 rng.uniform(-25, 25), rng.randrange(2**31), rng.random() < 0.4 if degrade is None else degrade)
+    return replace(look, vary=True) if vary_share > 0 and rng.random() < vary_share else look
 
 
 def size_word(diameter: float) -> str:
@@ -56,14 +60,15 @@ def size_word(diameter: float) -> str:
 
 
 def widen(scene: Scene, rng: random.Random, look: Look | None = None, diameter: float | None = None,
-          kind_weights: dict[str, float] | None = None) -> Scene:
+          kind_weights: dict[str, float] | None = None, vary_share: float = 0.0) -> Scene:
     """The scene with a sampled (or given) `Look`; a single object half of the time gets a new size and place.
 
     Args:
         diameter: force a single object's diameter (fraction of the side); None samples one (or keeps it).
-        kind_weights: with no `look`, how likely each background kind is (see `sample_look`).
+        kind_weights, vary_share: with no `look`, how likely each background kind is and how often a look
+            varies its photo or texture further (see `sample_look`).
     """
-    look = look or sample_look(rng, kind_weights=kind_weights)
+    look = look or sample_look(rng, kind_weights=kind_weights, vary_share=vary_share)
     while not fits(look.kind, [o.rgb for o in scene.objects]):
         look = replace(look, kind=rng.choice(KINDS))
     objs = scene.objects
@@ -88,7 +93,7 @@ def render(scene: Scene, size: int = 64, supersample: int = 2) -> Image.Image:
     _, look, diameters = scene.background
     rng = random.Random(look.seed)
     s = size * supersample
-    img = background(look.kind, rng, s, [o.rgb for o in scene.objects])
+    img = background(look.kind, rng, s, [o.rgb for o in scene.objects], vary=look.vary)
     draw = ImageDraw.Draw(img)
     for o, d in zip(scene.objects, diameters):
         draw_shape(draw, o.shape, o.cx * s, o.cy * s, d * s / 2, o.rgb, look.drawing, look.rotation, rng)
@@ -168,8 +173,12 @@ def _colour(rng: random.Random, kind: str, avoid) -> tuple[int, int, int]:
     return rgb
 
 
-def background(kind: str, rng: random.Random, s: int, avoid=()) -> Image.Image:
-    """An `s` x `s` RGB background of a kind; flat colours keep `MIN_CONTRAST` from every colour in `avoid`."""
+def background(kind: str, rng: random.Random, s: int, avoid=(), vary: bool = False) -> Image.Image:
+    """An `s` x `s` RGB background of a kind; flat colours keep `MIN_CONTRAST` from every colour in `avoid`.
+
+    `vary` (training) widens the two cluttered kinds beyond what the evaluation draws: photo crops are flipped,
+    turned and recoloured (hue, saturation, brightness, contrast), and textures come in five more patterns, so
+    the model learns "the object on top of clutter" rather than the few photos and patterns at hand."""
     if kind in ("grey", "light", "white", "black", "saturated"):
         return Image.new("RGB", (s, s), _colour(rng, kind, avoid))
     if kind == "gradient":
@@ -181,16 +190,23 @@ def background(kind: str, rng: random.Random, s: int, avoid=()) -> Image.Image:
         t = (t - t.min()) / max(1e-6, t.max() - t.min())
         return Image.fromarray((a + (b - a) * t[..., None]).astype(np.uint8), "RGB")
     if kind == "texture":
-        return _texture(rng, s, avoid)
-    return _photo_crop(rng, s)
+        return _texture(rng, s, avoid, vary)
+    return _recolour(_photo_crop(rng, s, photos() + more_photos()), rng) if vary else _photo_crop(rng, s)
 
 
-def _texture(rng: random.Random, s: int, avoid) -> Image.Image:
+TEXTURES = ("stripes", "checks", "grain")  # what the evaluation draws
+MORE_TEXTURES = ("dots", "waves", "plaid", "noise", "rings")  # and what `vary` adds in training
+
+
+def _texture(rng: random.Random, s: int, avoid, vary: bool = False) -> Image.Image:
     a = np.array(_colour(rng, rng.choice(("saturated", "light", "grey")), avoid), np.float32)
     b = a + np.array([rng.uniform(-50, 50)] * 3, np.float32)  # a lighter or darker shade: texture, not objects
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
     period = rng.uniform(s / 16, s / 5)
-    style = rng.choice(("stripes", "checks", "grain"))
+    style = rng.choice(TEXTURES + MORE_TEXTURES if vary else TEXTURES)
+    if style in MORE_TEXTURES:
+        t = _more_texture(style, rng, s, xx, yy, period)
+        return Image.fromarray(np.clip(a + (b - a) * t[..., None], 0, 255).astype(np.uint8), "RGB")
     if style == "stripes":
         ang = rng.uniform(0, math.pi)
         t = (np.sin((xx * math.cos(ang) + yy * math.sin(ang)) * 2 * math.pi / period) > 0).astype(np.float32)
@@ -201,6 +217,40 @@ def _texture(rng: random.Random, s: int, avoid) -> Image.Image:
         t = np.asarray(Image.fromarray((small * 255).astype(np.uint8)).resize((s, s), Image.Resampling.BICUBIC),
                        np.float32) / 255
     return Image.fromarray(np.clip(a + (b - a) * t[..., None], 0, 255).astype(np.uint8), "RGB")
+
+
+def _more_texture(style: str, rng: random.Random, s: int, xx, yy, period: float) -> np.ndarray:
+    """`(s, s)` float32 in [0, 1]: one of `MORE_TEXTURES`."""
+    if style == "dots":
+        fx, fy = (xx % period) / period - 0.5, (yy % period) / period - 0.5
+        return (np.hypot(fx, fy) < rng.uniform(0.15, 0.4)).astype(np.float32)
+    if style == "waves":
+        ang = rng.uniform(0, math.pi)
+        u, v = xx * math.cos(ang) + yy * math.sin(ang), -xx * math.sin(ang) + yy * math.cos(ang)
+        warp = rng.uniform(0.2, 1.0) * period * np.sin(v * 2 * math.pi / rng.uniform(s / 4, s))
+        return 0.5 + 0.5 * np.sin((u + warp) * 2 * math.pi / period).astype(np.float32)
+    if style == "plaid":
+        p2 = rng.uniform(s / 16, s / 5)
+        return (0.5 * (np.sin(xx * 2 * math.pi / period) > 0.3) + 0.5 * (np.sin(yy * 2 * math.pi / p2) > 0.3)
+                ).astype(np.float32)
+    if style == "noise":  # value noise over three octaves: clouds, paper, stone
+        gen, t = np.random.default_rng(rng.randrange(2**31)), np.zeros((s, s), np.float32)
+        for octave, weight in ((4, 0.5), (12, 0.3), (32, 0.2)):
+            small = (gen.random((octave, octave)) * 255).astype(np.uint8)
+            t += weight * np.asarray(Image.fromarray(small).resize((s, s), Image.Resampling.BICUBIC), np.float32) / 255
+        return t
+    cx, cy = rng.uniform(-s, 2 * s), rng.uniform(-s, 2 * s)  # rings: wood grain, ripples
+    return 0.5 + 0.5 * np.sin(np.hypot(xx - cx, yy - cy) * 2 * math.pi / period).astype(np.float32)
+
+
+def _recolour(img: Image.Image, rng: random.Random) -> Image.Image:
+    """A photo crop flipped or turned, its hue rotated and its saturation, brightness and contrast changed."""
+    img = img.transpose(rng.choice(list(Image.Transpose)[:5])) if rng.random() < 0.7 else img
+    hsv = np.asarray(img.convert("HSV"), np.float32)
+    hsv[..., 0] = (hsv[..., 0] + rng.uniform(0, 256)) % 256
+    hsv[..., 1] *= rng.uniform(0.3, 1.6)
+    hsv[..., 2] = (hsv[..., 2] - 128) * rng.uniform(0.6, 1.3) + 128 + rng.uniform(-50, 50)
+    return Image.fromarray(np.clip(hsv, 0, 255).astype(np.uint8), "HSV").convert("RGB")
 
 
 @lru_cache(maxsize=1)
@@ -217,8 +267,20 @@ def photos() -> tuple[Image.Image, ...]:
     return tuple(out)
 
 
-def _photo_crop(rng: random.Random, s: int) -> Image.Image:
-    img = rng.choice(photos())
+@lru_cache(maxsize=1)
+def more_photos() -> tuple[Image.Image, ...]:
+    """scikit-image's other public-domain pictures (coins, a clock, a page of text, the moon, cells...): only
+    training's varied looks draw them, so the evaluation's photo row keeps its own few photos."""
+    try:
+        from skimage import data
+        return tuple(Image.fromarray(getattr(data, name)()).convert("RGB") for name in
+                     ("immunohistochemistry", "moon", "coins", "clock", "page", "text", "cell", "camera"))
+    except (ImportError, OSError, ValueError):
+        return ()
+
+
+def _photo_crop(rng: random.Random, s: int, pool: tuple[Image.Image, ...] | None = None) -> Image.Image:
+    img = rng.choice(pool or photos())
     side = round(min(img.size) * rng.uniform(0.3, 1.0))
     x, y = rng.randint(0, img.width - side), rng.randint(0, img.height - side)
     return img.crop((x, y, x + side, y + side)).resize((s, s), Image.Resampling.BILINEAR)

@@ -51,11 +51,18 @@ def phrased(template: str, label: str) -> str:
     return template.replace("{a}", "an" if label[:1].lower() in "aeiou" else "a").replace("{}", label)
 
 
-def caption(concept: dict, rng: random.Random, locale: str | None = None, phrase_share: float = 0.5) -> str:
-    """A concept's name in a random (or given) locale: its label, a third of the time with up to 3 tags."""
+def caption(concept: dict, rng: random.Random, locale: str | None = None, phrase_share: float = 0.5,
+            locale_weights: dict[str, float] | None = None) -> str:
+    """A concept's name in a random (or given) locale: its label, a third of the time with up to 3 tags.
+    `locale_weights` (locale -> weight, 1 where absent) makes some of the non-English locales likelier."""
     if locale is None:
         others = [loc for loc in concept["names"] if loc != "en"]
-        locale = "en" if rng.random() < ENGLISH_SHARE or not others else rng.choice(others)
+        if rng.random() < ENGLISH_SHARE or not others:
+            locale = "en"
+        elif locale_weights:  # without weights rng.choice: the streams of earlier runs stay as they were
+            locale = rng.choices(others, [locale_weights.get(loc, 1.0) for loc in others])[0]
+        else:
+            locale = rng.choice(others)
     label, *tags = concept["names"][locale]
     tags = [t for t in tags if t.lower() != label.lower()]
     if tags and rng.random() < 1 / 3:
@@ -82,22 +89,24 @@ def paste(rgba: np.ndarray, size: int, rng: random.Random, kind: str | None = No
 
 
 def emoji_items(data: EmojiSet, n: int, size: int, rng: random.Random, styles: list[str],
-                phrase_share: float = 0.5) -> tuple[list, list[str]]:
+                phrase_share: float = 0.5, locale_weights: dict[str, float] | None = None) -> tuple[list, list[str]]:
     """`n` distinct concepts, each in a random training style: (images, captions)."""
     picks = rng.sample(range(len(data.concepts)), min(n, len(data.concepts)))
     images = [paste(data.images[rng.choice(styles)][i], size, rng) for i in picks]
-    return images, [caption(data.concepts[i], rng, phrase_share=phrase_share) for i in picks]
+    return images, [caption(data.concepts[i], rng, phrase_share=phrase_share, locale_weights=locale_weights)
+                    for i in picks]
 
 
 def shapes_items(n: int, size: int, rng: random.Random, group_fraction: float = 0.5, group_size: int = 4,
-                 kind_weights: dict[str, float] | None = None) -> tuple[list, list[str], list]:
+                 kind_weights: dict[str, float] | None = None, vary_share: float = 0.0) -> tuple[list, list[str], list]:
     """`n` widened shapes scenes as (images, captions, scenes); grouped minimal variants share one look, and
-    `kind_weights` weighs the background kinds (`backgrounds.sample_look`)."""
+    `kind_weights` and `vary_share` shape the looks (`backgrounds.sample_look`)."""
     from mbm.data.shapes import make_scene
     from mbm.train.clip import make_batch
 
     def new_scene(r: random.Random):
-        return backgrounds.widen(make_scene("train", r.randrange(2**40)), r, kind_weights=kind_weights)
+        return backgrounds.widen(make_scene("train", r.randrange(2**40)), r, kind_weights=kind_weights,
+                                 vary_share=vary_share)
     scenes, texts = make_batch(rng, n, group_fraction, group_size, new_scene=new_scene)
     return [backgrounds.render(s, size) for s in scenes], texts, scenes
 

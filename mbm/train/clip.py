@@ -60,6 +60,9 @@ class TrainConfig:
     holdout_style: str = "twemoji"  # widened world: the art style never trained on
     phrase_share: float = 0.5  # widened world: English emoji captions said as people type them ("a dog")
     background_weights: dict = field(default_factory=dict)  # widened world: kind -> weight of shapes backgrounds
+    locale_weights: dict = field(default_factory=dict)  # widened world: locale -> weight among non-English captions
+    vary_share: float = 0.0  # widened world: shapes whose photo/texture background is varied further (Look.vary)
+    precision: str = "fp32"  # "bf16": the towers run under bfloat16 autocast (weights and loss stay fp32)
     model_cfg: dict = field(default_factory=default_model_cfg)
 
 
@@ -228,10 +231,14 @@ def train(cfg: TrainConfig, on_step: Callable[[int, float, float], None] | None 
     stop = threading.Event()
     batches = _batches(cfg, tokenizer, mean, std, stop)
 
+    bf16 = cfg.precision == "bf16"
+
     def loss_at(batch, progress: float) -> torch.Tensor:
         images, tokens, labels = batch
-        img = model.encode_image(images)  # (B, D), not yet normalised
-        txt = encode_text(model, tokens)  # (B, D)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+            img = model.encode_image(images)  # (B, D), not yet normalised
+            txt = encode_text(model, tokens, normalize=False)  # (B, D)
+        img, txt = img.float(), torch.nn.functional.normalize(txt.float(), dim=-1)
         scale = model.logit_scale.exp().clamp(max=100)
         loss = loss_fn(torch.nn.functional.normalize(img, dim=-1), txt, scale)
         aux_weight = aux_weight_at(progress, cfg)

@@ -67,8 +67,11 @@ def train_command(config: dict, out: str = "assets/mbm-world") -> str:
     """The `train-clip --world` command line that trains a model of this config."""
     mc, tc = config["model_cfg"], config["mbm_train_cfg"]
     budget = f"--steps {tc['steps']}" if tc["steps"] > 0 else f"--minutes {tc['minutes']:g}"
-    weights = ",".join(f"{k}={w:g}" for k, w in tc.get("background_weights", {}).items())
-    budget += f" --background-weights {weights}" if weights else ""
+    for flag in ("background_weights", "locale_weights"):
+        weights = ",".join(f"{k}={w:g}" for k, w in tc.get(flag, {}).items())
+        budget += f" --{flag.replace('_', '-')} {weights}" if weights else ""
+    budget += f" --vary-share {tc['vary_share']:g}" if tc.get("vary_share") else ""
+    budget += f" --precision {tc['precision']}" if tc.get("precision", "fp32") != "fp32" else ""
     return (f"python -m mbm train-clip --world {budget} --emoji-fraction {tc['emoji_fraction']:g} "
             f"--holdout-style {tc['holdout_style']} --image-size {mc['vision_cfg']['image_size']} "
             f"--width {mc['vision_cfg']['width']} --embed-dim {mc['embed_dim']} --text-width {mc['text_cfg']['width']} "
