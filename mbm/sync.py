@@ -25,6 +25,7 @@ from mbm.data.images import (
     ImageError,
     caption_from_filename,
     load_image,
+    read_embedded_caption,
     read_sidecar_caption,
     save_thumbnail,
     thumbnail,
@@ -96,7 +97,7 @@ class Syncing(VideoSyncing):
         start = time.perf_counter()
         report = SyncReport()
         with self._sync_lock:  # one sync at a time; searches go on between its committed batches
-            found, unreadable = self._scan()
+            found, unreadable = self._scan(self._stored())
             self._reconcile(found, unreadable, report)
             shipped = read_shipped(self.root, self.encoder)
             self._encode_images(report, progress, batch_size or self.encoder.image_batch,
@@ -114,8 +115,8 @@ class Syncing(VideoSyncing):
         it (none new or gone; size, mtime and caption the same) and every image and video has its embeddings for the
         current model. Only reads: a process that cannot embed images (a torch-free query, `mbm._cli_query`) asks
         this before it answers from the store. Files that cannot be read now count as they were, as in `sync`."""
-        found, unreadable = self._scan()
-        rows = {r[0]: tuple(r[1:]) for r in self.db.all("SELECT path, size, mtime_ns, caption FROM items")}
+        rows = self._stored()
+        found, unreadable = self._scan(rows)
         if any(rows.get(path) != seen for path, seen in found.items()):
             return False
         if any(path not in found and not path.startswith(tuple(unreadable)) for path in rows):
@@ -123,9 +124,17 @@ class Syncing(VideoSyncing):
         return not (self.db.all(IMAGES_TODO + " LIMIT 1", (self.encoder.key,))
                     or self.db.all(VIDEOS_TODO + " LIMIT 1", (self.encoder.key,)))
 
-    def _scan(self) -> tuple[dict[str, tuple[int, int, str]], dict[str, str]]:
+    def _stored(self) -> dict[str, tuple[int, int, str]]:
+        """`{relative path: (size, mtime_ns, caption)}` as the store recorded them."""
+        return {r[0]: tuple(r[1:]) for r in self.db.all("SELECT path, size, mtime_ns, caption FROM items")}
+
+    def _scan(self, stored: dict[str, tuple[int, int, str]]) -> tuple[dict[str, tuple[int, int, str]], dict[str, str]]:
         """`{relative path: (size, mtime_ns, caption)}` of the image files under the root, and `{relative path: why}`
         of the files that could not be read and the sub-folders (ending in "/") that could not be listed.
+
+        A file's caption is its sidecar's text, else the description written into the file (EXIF, IPTC, PNG text),
+        else its name. `stored` (what `_stored` read) spares reading the header of a file whose bytes are as they
+        were when it held no description.
 
         Raises:
             NotADirectoryError: the root is gone (an unplugged drive): nothing in the store is touched.
@@ -134,6 +143,8 @@ class Syncing(VideoSyncing):
         if not self.root.is_dir():
             raise NotADirectoryError(f"gallery folder {self.root} is missing; nothing was changed")
         found, unreadable, failed = {}, {}, []
+        if self.db.one("SELECT value FROM meta WHERE key='captions'") != CAPTION_SOURCES:
+            stored = {}  # a store from before embedded descriptions were read: read every header once
         # symlinked folders are not followed (no loops); a folder that cannot be listed is reported, not skipped quietly
         for folder, dirs, files in os.walk(self.root, onerror=failed.append):
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(folder, d) != self.store)
@@ -147,8 +158,8 @@ class Syncing(VideoSyncing):
                     log.warning("skipping %s: %s", path, e)
                     unreadable[path.relative_to(self.root).as_posix()] = f"cannot be read ({e.strerror or e})"
                     continue
-                caption = read_sidecar_caption(path) or caption_from_filename(path)
-                found[path.relative_to(self.root).as_posix()] = (st.st_size, st.st_mtime_ns, caption)
+                rel = path.relative_to(self.root).as_posix()
+                found[rel] = (st.st_size, st.st_mtime_ns, _caption(path, st, stored.get(rel)))
         for e in failed:
             if Path(e.filename) == self.root:
                 raise PermissionError(f"cannot list the gallery folder {self.root}: {e.strerror}; nothing was changed")
@@ -175,6 +186,7 @@ class Syncing(VideoSyncing):
                 report.removed += 1
             if report.added or report.changed or report.renamed or report.removed:
                 self.db.bump(db)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('captions', ?)", (CAPTION_SOURCES,))
         if report.removed or report.changed:  # only then can a thumbnail lose its file; skip the glob otherwise
             self._drop_orphan_thumbnails()
 
@@ -345,6 +357,21 @@ def _sha256(path: Path) -> str | None:
     except OSError:
         return None
     return digest.hexdigest()
+
+
+CAPTION_SOURCES = "sidecar,embedded,name"  # meta 'captions': what the stored captions were read from
+
+
+def _caption(path: Path, st: os.stat_result, stored: tuple[int, int, str] | None) -> str:
+    """A file's caption: its sidecar's text, else its embedded description (`read_embedded_caption`), else its name.
+    The header is not read again when the file's size and mtime are as `stored` recorded, with its name as caption."""
+    sidecar = read_sidecar_caption(path)
+    if sidecar:
+        return sidecar
+    name = caption_from_filename(path)
+    if stored == (st.st_size, st.st_mtime_ns, name) or path.suffix.lower() not in IMAGE_SUFFIXES:
+        return name
+    return read_embedded_caption(path) or name
 
 
 def _prefetch(pool: ThreadPoolExecutor, fn: Callable, items: list, ahead: int) -> Iterator:

@@ -147,6 +147,48 @@ def test_file_name_captions_wait_until_a_view_asks_for_them(tmp_path, shapes_mod
     assert gallery.sync().captions_encoded == 0 and len(gallery.captions()[0]) == 10
 
 
+def test_descriptions_written_into_photos_are_captions_embedded_in_the_sync(tmp_path, shapes_model):
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    for i, text in enumerate(["a red circle", "OLYMPUS DIGITAL CAMERA", None]):
+        exif = Image.Exif()
+        if text:
+            exif[0x010E] = text  # EXIF ImageDescription, as a phone's or a photo tool's caption field writes it
+        render(make_scene("test", i), size=96).save(folder / f"IMG_{i:04d}.jpg", exif=exif)
+    gallery = Gallery(folder, shapes_model, store=tmp_path / "store")
+    report = gallery.sync()
+    captions = dict(gallery.db.all("SELECT path, caption FROM items"))
+    assert captions == {"IMG_0000.jpg": "a red circle", "IMG_0001.jpg": "IMG 0001", "IMG_0002.jpg": "IMG 0002"}
+    assert report.captions_encoded == 1  # real text is embedded with the images; file names wait for a view
+    assert gallery.sync().captions_encoded == 0
+
+    (folder / "IMG_0000.txt").write_text("a sidecar says more")  # a sidecar still wins ...
+    gallery.sync()
+    assert gallery.db.one("SELECT caption FROM items WHERE path='IMG_0000.jpg'") == "a sidecar says more"
+    (folder / "IMG_0000.txt").unlink()  # ... and without it the file's own description comes back
+    gallery.sync()
+    assert gallery.db.one("SELECT caption FROM items WHERE path='IMG_0000.jpg'") == "a red circle"
+    ids, texts, vecs = gallery.captions()
+    np.testing.assert_allclose(vecs[texts.index("a red circle")], shapes_model.encode_texts(["a red circle"])[0],
+                               atol=1e-5)
+
+
+def test_a_store_from_before_embedded_descriptions_reads_them_once(tmp_path, shapes_model):
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[0x010E] = "a blue square"
+    render(make_scene("test", 3), size=96).save(folder / "IMG_0003.jpg", exif=exif)
+    gallery = Gallery(folder, shapes_model, store=tmp_path / "store")
+    gallery.sync()
+    with gallery.db.transaction() as db:  # as an older mbm left it: the file name as caption, no 'captions' mark
+        db.execute("UPDATE items SET caption='IMG 0003'")
+        db.execute("DELETE FROM meta WHERE key='captions'")
+    assert not gallery.up_to_date()
+    assert gallery.sync().captions_encoded == 1
+    assert gallery.db.one("SELECT caption FROM items") == "a blue square" and gallery.up_to_date()
+
+
 def test_flat_index_returns_the_brute_force_ranking(folder, shapes_model):
     gallery = Gallery(folder, shapes_model)
     gallery.sync()

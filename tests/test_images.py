@@ -15,6 +15,7 @@ from mbm.data.images import (
     ImageError,
     caption_from_filename,
     load_image,
+    read_embedded_caption,
     read_sidecar_caption,
     save_thumbnail,
     thumbnail,
@@ -271,3 +272,42 @@ def test_sidecar_missing_long_or_badly_encoded(tmp_path):
     assert len(long) <= 1000 and long.startswith("word word")
     (tmp_path / "latin.txt").write_bytes("café au lait".encode("latin-1"))
     assert read_sidecar_caption(tmp_path / "latin.jpg") == "caf\ufffd au lait"
+
+
+def _iptc_jpeg(path, caption: bytes) -> None:
+    """A JPEG carrying an IPTC Caption-Abstract (2:120) in a Photoshop APP13 segment, as photo tools write it."""
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 24), "green").save(buf, "JPEG")
+    record = b"\x1c\x02\x78" + struct.pack(">H", len(caption)) + caption
+    record += b"\x00" * (len(record) % 2)
+    resource = b"8BIM\x04\x04\x00\x00" + struct.pack(">I", len(record)) + record
+    body = b"Photoshop 3.0\x00" + resource
+    data = buf.getvalue()
+    path.write_bytes(data[:2] + b"\xff\xed" + struct.pack(">H", len(body) + 2) + body + data[2:])
+
+
+def test_embedded_descriptions_become_captions_and_camera_placeholders_do_not(tmp_path):
+    from PIL import PngImagePlugin
+    img = Image.new("RGB", (24, 24), "red")
+
+    def jpeg(name, **tags):
+        exif = Image.Exif()
+        for tag, value in tags.items():
+            exif[int(tag[1:], 16)] = value
+        img.save(tmp_path / name, exif=exif)
+        return tmp_path / name
+    assert read_embedded_caption(jpeg("a.jpg", x010E="  a red  bicycle\x00")) == "a red bicycle"
+    assert read_embedded_caption(jpeg("b.jpg", x010E="OLYMPUS DIGITAL CAMERA")) is None
+    assert read_embedded_caption(jpeg("c.jpg", x010F="Canon", x0110="Canon EOS 5D", x010E="Canon EOS 5D")) is None
+    xp_title = "Katze auf dem Sofa".encode("utf-16-le") + b"\x00\x00"  # Windows' Properties > Title
+    assert read_embedded_caption(jpeg("d.jpg", x010E="SONY DSC", x9C9B=xp_title)) == "Katze auf dem Sofa"
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("Description", "キツネ")
+    img.save(tmp_path / "e.png", pnginfo=info)
+    assert read_embedded_caption(tmp_path / "e.png") == "キツネ"
+    _iptc_jpeg(tmp_path / "f.jpg", b"renard dans la neige")
+    assert read_embedded_caption(tmp_path / "f.jpg") == "renard dans la neige"
+    assert np.asarray(load_image(tmp_path / "f.jpg")).shape == (24, 24, 3)  # still an ordinary JPEG
+    img.save(tmp_path / "g.jpg")
+    (tmp_path / "h.jpg").write_bytes(b"not an image")
+    assert read_embedded_caption(tmp_path / "g.jpg") is None and read_embedded_caption(tmp_path / "h.jpg") is None

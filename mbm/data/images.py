@@ -6,7 +6,8 @@ and 16-bit / float / CMYK data mapped sensibly to 8-bit RGB. Every way a file ca
 truncated, a format Pillow cannot read, a decompression bomb) surfaces as one exception type, `ImageError`,
 whose message names the file and says what is wrong in plain words. Pillow's global safety settings
 (`Image.MAX_IMAGE_PIXELS`, `ImageFile.LOAD_TRUNCATED_IMAGES`) are read, never changed, so this module is safe
-to call from a thread pool. Thumbnails, captions from file names and `.txt` sidecar captions live here too.
+to call from a thread pool. Thumbnails and captions (from file names, `.txt` sidecars, and the descriptions that
+photo tools write into the file: EXIF, IPTC, PNG text) live here too.
 """
 
 from __future__ import annotations
@@ -276,3 +277,68 @@ def read_sidecar_caption(image_path: str | os.PathLike) -> str | None:
         return None
     text = " ".join(raw.decode("utf-8-sig", errors="replace").split())
     return text[:MAX_CAPTION_CHARS].rstrip() or None
+
+
+# Tags a camera or an editor fills with a description: EXIF ImageDescription, then Windows' XPTitle, XPSubject
+# and XPComment (UTF-16), then the Exif IFD's UserComment; IPTC's Caption-Abstract; PNG text chunks.
+_EXIF_DESCRIPTION, _EXIF_XP, _EXIF_IFD, _USER_COMMENT = 0x010E, (0x9C9B, 0x9C9F, 0x9C9C), 0x8769, 0x9286
+_IPTC_CAPTION = (2, 120)
+_PNG_KEYS = ("Description", "Title", "Comment", "Caption")
+# What cameras write when nobody wrote anything ("OLYMPUS DIGITAL CAMERA", "SONY DSC", "Default"): not a caption.
+_PLACEHOLDER = re.compile(r"^[A-Z0-9 .\-_]*(?:CAMERA|DSC|DCIM|IMG)[A-Z0-9 .\-_]*$"  # in capitals, as firmware writes
+                          r"|(?i:^(?:[\w-]+ )?digital (?:still )?camera$"
+                          r"|^(?:default|untitled|no description|description|image|picture|photo|none|null|\W*)$)")
+
+
+def read_embedded_caption(image_path: str | os.PathLike) -> str | None:
+    """The description written into an image file by a camera, a phone or a photo tool, if it says something.
+
+    Reads only the file's header (no pixels): EXIF ImageDescription, XPTitle/XPSubject/XPComment or UserComment,
+    IPTC Caption-Abstract, or a PNG text chunk (Description, Title, Comment). A camera's placeholder ("OLYMPUS
+    DIGITAL CAMERA", "SONY DSC", its make or model) is not a caption.
+
+    Returns:
+        The text with whitespace collapsed, at most `MAX_CAPTION_CHARS` characters; None if there is none, or the
+        file cannot be read (the sync reports that when it decodes the image).
+    """
+    try:
+        with Image.open(image_path) as img:
+            found = _embedded_texts(img)
+            exif = img.getexif()
+            camera = {str(exif.get(t, "")).strip().lower() for t in (0x010F, 0x0110)} - {""}  # Make, Model
+    except Exception as exc:  # noqa: BLE001 - any unreadable header: no caption from it, and the sync says why
+        logger.debug("no embedded caption in %s: %s", image_path, exc)
+        return None
+    for text in found:
+        text = " ".join(text.replace("\x00", " ").split())[:MAX_CAPTION_CHARS].rstrip()
+        if text and not _PLACEHOLDER.match(text) and text.lower() not in camera:
+            return text
+    return None
+
+
+def _embedded_texts(img: Image.Image) -> list[str]:
+    """Candidate descriptions in the order `read_embedded_caption` prefers them."""
+    out = []
+    exif = img.getexif()
+    if isinstance(exif.get(_EXIF_DESCRIPTION), str):
+        out.append(exif[_EXIF_DESCRIPTION])
+    for tag in _EXIF_XP:
+        value = exif.get(tag)
+        if isinstance(value, bytes | tuple):
+            out.append(bytes(value).decode("utf-16-le", errors="ignore"))
+    comment = exif.get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    if isinstance(comment, bytes) and len(comment) > 8:
+        code, body = comment[:8], comment[8:]
+        out.append(body.decode("utf-16" if code.startswith(b"UNICODE") else "utf-8", errors="ignore"))
+    elif isinstance(comment, str):
+        out.append(comment)
+    if img.format in ("JPEG", "TIFF"):
+        from PIL import IptcImagePlugin
+        caption = (IptcImagePlugin.getiptcinfo(img) or {}).get(_IPTC_CAPTION)
+        if isinstance(caption, bytes):
+            try:
+                out.append(caption.decode("utf-8"))
+            except UnicodeDecodeError:
+                out.append(caption.decode("latin-1"))
+    out += [img.info[k] for k in _PNG_KEYS if isinstance(img.info.get(k), str)]
+    return out
