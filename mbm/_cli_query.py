@@ -1,17 +1,19 @@
 """`python -m mbm search` answered without torch when it can be (issue 19).
 
 A one-off text search reads the gallery's store and embeds a few words; loading torch, torchvision, open_clip and
-both towers costs a query process 2-5 s and ~1.5 GB before the first token. With the ONNX backend
-(`MBM_BACKEND=onnx`), once a full process has exported the model's graphs (their `query.json` names the weights),
-`quick_search` answers from the text graph alone (`mbm.models._query`), provided the gallery needs no sync
-(`Gallery.up_to_date`): every file as the store recorded it, every image embedded. Anything else (a new or changed
-file, an image in the query, another backend, a model never exported) returns None, and the caller runs the full
-engine, which syncs first, as before.
+both towers costs a query process 2-5 s and ~1.5 GB before the first token. Once a full process has left the
+model's `query.json` (`mbm.models._query`: beside the ONNX graphs with `MBM_BACKEND=onnx`; under the cache's
+`query/` on the torch backend, for a numpy text tower), `quick_search` answers from the text tower alone, provided
+the gallery needs no sync (`Gallery.up_to_date`): every file as the store recorded it, every image embedded.
+Anything else (a new or changed file, an image in the query, a GPU or a precision a CPU answer would not match, a
+model never loaded) returns None, and the caller runs the full engine, which syncs first, as before.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import platform
 from pathlib import Path
 
 from mbm.config import BUILTIN_GALLERY, EngineConfig
@@ -28,12 +30,15 @@ def quick_search(args, config: EngineConfig) -> Results | None:
     when it cannot."""
     if args.image is not None or args.more_like is not None or not (args.query and args.query.strip()):
         return None
-    if config.backend != "onnx" or config.device not in ("auto", "cpu") or config.precision not in ("auto", "fp32"):
+    if config.device not in ("auto", "cpu") or config.precision not in ("auto", "fp32"):
         return None
+    if config.backend == "torch" and config.device == "auto" and may_have_gpu():
+        return None  # there the full engine embeds in fp16 on the GPU, which a CPU answer would not match
     query = Query.parse(args.query)  # bad input fails here as it would in the engine
     if any(t.kind == "image" for t in query.terms):
         return None
-    encoder = find_query_encoder(config.model or default_model(config.on_space), config.cache_path() / "onnx")
+    folder = config.cache_path() / ("onnx" if config.backend == "onnx" else "query")
+    encoder = find_query_encoder(config.model or default_model(config.on_space), folder)
     root = Path(config.gallery or BUILTIN_GALLERY).expanduser()
     if encoder is None or not root.is_dir():
         return None
@@ -45,3 +50,10 @@ def quick_search(args, config: EngineConfig) -> Results | None:
         return search(gallery, query_vector(encoder, list(query.terms), gallery), k=args.k, threshold=args.threshold)
     finally:
         gallery.close()
+
+
+def may_have_gpu() -> bool:
+    """Whether torch's `auto` device could pick a GPU on this machine, judged without importing torch: NVIDIA's or
+    AMD's device nodes, WSL's GPU, or an Apple silicon Mac."""
+    nodes = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+    return any(os.path.exists(p) for p in nodes) or (platform.system() == "Darwin" and platform.machine() == "arm64")

@@ -58,4 +58,4 @@ class EngineConfig:
         """`create_model(spec)` with these settings (device, precision, backend; the onnx files in the cache)."""
         from mbm.models import create_model
         return create_model(spec, self.device, self.precision, backend=self.backend,
-                            cache_dir=self.cache_path() / "onnx")
+                            cache_dir=self.cache_path() / "onnx", query_dir=self.cache_path() / "query")

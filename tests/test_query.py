@@ -151,3 +151,56 @@ def test_changed_weights_retire_the_query_graph(tmp_path):
     weights = next(model.glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     assert find_query_encoder(spec, cache) is None  # retrained (or touched): the full model decides
+
+
+def _local_model(folder: Path, model_cfg: dict, seed: int = 0) -> str:
+    """An open_clip folder of random weights (open_clip_config.json and safetensors), as training leaves one."""
+    import torch
+    from safetensors.torch import save_file
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**model_cfg)
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
+    return str(folder)
+
+
+def test_numpy_runs_the_text_towers_that_torch_runs(tmp_path):
+    from mbm.models._nptext import NumpyText, describe
+    from mbm.models._query import write_torch_manifest
+    small = {"embed_dim": 64, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 16},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+    specs = {"mbm-world": WORLD, "mbm-shapes": "mbm-shapes",
+             "quick_gelu": _local_model(tmp_path / "quick", {**small, "quick_gelu": True}),
+             "linear projection": _local_model(tmp_path / "linear", {**small, "text_cfg": {
+                 **small["text_cfg"], "proj_type": "linear", "proj_bias": True}})}
+    for what, spec in specs.items():
+        full = create_model(spec, device="cpu", query_dir=tmp_path / "query" / what)
+        tower = describe(full.model)
+        assert tower is not None, what
+        query = find_query_encoder(spec, tmp_path / "query" / what)  # create_model left its query.json
+        assert query is not None and query.key == full.key and query.backend == "torch", what
+        np.testing.assert_allclose(query.encode_texts(TEXTS), full.encode_texts(TEXTS), atol=1e-5, err_msg=what)
+        assert isinstance(query.run, NumpyText)
+    scaled = _local_model(tmp_path / "scaled", {**small, "text_cfg": {**small["text_cfg"], "ls_init_value": 0.5}})
+    full = create_model(scaled, device="cpu")
+    assert describe(full.model) is None  # layer scale: a tower numpy does not run, so it keeps the full model
+    write_torch_manifest(full, Path(scaled) / "open_clip_model.safetensors", tmp_path / "query" / "scaled")
+    assert find_query_encoder(scaled, tmp_path / "query" / "scaled") is None
+
+
+def test_a_text_search_on_the_torch_backend_answers_without_torch(setup, tmp_path):
+    folder, _, _, poison = setup
+    torch_env = {"MBM_BACKEND": "torch", "MBM_CACHE": str(tmp_path / "cache")}
+    full = {q: _search(q, folder, torch_env) for q in ("a red circle", "a small blue star", "лиса", "a cat")}
+    assert list((tmp_path / "cache").glob("query/*/query.json")), "the torch backend left no query.json"
+    for query, expected in full.items():
+        quick = _search(query, folder, torch_env, poison=poison)
+        assert [h["path"] for h in quick] == [h["path"] for h in expected], query
+        np.testing.assert_allclose([h["score"] for h in quick], [h["score"] for h in expected], atol=1e-5)
+    refused = _mbm("search", "a red circle", "--gallery", str(folder), env={**torch_env, "MBM_PRECISION": "bf16"},
+                   poison=poison)
+    assert refused.returncode != 0 and "torch was imported" in refused.stderr  # bf16 is the full model's to answer
+    model = next((tmp_path / "cache").glob("query/*/query.json"))
+    data = json.loads(model.read_text())
+    assert data["name"] == WORLD and data["text_tower"]["layers"] == 2

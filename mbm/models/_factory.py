@@ -14,6 +14,7 @@ import torch
 
 from mbm.errors import InputError
 from mbm.models._device import resolve_device, resolve_precision
+from mbm.models._query import write_torch_manifest
 from mbm.models._registry import (
     ASSETS,
     EMBEDDED,
@@ -35,7 +36,7 @@ BACKENDS = ("torch", "onnx")
 
 def create_model(spec: str = EMBEDDED, device: str | torch.device = "auto", precision: str = "auto", *,
                  backend: str = "torch", channels_last: bool | None = None,
-                 cache_dir: str | Path | None = None) -> Encoder:
+                 cache_dir: str | Path | None = None, query_dir: str | Path | None = None) -> Encoder:
     """Create an encoder from a spec (see `mbm.models._registry` for the kinds of spec).
 
     Args:
@@ -46,6 +47,8 @@ def create_model(spec: str = EMBEDDED, device: str | torch.device = "auto", prec
             onnxruntime (`pip install onnxruntime onnx onnxscript`); the torch model stays for what needs it.
         channels_last: NHWC image tower; None: on for convolutional towers on the CPU.
         cache_dir: the onnx backend's files; default `default_cache_dir() / "onnx"`.
+        query_dir: where the torch backend leaves a `query.json` so that later query processes can embed text
+            without torch (`mbm.models._query.write_torch_manifest`); None leaves none.
 
     Raises:
         InputError: the spec names no model mbm can find, or the settings cannot go together.
@@ -74,6 +77,11 @@ def create_model(spec: str = EMBEDDED, device: str | torch.device = "auto", prec
         from mbm.models._onnx import onnx_runner
         encoder.weights = weights_file(parsed)  # named in the graphs' query.json, for torch-free query processes
         encoder.use_runner(onnx_runner(encoder, cache_dir or default_cache_dir() / "onnx"), backend="onnx")
+    elif query_dir is not None:
+        try:
+            write_torch_manifest(encoder, weights_file(parsed), Path(query_dir))
+        except OSError as e:  # a read-only cache still serves; such queries load the full model
+            log.warning("cannot write a query.json under %s: %s", query_dir, e)
     log.info("loaded %r (%s)", encoder, encoder.runner.what if encoder.runner else "plain torch")
     return encoder
 

@@ -11,17 +11,15 @@ else the CPU one with torch's thread count. Outputs match the torch model's with
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 import os
-import re
 import time
 from pathlib import Path
 
 import torch
 
-from mbm.models._query import write_manifest
+from mbm.models._query import folder_name, write_manifest
 from mbm.models.encoder import Encoder, Runner, causal_text, cut_tokens, trims_text
 
 log = logging.getLogger(__name__)
@@ -41,8 +39,7 @@ def need(module: str, what: str):
 
 def onnx_folder(cache_dir: str | Path, key: str) -> Path:
     """Where the files of the weights `key` live: a readable name plus a hash, safe on every file system."""
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[-60:].strip("._")
-    return Path(cache_dir).expanduser() / f"{readable}-{hashlib.sha1(f'{key}/{FORMAT}'.encode()).hexdigest()[:10]}"
+    return Path(cache_dir).expanduser() / folder_name(key, f"/{FORMAT}")
 
 
 class _Tower(torch.nn.Module):

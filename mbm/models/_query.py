@@ -1,13 +1,15 @@
-"""A query process without torch: the text tower's ONNX graph, open_clip's tokenizer re-read without torch
-(`mbm.models._bpe`), and what a gallery needs of an encoder to answer a text query (`name`, `key`, `embed_dim`,
-`encode_texts`).
+"""A query process without torch: the text tower as an ONNX graph or in numpy, open_clip's tokenizer re-read
+without torch (`mbm.models._bpe`), and what a gallery needs of an encoder to answer a text query (`name`, `key`,
+`embed_dim`, `encode_texts`).
 
-When the ONNX backend opens a model's graphs (`mbm.models._onnx`), it writes `query.json` beside them: the model's
-name (its spec), key, embedding width, context length, whether the text graph takes ids cut to their length, and
-the weights file they were made from (path, size, mtime). `find_query_encoder(spec, cache_dir)` finds that file for
-a spec whose weights file is unchanged and returns a `QueryEncoder` over `text.onnx`; None when there is none, or
-the model's tokenizer is not open_clip's byte-level BPE (the caller then loads the full model, which writes it).
-`python -m mbm search` with `MBM_BACKEND=onnx` answers this way (`mbm._cli_query`).
+A full process leaves a `query.json` for later query processes: the model's name (its spec), key, embedding width,
+context length, whether the text tower takes ids cut to their length, and the weights file (path, size, mtime).
+The ONNX backend (`mbm.models._onnx`) writes it beside its graphs, for `text.onnx`; the torch backend on the CPU
+in fp32 (`write_torch_manifest`, under the cache's `query/`) writes it with the text tower's description for
+`mbm.models._nptext`, once numpy has reproduced the torch tower. `find_query_encoder(spec, folder)` finds the file
+for a spec whose weights file is unchanged and returns a `QueryEncoder`; None when there is none, or the model's
+tokenizer is not open_clip's byte-level BPE (the caller then loads the full model, which writes it).
+`python -m mbm search` answers this way (`mbm._cli_query`).
 """
 
 from __future__ import annotations
@@ -34,25 +36,73 @@ def weights_identity(path: str | os.PathLike) -> dict:
     return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def write_manifest(folder: Path, encoder, weights: Path | None, short_text: bool) -> None:
-    """`query.json` for `encoder`'s graphs in `folder` (atomically), when a torch-free process can use them: the
-    weights file is known and the tokenizer is open_clip's plain byte-level BPE. Otherwise a stale one goes.
-    `short_text`: the text graph takes ids cut after the batch's longest text."""
-    tok = encoder.tokenizer
-    plain_bpe = type(tok).__name__ == "SimpleTokenizer" and getattr(tok, "reduction_fn", None) is None \
+def _plain_bpe(tok) -> bool:
+    return type(tok).__name__ == "SimpleTokenizer" and getattr(tok, "reduction_fn", None) is None \
         and getattr(getattr(tok, "clean_fn", None), "__name__", "") == "_clean_lower"
-    path = folder / MANIFEST
-    if weights is None or not plain_bpe or not Path(weights).is_file():
-        path.unlink(missing_ok=True)
-        return
-    data = {"name": encoder.name, "key": encoder.key, "embed_dim": encoder.embed_dim,
+
+
+def _manifest(encoder, weights: Path | None, short_text: bool) -> dict | None:
+    if weights is None or not _plain_bpe(encoder.tokenizer) or not Path(weights).is_file():
+        return None
+    return {"name": encoder.name, "key": encoder.key, "embed_dim": encoder.embed_dim,
             "context_length": encoder.context_length, "short_text": bool(short_text),
             "tokenizer": "clip-bpe", "weights": weights_identity(weights)}
+
+
+def _write(path: Path, data: dict | None) -> None:
+    """`data` as `path` (atomically); None removes a stale one."""
+    if data is None:
+        path.unlink(missing_ok=True)
+        return
     if path.is_file() and _read(path) == data:
         return
-    tmp = folder / f".{MANIFEST}.{os.getpid()}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{MANIFEST}.{os.getpid()}"
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     os.replace(tmp, path)
+
+
+def write_manifest(folder: Path, encoder, weights: Path | None, short_text: bool) -> None:
+    """`query.json` for `encoder`'s graphs in `folder`, when a torch-free process can use them: the weights file is
+    known and the tokenizer is open_clip's plain byte-level BPE. Otherwise a stale one goes.
+    `short_text`: the text graph takes ids cut after the batch's longest text."""
+    _write(folder / MANIFEST, _manifest(encoder, weights, short_text))
+
+
+def write_torch_manifest(encoder, weights: Path | None, query_dir: Path) -> None:
+    """`query.json` under `query_dir` for the torch backend's `encoder`, when numpy can run its text tower
+    (`mbm.models._nptext`) from a safetensors weights file: only on the CPU in fp32 (what a numpy query matches),
+    and only once `NumpyText` has reproduced the torch tower on `PROBE` texts within `TOLERANCE`."""
+    from mbm.models._nptext import PROBE, TOLERANCE, NumpyText, describe
+    path = query_dir / folder_name(encoder.key) / MANIFEST
+    data = _manifest(encoder, weights, True)
+    if data is None or encoder.device.type != "cpu" or encoder.precision != "fp32" \
+            or Path(weights).suffix != ".safetensors":
+        return _write(path, None)
+    data["text_tower"] = describe(encoder.model)
+    if data["text_tower"] is None:
+        return _write(path, None)
+    if path.is_file() and _read(path) == data:
+        return None
+    try:
+        tower = NumpyText(weights, data["text_tower"])
+        ids = encoder.tokenizer(list(PROBE)).numpy()
+        got = tower(ids[:, :int(ids.argmax(axis=1).max()) + 1])
+        got /= np.maximum(np.linalg.norm(got, axis=1, keepdims=True), 1e-12)
+        same = float(np.abs(got - encoder.encode_texts(list(PROBE))).max()) <= TOLERANCE
+    except Exception as e:  # noqa: BLE001 - keys the file names otherwise, a dtype numpy lacks: no numpy path
+        log.info("no torch-free query path for %s: %s", encoder.key, e)
+        same = False
+    return _write(path, data if same else None)
+
+
+def folder_name(key: str, salt: str = "") -> str:
+    """A folder name for the weights `key`: a readable name plus a hash (of key and salt), safe on every file
+    system."""
+    import hashlib
+    import re
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[-60:].strip("._")
+    return f"{readable}-{hashlib.sha1(f'{key}{salt}'.encode()).hexdigest()[:10]}"
 
 
 def _read(path: Path) -> dict | None:
@@ -64,8 +114,8 @@ def _read(path: Path) -> dict | None:
 
 
 def find_query_encoder(spec: str, cache_dir: str | os.PathLike) -> QueryEncoder | None:
-    """The text tower of `spec` as exported under `cache_dir` (the onnx backend's folder), if its weights file is
-    unchanged since; None otherwise."""
+    """The text tower of `spec` as a full process left it under `cache_dir` (the onnx backend's folder, or the
+    torch backend's `query/`), if its weights file is unchanged since; None otherwise."""
     for path in sorted(Path(cache_dir).expanduser().glob(f"*/{MANIFEST}")):
         data = _read(path)
         if not data or data.get("name") != spec or data.get("tokenizer") != "clip-bpe":
@@ -74,7 +124,7 @@ def find_query_encoder(spec: str, cache_dir: str | os.PathLike) -> QueryEncoder 
             same = weights_identity(data["weights"]["path"]) == data["weights"]
         except (OSError, KeyError, TypeError):
             same = False
-        if same and (path.parent / TEXT_GRAPH).is_file():
+        if same and ("text_tower" in data or (path.parent / TEXT_GRAPH).is_file()):
             try:
                 return QueryEncoder(path.parent, data)
             except Exception as e:  # noqa: BLE001 - onnxruntime's own errors: a file it cannot load
@@ -84,28 +134,33 @@ def find_query_encoder(spec: str, cache_dir: str | os.PathLike) -> QueryEncoder 
 
 
 class QueryEncoder:
-    """The text half of an `Encoder` for queries, on ONNX Runtime and the CPU: `encode_texts` gives the same unit
-    vectors as the full model's (within the ONNX backend's 1e-3 cosine)."""
+    """The text half of an `Encoder` for queries, on the CPU: ONNX Runtime over `text.onnx` (within the ONNX
+    backend's 1e-3 cosine of the full model), or numpy over the weights file when the manifest describes the text
+    tower (within `mbm.models._nptext.TOLERANCE` of the torch backend)."""
 
-    backend = "onnx"
     precision = "fp32"
 
     def __init__(self, folder: Path, manifest: dict, threads: int = QUERY_THREADS):
-        import onnxruntime as ort
-
         from mbm.models._bpe import ClipBPE
         self.name, self.key = manifest["name"], manifest["key"]
         self.embed_dim, self.context_length = int(manifest["embed_dim"]), int(manifest["context_length"])
         self.short_text = bool(manifest["short_text"])
         self.tokenizer = ClipBPE(self.context_length)
+        if "text_tower" in manifest:
+            from mbm.models._nptext import NumpyText
+            self.backend, self.run = "torch", NumpyText(manifest["weights"]["path"], manifest["text_tower"])
+            return
+        import onnxruntime as ort
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(folder / TEXT_GRAPH), options, providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
+        session = ort.InferenceSession(str(folder / TEXT_GRAPH), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        self.backend, self.run = "onnx", lambda ids: session.run(None, {name: ids})[0]
 
     def __repr__(self) -> str:
-        return f"QueryEncoder({self.name!r}, dim={self.embed_dim}, backend=onnx, text only)"
+        how = "onnx" if self.backend == "onnx" else "numpy"
+        return f"QueryEncoder({self.name!r}, dim={self.embed_dim}, {how} text tower only)"
 
     def encode_texts(self, texts, batch_size: int = 32) -> np.ndarray:
         """Embed texts (bounded and truncated as `Encoder.encode_texts` does): `(N, D)` float32, unit rows."""
@@ -115,6 +170,6 @@ class QueryEncoder:
             chunk = ids[start:start + batch_size]
             if self.short_text:  # up to the batch's last end token (the highest id of each row)
                 chunk = chunk[:, :max(2, int(chunk.argmax(axis=1).max()) + 1)]
-            out = self.session.run(None, {self.input: np.ascontiguousarray(chunk)})[0].astype(np.float32)
+            out = self.run(np.ascontiguousarray(chunk)).astype(np.float32)
             parts.append(out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12))
         return np.concatenate(parts)

@@ -82,8 +82,9 @@ class Encoder:
         self.name = name
         self.device = torch.device(device)
         self.precision = precision
-        self.embed_dim = int(model.text_projection.shape[1] if hasattr(model, "text_projection")
-                             and model.text_projection is not None else model.visual.output_dim)
+        proj = getattr(model, "text_projection", None)  # a matrix, or a Linear (open_clip's proj_type "linear")
+        self.embed_dim = int(proj.out_features if isinstance(proj, torch.nn.Linear)
+                             else proj.shape[1] if proj is not None else model.visual.output_dim)
         self.logit_scale = float(model.logit_scale.detach().exp().clamp(max=100).item())
         self.context_length = int(getattr(tokenizer, "context_length", 77))
         size = getattr(model.visual, "image_size", 224)
