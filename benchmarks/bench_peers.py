@@ -253,15 +253,17 @@ def fresh_mbm_cache(onnx_cache: Path, where: Path) -> Path:
 
 
 # ---------------------------------------------------------------- what runs in the child processes
-def images_per_s(fn, batch: int, runs: int, budget: float = 30.0) -> float:
-    """`batch` / the median seconds of `fn()` over up to `runs` calls within `budget` s, after one warm-up."""
+def images_per_s(fn, batch: int, runs: int, budget: float = 30.0) -> tuple[float, float]:
+    """`batch` / the median seconds of `fn()` over up to `runs` calls within `budget` s, after one warm-up; and
+    the median CPU seconds (every thread of the process) per image."""
     fn()
-    times, start = [], time.perf_counter()
+    times, cpus, start = [], [], time.perf_counter()
     while len(times) < runs and (not times or time.perf_counter() - start < budget):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - t)
-    return batch / statistics.median(times)
+        cpus.append(time.process_time() - c)
+    return batch / statistics.median(times), statistics.median(cpus) / batch
 
 
 def p50_ms(fn, items) -> float:
@@ -280,8 +282,8 @@ def ceiling_mbm(a: dict) -> dict:
     from mbm.models import create_model
     enc = create_model(a["model"], "cpu", backend=a["backend"], cache_dir=a["onnx_cache"])
     pixels = torch.randn(enc.image_batch, 3, enc.image_size, enc.image_size)
-    rate = images_per_s(lambda: enc.encode_pixels(pixels), enc.image_batch, a["runs"])
-    return dict(rate=rate, batch=enc.image_batch, threads=torch.get_num_threads())
+    rate, cpu = images_per_s(lambda: enc.encode_pixels(pixels), enc.image_batch, a["runs"])
+    return dict(rate=rate, cpu_per_image=cpu, batch=enc.image_batch, threads=torch.get_num_threads())
 
 
 def ceiling_rclip(a: dict) -> dict:
@@ -290,8 +292,9 @@ def ceiling_rclip(a: dict) -> dict:
     from rclip import model_download
     session = model_download.load_visual_query_session()
     pixels = np.random.default_rng(0).standard_normal((RCLIP_BATCH, 3, 256, 256), dtype=np.float32)
-    rate = images_per_s(lambda: session.run(None, {"input": pixels}), RCLIP_BATCH, a["runs"])
-    return dict(rate=rate, batch=RCLIP_BATCH, threads=session.get_session_options().intra_op_num_threads)
+    rate, cpu = images_per_s(lambda: session.run(None, {"input": pixels}), RCLIP_BATCH, a["runs"])
+    return dict(rate=rate, cpu_per_image=cpu, batch=RCLIP_BATCH,
+                threads=session.get_session_options().intra_op_num_threads)
 
 
 def queries_mbm(a: dict) -> dict:
@@ -488,6 +491,7 @@ def measures(rounds: list[dict]) -> dict:
     get = {"index_cpu": lambda t: t["index"]["cpu"], "index_wall": lambda t: t["index"]["wall"],
            "index_rss_gb": lambda t: t["index"]["rss_mb"] / 1024, "ceiling": lambda t: t["ceiling"]["rate"],
            "share": lambda t: t["index"]["n"] / t["index"]["wall"] / t["ceiling"]["rate"],
+           "floor_cpu": lambda t: t["index"]["n"] * t["ceiling"]["cpu_per_image"],
            "search_wall": lambda t: t["search"]["wall"], "search_cpu": lambda t: t["search"]["cpu"],
            "threads": lambda t: t["ceiling"]["threads"], "search_rss_gb": lambda t: t["search"]["rss_mb"] / 1024,
            "p50": lambda t: t["queries"]["p50"]}
@@ -526,6 +530,7 @@ def table(m: dict, ck: dict, n: int, naive_n: int, queries: int) -> list[str]:
               f"{both('sync_s', '.1f')} | | |",
               row("peak memory of the index process, GB", "index_rss_gb", ".2f"),
               row("encoder ceiling, images/s of the image tower alone", "ceiling", ".1f"),
+              row(f"CPU seconds of the image tower alone for {n} images, at that ceiling", "floor_cpu", ".1f"),
               f"| indexing rate (images / process wall) as % of the same round's ceiling | "
               f"{spread([100 * v for v in m['mbm-torch']['share']], '.0f')}% (torch), "
               f"{spread([100 * v for v in m['mbm-onnx']['share']], '.0f')}% (onnx) | "
