@@ -70,21 +70,25 @@ def _index(args) -> int:
     if args.folder is None:
         from mbm.errors import InputError
         raise InputError("name the folder to index, or --from-shards SHARDS")
-    engine = _engine(args, gallery=args.folder)
-    gallery = engine.gallery  # opening it syncs it
-    report = engine.last_sync
+    from mbm._cli_query import quick_index
+    quick = quick_index(args, _config(args, args.folder), _tqdm_progress())  # without torch, when it can
+    if quick:
+        (gallery, report), name = quick, quick[0].encoder.name
+    else:
+        engine = _engine(args, gallery=args.folder)
+        gallery, report, name = engine.gallery, engine.last_sync, engine.encoder.name  # opening it syncs it
     shipped = gallery.write_shipped_vectors() if args.ship_vectors else None
     if args.json:
         print(json.dumps({**{k: v for k, v in report.__dict__.items() if k != "skipped"},
                           "items": len(gallery), "skipped": [dict(path=p, error=e) for p, e in report.skipped],
                           "store": str(gallery.store), "index": repr(gallery.index)}, indent=2))
         return 0
-    print(f"{gallery.root}: {len(gallery)} images searchable with {engine.encoder.name}")
+    print(f"{gallery.root}: {len(gallery)} images searchable with {name}")
     print(report.summary())
     for path, error in report.skipped:
         print(f"  skipped {path}: {error}")
     if shipped:
-        print(f"vectors for {engine.encoder.key} written to {shipped}")
+        print(f"vectors for {gallery.encoder.key} written to {shipped}")
     return 0
 
 

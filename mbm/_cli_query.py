@@ -52,6 +52,26 @@ def quick_search(args, config: EngineConfig) -> Results | None:
         gallery.close()
 
 
+def quick_index(args, config: EngineConfig, progress=None):
+    """`index FOLDER` without torch, with the ONNX backend on the CPU, once a full process has exported the model's
+    graphs and described its image transform in `query.json` (`mbm.models._query.IndexEncoder`): the same sync,
+    vectors within the backend's float rounding of the full engine's. Returns `(gallery, report)`, or None when it
+    cannot (another backend, a GPU, a model never opened in full, its weights changed); the caller then runs the
+    full engine."""
+    if config.backend != "onnx" or config.device not in ("auto", "cpu") or config.precision not in ("auto", "fp32"):
+        return None
+    if config.device == "auto" and may_have_gpu():
+        return None  # the full engine would run the graphs on the GPU's provider
+    from mbm.models._query import find_query_encoder
+    encoder = find_query_encoder(config.model or default_model(config.on_space), config.cache_path() / "onnx",
+                                 images=True)
+    root = Path(config.gallery or BUILTIN_GALLERY).expanduser()
+    if encoder is None or not root.is_dir():
+        return None
+    gallery = Gallery(root, encoder, config.store_for(root), factory=config.index_factory)
+    return gallery, gallery.sync(progress)
+
+
 def may_have_gpu() -> bool:
     """Whether torch's `auto` device could pick a GPU on this machine, judged without importing torch: NVIDIA's or
     AMD's device nodes, WSL's GPU, or an Apple silicon Mac."""

@@ -31,7 +31,7 @@ from mbm.data.images import (
     thumbnail,
 )
 from mbm.shipped import read_shipped, write_shipped
-from mbm.sync_video import EVERY, VIDEOS_TODO, VideoSyncing
+from mbm.sync_video import EVERY, VIDEOS_TODO, VideoSyncing, stack_pixels
 from mbm.video import VIDEO_SUFFIXES, is_video
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,8 @@ class Syncing(VideoSyncing):
     def _store_batch(self, batch: list[dict], report: SyncReport) -> None:
         good = [d for d in batch if "error" not in d]
         new = [d for d in good if "pixels" in d]
-        for d, v in zip(new, self.encoder.encode_pixels(_stack([d["pixels"] for d in new]), len(new)) if new else []):
+        vectors = self.encoder.encode_pixels(stack_pixels([d["pixels"] for d in new]), len(new)) if new else []
+        for d, v in zip(new, vectors):
             d["vector"] = v
         vecs = [d["vector"] for d in good]
         with self.db.transaction() as db:
@@ -396,7 +397,3 @@ def _chunks(it, n: int) -> Iterator[list]:
     if batch:
         yield batch
 
-
-def _stack(tensors):
-    import torch
-    return torch.stack(tensors)  # (B, 3, H, W)

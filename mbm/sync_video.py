@@ -100,6 +100,14 @@ class VideoSyncing:
         report.reused += len(frames) - len(new)
 
     def _encode_frame_images(self, images: list[Image.Image]) -> np.ndarray:
-        import torch
-        pixels = torch.stack([self.encoder.prepare(im) for im in images])  # (B, 3, H, W)
+        pixels = stack_pixels([self.encoder.prepare(im) for im in images])  # (B, 3, H, W)
         return self.encoder.encode_pixels(pixels, len(images))
+
+
+def stack_pixels(pixels: list):
+    """`(B, 3, H, W)` from an encoder's `prepare` outputs: torch tensors, or numpy arrays (a torch-free
+    `mbm.models._query.IndexEncoder`)."""
+    if isinstance(pixels[0], np.ndarray):
+        return np.stack(pixels)
+    import torch
+    return torch.stack(pixels)

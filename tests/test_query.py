@@ -204,3 +204,37 @@ def test_a_text_search_on_the_torch_backend_answers_without_torch(setup, tmp_pat
     model = next((tmp_path / "cache").glob("query/*/query.json"))
     data = json.loads(model.read_text())
     assert data["name"] == WORLD and data["text_tower"]["layers"] == 2
+
+
+def _vectors(folder: Path, cache: Path) -> dict[str, np.ndarray]:
+    """{file name: stored image vector} of the gallery's store under `cache`."""
+    from mbm.engine import EngineConfig
+    store = EngineConfig(cache_dir=str(cache)).store_for(folder)
+    import sqlite3
+    with sqlite3.connect(store / "gallery.sqlite") as db:
+        rows = db.execute("SELECT i.path, v.vector FROM items i JOIN vectors v ON v.item_id=i.id "
+                          "WHERE v.kind='image'").fetchall()
+    return {path: np.frombuffer(blob, np.float32) for path, blob in rows}
+
+
+def test_indexing_with_the_onnx_backend_runs_without_torch_once_the_graphs_exist(setup, tmp_path):
+    folder, cache, onnx, poison = setup
+    manifest = json.loads(next(cache.glob("onnx/*/query.json")).read_text())
+    assert manifest["image"]["resize_mode"] == "squash" and manifest["image"]["size"] == 64
+    fresh = shutil.copytree(folder, tmp_path / "fresh")
+    (fresh / "extra.jpg").write_bytes((fresh / "camera.jpg").read_bytes()[:-20000])  # a truncated JPEG too
+    Image.open(fresh / "camera.jpg").resize((333, 200)).save(fresh / "wide.png")
+    done = _mbm("index", str(fresh), "--json", env=onnx, poison=poison)  # torch cannot be imported in it
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["items"] == len(list(fresh.glob("*.jpg"))) + len(list(fresh.glob("*.png"))) - 1
+    assert [s["path"] for s in report["skipped"]] == ["extra.jpg"]  # said, not fatal, as in the full engine
+    quick = _vectors(fresh, cache)
+    full_env = {"MBM_BACKEND": "torch", "MBM_CACHE": str(tmp_path / "torch-cache")}
+    assert _mbm("index", str(fresh), env=full_env).returncode == 0
+    full = _vectors(fresh, tmp_path / "torch-cache")
+    assert quick.keys() == full.keys() and "wide.png" in quick
+    for name in quick:  # the torch model's vectors, within the ONNX backend's float rounding
+        assert float(quick[name] @ full[name]) > 0.9999, name
+    hits = _search("a large red cross", fresh, onnx, poison=poison)
+    assert "large red cross" in hits[0]["caption"]

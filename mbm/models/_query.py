@@ -26,6 +26,7 @@ from mbm.text import bound_for_tokenizer
 log = logging.getLogger(__name__)
 MANIFEST = "query.json"
 TEXT_GRAPH = "text.onnx"
+IMAGE_GRAPH = "image.onnx"
 QUERY_THREADS = 1  # a one-off query is one text: one thread answers it as fast, and beside other work faster
 
 
@@ -65,8 +66,65 @@ def _write(path: Path, data: dict | None) -> None:
 def write_manifest(folder: Path, encoder, weights: Path | None, short_text: bool) -> None:
     """`query.json` for `encoder`'s graphs in `folder`, when a torch-free process can use them: the weights file is
     known and the tokenizer is open_clip's plain byte-level BPE. Otherwise a stale one goes.
-    `short_text`: the text graph takes ids cut after the batch's longest text."""
-    _write(folder / MANIFEST, _manifest(encoder, weights, short_text))
+    `short_text`: the text graph takes ids cut after the batch's longest text. The manifest also describes the
+    image transform (`image`) when `pil_transform` reproduces the model's own on probe images: an index process
+    can then run `image.onnx` without torch too (`IndexEncoder`)."""
+    data = _manifest(encoder, weights, short_text)
+    path = folder / MANIFEST
+    if data is not None and (folder / IMAGE_GRAPH).is_file():
+        old = _read(path) or {}
+        same_model = {k: v for k, v in old.items() if k != "image"} == data
+        data["image"] = old["image"] if same_model and "image" in old else _image_cfg(encoder)
+        if data["image"] is None:
+            del data["image"]
+    _write(path, data)
+
+
+def _image_cfg(encoder) -> dict | None:
+    """open_clip's eval transform of `encoder` as `pil_transform` takes it, if that reproduces it on probe images
+    (several sizes and shapes, exactly up to float rounding); None otherwise."""
+    from open_clip import get_model_preprocess_cfg
+    from PIL import Image
+    pre = get_model_preprocess_cfg(encoder.model)
+    cfg = {"size": encoder.image_size, "resize_mode": pre.get("resize_mode", "shortest"),
+           "interpolation": pre.get("interpolation", "bicubic"), "mean": list(pre["mean"]), "std": list(pre["std"]),
+           "batch": encoder.image_batch}
+    if cfg["resize_mode"] not in ("squash", "shortest") or cfg["interpolation"] not in _RESAMPLE:
+        return None
+    rng = np.random.default_rng(0)
+    ours = pil_transform(cfg)
+    for w, h in ((640, 480), (300, 900), (cfg["size"],) * 2, (cfg["size"] + 1, cfg["size"] * 3), (17, 23)):
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        if not np.allclose(ours(img), encoder.prepare(img).numpy(), atol=1e-6):
+            return None
+    return cfg
+
+
+_RESAMPLE = {"bicubic": 3, "bilinear": 2, "nearest": 0}  # PIL's Image.Resampling numbers
+
+
+def pil_transform(cfg: dict):
+    """open_clip's eval transform for PIL images in Pillow and numpy: resize ("squash" to the square, or the short
+    side to the size then a centre crop, as torchvision does), then `(3, S, S)` float32 normalised."""
+    size, resample = int(cfg["size"]), _RESAMPLE[cfg["interpolation"]]
+    mean = np.asarray(cfg["mean"], np.float32).reshape(3, 1, 1)
+    std = np.asarray(cfg["std"], np.float32).reshape(3, 1, 1)
+
+    def run(img) -> np.ndarray:
+        img = img.convert("RGB")
+        w, h = img.size
+        if cfg["resize_mode"] == "squash":
+            new = (size, size)
+        else:  # torchvision's Resize(int): the short side to `size`, the long one in proportion, rounded down
+            new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+        if new != (w, h):
+            img = img.resize(new, resample)
+        if cfg["resize_mode"] != "squash":
+            left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
+            img = img.crop((left, top, left + size, top + size))
+        x = np.asarray(img, np.float32).transpose(2, 0, 1) / np.float32(255)
+        return (x - mean) / std
+    return run
 
 
 def write_torch_manifest(encoder, weights: Path | None, query_dir: Path) -> None:
@@ -113,9 +171,10 @@ def _read(path: Path) -> dict | None:
         return None
 
 
-def find_query_encoder(spec: str, cache_dir: str | os.PathLike) -> QueryEncoder | None:
+def find_query_encoder(spec: str, cache_dir: str | os.PathLike, images: bool = False) -> QueryEncoder | None:
     """The text tower of `spec` as a full process left it under `cache_dir` (the onnx backend's folder, or the
-    torch backend's `query/`), if its weights file is unchanged since; None otherwise."""
+    torch backend's `query/`), if its weights file is unchanged since; None otherwise. With `images`, an
+    `IndexEncoder` (both towers) where the manifest has the image graph's transform, else None."""
     for path in sorted(Path(cache_dir).expanduser().glob(f"*/{MANIFEST}")):
         data = _read(path)
         if not data or data.get("name") != spec or data.get("tokenizer") != "clip-bpe":
@@ -124,9 +183,11 @@ def find_query_encoder(spec: str, cache_dir: str | os.PathLike) -> QueryEncoder 
             same = weights_identity(data["weights"]["path"]) == data["weights"]
         except (OSError, KeyError, TypeError):
             same = False
+        if images and not ("image" in data and (path.parent / IMAGE_GRAPH).is_file()):
+            same = False
         if same and ("text_tower" in data or (path.parent / TEXT_GRAPH).is_file()):
             try:
-                return QueryEncoder(path.parent, data)
+                return (IndexEncoder if images else QueryEncoder)(path.parent, data)
             except Exception as e:  # noqa: BLE001 - onnxruntime's own errors: a file it cannot load
                 log.warning("cannot use %s for queries (%s); loading the full model", path.parent, e)
                 return None
@@ -173,3 +234,43 @@ class QueryEncoder:
             out = self.run(np.ascontiguousarray(chunk)).astype(np.float32)
             parts.append(out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12))
         return np.concatenate(parts)
+
+
+class IndexEncoder(QueryEncoder):
+    """Both towers on ONNX Runtime, for an index process without torch: what `Gallery.sync` needs of an `Encoder`
+    (`prepare` by `pil_transform`, `encode_pixels` over `image.onnx`, `image_size`, `image_batch`, `device`)."""
+
+    def __init__(self, folder: Path, manifest: dict, threads: int | None = None):
+        import onnxruntime as ort
+        threads = threads or min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                 else os.cpu_count() or 1, 8)
+        super().__init__(folder, manifest, threads)
+        image = manifest["image"]
+        self.image_size, self.image_batch = int(image["size"]), int(image["batch"])
+        self.device = _CPU
+        self.prepare = pil_transform(image)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(folder / IMAGE_GRAPH), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        self._image = lambda x: session.run(None, {name: np.ascontiguousarray(x, np.float32)})[0]
+
+    def encode_pixels(self, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """`(N, 3, S, S)` from `prepare`, stacked -> `(N, D)` float32, unit rows."""
+        parts = [np.empty((0, self.embed_dim), np.float32)]
+        step = batch_size or self.image_batch
+        for start in range(0, len(pixels), step):
+            out = self._image(pixels[start:start + step]).astype(np.float32)
+            parts.append(out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12))
+        return np.concatenate(parts)
+
+    def encode_images(self, images, batch_size: int | None = None) -> np.ndarray:
+        return self.encode_pixels(np.stack([self.prepare(im) for im in images]), batch_size)
+
+
+class _Device:
+    type = "cpu"
+
+
+_CPU = _Device()
