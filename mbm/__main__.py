@@ -71,12 +71,20 @@ def _index(args) -> int:
         from mbm.errors import InputError
         raise InputError("name the folder to index, or --from-shards SHARDS")
     from mbm._cli_query import quick_index
-    quick = quick_index(args, _config(args, args.folder), _tqdm_progress())  # without torch, when it can
+    config = _config(args, args.folder)
+    quick = quick_index(args, config, _tqdm_progress())  # without torch, when it can
     if quick:
         (gallery, report), name = quick, quick[0].encoder.name
     else:
-        engine = _engine(args, gallery=args.folder)
-        gallery, report, name = engine.gallery, engine.last_sync, engine.encoder.name  # opening it syncs it
+        from mbm.sync import Predecoder
+        early = Predecoder(args.folder, config.store_for(args.folder))  # decodes while torch and the model load
+        try:
+            from mbm.engine import Engine
+            engine = Engine(config)
+            gallery, report = engine.open_gallery(args.folder, progress=_tqdm_progress(), predecoded=early)
+        finally:
+            early.close()
+        name = engine.encoder.name
     shipped = gallery.write_shipped_vectors() if args.ship_vectors else None
     if args.json:
         print(json.dumps({**{k: v for k, v in report.__dict__.items() if k != "skipped"},
