@@ -22,7 +22,8 @@ whole process (wall; CPU seconds user+sys of the process tree and peak RSS from 
 - a one-off `python -m mbm search "a red circle" -k 5` against `rclip -f -t 5 --no-indexing "a red circle"`;
 - `--queries` different text queries in one process (mbm: `Engine.search`; rclip: its `Model` and DB search via
   `init_rclip`, run by the venv's python), p50 ms, and the top-5 files of 5 of them;
-- on mbm's embedded model (mbm-shapes), `python -m mbm index` against a naive loop (open, preprocess, encode one
+- on mbm's embedded model (mbm-shapes), `python -m mbm index` (on the torch backend, and on the onnx one with the
+  graphs exported beforehand, which then runs without torch) against a naive loop (open, preprocess, encode one
   image, write its row) over `--naive` JPEGs of mixed sizes.
 Checks: both tools return the same top-5 files in the same order, and the stored image vectors agree. Prints a
 markdown table with mbm/rclip ratios (medians over rounds; ranges where rounds differ) and one JSON line.
@@ -335,6 +336,7 @@ def naive_loop(a: dict) -> dict:
     return dict(n=db.execute("SELECT count(*) FROM vectors").fetchone()[0])
 
 
+EMBEDDED_WAYS = ("mbm", "mbm-onnx", "naive")  # mbm index on the torch backend, on the onnx one, the naive loop
 CHILDREN = {"ceiling-mbm": ceiling_mbm, "ceiling-rclip": ceiling_rclip, "queries-mbm": queries_mbm,
             "queries-rclip": queries_rclip, "naive": naive_loop}
 
@@ -410,9 +412,10 @@ class Bench:
         if way == "naive":
             return child(sys.executable, "naive", child_env(), model="mbm-shapes", folder=self.naive_folder,
                          out=self.scratch / f"naive-{r}.sqlite")
-        cache = self.scratch / f"embedded-{r}"
+        backend = "onnx" if way == "mbm-onnx" else "torch"  # onnx: graphs exported before, so no torch at all
+        cache = fresh_mbm_cache(self.onnx_cache, self.scratch / f"embedded-{way}-{r}")
         return measured([sys.executable, "-m", "mbm", "index", str(self.naive_folder), "--model", "mbm-shapes",
-                         "--device", "cpu", "--cache", str(cache)], child_env(), cwd=ROOT,
+                         "--device", "cpu", "--cache", str(cache)], child_env(MBM_BACKEND=backend), cwd=ROOT,
                         log=self.scratch / "embedded.log")
 
 
@@ -432,7 +435,7 @@ def one_round(bench: Bench, r: int) -> dict:
         out[tool]["search"] = bench.search_once(tool, out[tool]["index"]["store"])
     for tool in rotated(TOOLS, r):
         out[tool]["queries"] = bench.query_loop(tool, out[tool]["index"]["store"])
-    out["embedded"] = {way: bench.embedded(way, r) for way in rotated(("mbm", "naive"), r)}
+    out["embedded"] = {way: bench.embedded(way, r) for way in rotated(EMBEDDED_WAYS, r)}
     progress(f"round {r + 1}: search " + ", ".join(f"{t} {out[t]['search']['wall']:.2f} s" for t in TOOLS)
              + "; p50 " + ", ".join(f"{t} {out[t]['queries']['p50']:.0f} ms" for t in TOOLS))
     return out
@@ -499,7 +502,7 @@ def measures(rounds: list[dict]) -> dict:
     for tool in TOOLS[:2]:  # mbm's own report: the sync's seconds; the rest of the process is start-up and exit
         out[tool]["sync_s"] = [rd[tool]["index"]["sync_s"] for rd in rounds]
     out["embedded"] = {f"{way}_{k}": [rd["embedded"][way][k] for rd in rounds]
-                       for way in ("mbm", "naive") for k in ("wall", "cpu")}
+                       for way in EMBEDDED_WAYS for k in ("wall", "cpu")}
     return out
 
 
@@ -549,9 +552,12 @@ def table(m: dict, ck: dict, n: int, naive_n: int, queries: int) -> list[str]:
     speedup = statistics.median(e["naive_wall"]) / statistics.median(e["mbm_wall"])
     lines += [f"| mbm-shapes, {naive_n} JPEGs of mixed sizes, whole processes | wall s | CPU s |", "|---|---:|---:|",
               f"| `python -m mbm index` | {cell(e['mbm_wall'], '.1f')} | {cell(e['mbm_cpu'], '.1f')} |",
+              f"| `MBM_BACKEND=onnx python -m mbm index` (graphs exported before: no torch) | "
+              f"{cell(e['mbm-onnx_wall'], '.1f')} | {cell(e['mbm-onnx_cpu'], '.1f')} |",
               f"| naive loop (open, preprocess, encode one image, write) | {cell(e['naive_wall'], '.1f')} | "
               f"{cell(e['naive_cpu'], '.1f')} |",
-              f"| `mbm index` speed-up over the naive loop (wall) | {speedup:.2f}x | |"]
+              f"| `mbm index` speed-up over the naive loop (wall; torch / onnx backend) | {speedup:.2f}x / "
+              f"{statistics.median(e['naive_wall']) / statistics.median(e['mbm-onnx_wall']):.2f}x | |"]
     return lines
 
 
@@ -568,7 +574,9 @@ def targets(m: dict) -> list[str]:
              ("one-off search wall mbm/rclip (default backend)", r("mbm-torch", "search_wall"), "<=", 1.5),
              ("one-off search peak memory mbm/rclip (default backend)", r("mbm-torch", "search_rss_gb"), "<=", 1.5),
              ("query p50 mbm/rclip (default backend)", r("mbm-torch", "p50"), "<=", 1.0),
-             ("embedded model: naive loop wall / mbm index wall", naive, ">=", 2.0)]
+             ("embedded model: naive loop wall / mbm index wall", naive, ">=", 2.0),
+             ("embedded model, onnx backend: naive loop wall / mbm index wall",
+              statistics.median(e["naive_wall"]) / statistics.median(e["mbm-onnx_wall"]), ">=", 2.0)]
     return [f"- {what}: {value:.2f} (target {op} {bound}): "
             f"{'met' if (value <= bound if op == '<=' else value >= bound) else 'not met'}"
             for what, value, op, bound in goals]
@@ -606,6 +614,8 @@ def main() -> None:
         bench = Bench(args, work, Path(tmp))
         child(sys.executable, "ceiling-mbm", child_env(), model=bench.model, onnx_cache=bench.onnx_cache,
               backend="onnx", runs=1)  # mbm exports its ONNX files once, before anything is timed
+        child(sys.executable, "ceiling-mbm", child_env(), model="mbm-shapes", onnx_cache=bench.onnx_cache,
+              backend="onnx", runs=1)  # and the embedded model's
         load = [os.getloadavg()]
         rounds = [one_round(bench, r) for r in range(args.rounds)]
         load.append(os.getloadavg())
