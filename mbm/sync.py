@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -388,22 +389,29 @@ class Predecoder:
         self.root = Path(root).expanduser().resolve()
         self._pool = ThreadPoolExecutor(workers or min(8, os.cpu_count() or 2), thread_name_prefix="mbm-predecode")
         self._jobs: dict[str, Future] = {}
+        self._lock, self._closed = threading.Lock(), False
+        # the walk runs on the pool too: a big folder of known files costs the caller nothing
+        self._planned = self._pool.submit(self._plan, Path(store), limit)
+
+    def _plan(self, store: Path, limit: int) -> None:
         try:
-            known = _known_files(Path(store) / "gallery.sqlite")
-            for path in _media_files(self.root, Path(store), lambda e: None):
-                if len(self._jobs) >= limit:
-                    break
+            known = _known_files(store / "gallery.sqlite")
+            for path in _media_files(self.root, store, lambda e: None):
                 rel = path.relative_to(self.root).as_posix()
                 st = path.stat()
                 if path.suffix.lower() in IMAGE_SUFFIXES and known.get(rel) != (st.st_size, st.st_mtime_ns):
-                    self._jobs[rel] = self._pool.submit(_predecode, path)
-        except (OSError, sqlite3.Error) as e:  # a head start only: the sync decides and reports
+                    with self._lock:
+                        if self._closed or len(self._jobs) >= limit:
+                            return
+                        self._jobs[rel] = self._pool.submit(_predecode, path)
+        except (OSError, RuntimeError, sqlite3.Error) as e:  # a head start only: the sync decides and reports
             log.debug("no predecoding in %s: %s", self.root, e)
 
     def take(self, path: str, sha: str, image_size: int):
         """`decode_for_model`'s result for `path` if it was decoded ahead from the same bytes and serves a model of
         `image_size`, else None."""
-        job = self._jobs.pop(path, None)
+        with self._lock:
+            job = self._jobs.pop(path, None)
         if job is None or image_size > THUMB_SIZE:
             return None
         try:
@@ -415,10 +423,17 @@ class Predecoder:
         # decoded for a model of THUMB_SIZE: a smaller model takes the thumbnail wherever that is big enough for it
         return small, small if min(small.size) >= image_size else source, full_size
 
+    def planned(self) -> int:
+        """How many files are (or were) being decoded ahead, once the walk is done (for tests and logs)."""
+        self._planned.result()
+        return len(self._jobs)
+
     def close(self) -> None:
-        for job in self._jobs.values():
-            job.cancel()
-        self._jobs.clear()
+        with self._lock:
+            self._closed = True
+            for job in self._jobs.values():
+                job.cancel()
+            self._jobs.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 

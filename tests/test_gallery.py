@@ -198,7 +198,7 @@ def test_images_decoded_before_the_model_loads_give_the_same_vectors(tmp_path, s
     plain = Gallery(folder, shapes_model, store=tmp_path / "plain")
     plain.sync()
     early = Predecoder(folder, tmp_path / "early")
-    assert len(early._jobs) == 14  # every new image, the broken one too
+    assert early.planned() == 14  # every new image, the broken one too
     render(make_scene("val", 5), size=120).save(folder / "a" / "scene_0001.jpg")  # changed after the decode began
     plain.sync()
     gallery = Gallery(folder, shapes_model, store=tmp_path / "early")
@@ -212,7 +212,9 @@ def test_images_decoded_before_the_model_loads_give_the_same_vectors(tmp_path, s
     assert mine.keys() == theirs.keys()
     for path in mine:  # the changed file too: its early decode was of other bytes, so the sync decoded it again
         np.testing.assert_allclose(mine[path], theirs[path], atol=1e-6, err_msg=path)  # batches round differently
-    assert len(Predecoder(folder, tmp_path / "early")._jobs) == 0  # nothing new: nothing decoded ahead
+    again = Predecoder(folder, tmp_path / "early")
+    assert again.planned() == 0  # nothing new: nothing decoded ahead
+    again.close()
 
 
 def test_flat_index_returns_the_brute_force_ranking(folder, shapes_model):
