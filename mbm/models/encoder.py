@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from torch.nn.modules import module as nn_module
 from mbm.text import bound_for_tokenizer, bound_word_cache
 
 BIG_IMAGE = 160  # image towers at least this wide (224 px ViTs) are compute-bound: smaller batches on the CPU
-SMALL_TEXT = 8  # text batches up to this many run on one CPU thread (a query; docs/BENCHMARKS.md, issue 19)
+SMALL_TEXT = 8  # text batches up to this many run on one CPU thread on a busy machine (a query; issue 19)
 _THREADS_LOCK = threading.Lock()  # torch's thread count is process-wide: one small-text call changes it at a time
 
 
@@ -134,10 +135,10 @@ class Encoder:
 
     def _text(self, tokens: torch.Tensor) -> torch.Tensor:
         """`(B, L)` CPU token ids -> `(B, D)` raw embeddings, by the runner unless hooks are watching; a small
-        batch on one CPU thread."""
+        batch on one CPU thread when the machine is busy (`machine_busy`)."""
         if self._hooked():  # the model's own call, whole length: what a hook sees does not depend on the batch
             return self.model.encode_text(self._to_device(tokens))
-        with self._one_thread() if len(tokens) <= SMALL_TEXT else contextlib.nullcontext():
+        with self._one_thread() if len(tokens) <= SMALL_TEXT and machine_busy() else contextlib.nullcontext():
             if self.runner is not None:
                 return self.runner.text(cut_tokens(tokens) if self.runner.short_text else tokens)
             if self.short_text:
@@ -239,6 +240,17 @@ class Encoder:
                 feats = run(items[start:start + batch_size]).float()  # (B, D)
                 parts.append(F.normalize(feats, dim=-1).cpu().numpy())
         return np.concatenate(parts) if parts else out
+
+
+def machine_busy() -> bool:
+    """True when the CPUs are mostly in use already (the 1-minute load average at least the core count less a
+    half), or the system cannot say. A query's small text batch then runs on one thread: beside busy processes that
+    is as fast or faster (a ViT-B-32 query 43 vs 43 ms beside 2, 195 vs 777 ms at load 6), while on an idle machine
+    every thread is faster (19 vs 28 ms); docs/BENCHMARKS.md, "Text at its own length"."""
+    try:
+        return os.getloadavg()[0] >= (os.cpu_count() or 1) - 0.5
+    except (AttributeError, OSError):  # Windows has no load average
+        return True
 
 
 def trims_text(model: torch.nn.Module) -> bool:
