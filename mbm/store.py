@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS items (
     sha256 TEXT,                 -- of the file's bytes; NULL until first read
     width INTEGER,
     height INTEGER,
-    caption TEXT NOT NULL,       -- the sidecar NAME.txt, else a readable file name
+    caption TEXT NOT NULL,       -- the sidecar NAME.txt, else the file's description, else a readable file name
     error TEXT                   -- why the file could not be read; NULL when it is fine
 );
 CREATE TABLE IF NOT EXISTS vectors (
@@ -47,6 +47,13 @@ CREATE TABLE IF NOT EXISTS frames (
     t REAL NOT NULL,             -- seconds from the start
     cut INTEGER NOT NULL,        -- 1: kept because the picture jumped, 0: by the clock
     UNIQUE (item_id, t)
+);
+-- The description written into an image file (EXIF, IPTC, PNG text), as read when the file's size and mtime were
+-- last new to the store (added by issue 19; empty in older stores, which read every header once): a later scan takes
+-- it from here, sidecar or not, instead of reading the header again. Files without one have no row.
+CREATE TABLE IF NOT EXISTS descriptions (
+    item_id INTEGER PRIMARY KEY REFERENCES items(id) ON DELETE CASCADE,
+    text TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS frame_vectors (
     frame_id INTEGER NOT NULL REFERENCES frames(id) ON DELETE CASCADE,

@@ -103,8 +103,8 @@ class Syncing(VideoSyncing):
         start = time.perf_counter()
         report = SyncReport()
         with self._sync_lock:  # one sync at a time; searches go on between its committed batches
-            found, unreadable = self._scan(self._stored())
-            self._reconcile(found, unreadable, report)
+            found, unreadable, described = self._scan(self._stored())
+            self._reconcile(found, unreadable, report, described)
             shipped = read_shipped(self.root, self.encoder)
             self._encode_images(report, progress, batch_size or self.encoder.image_batch,
                                 workers or min(8, os.cpu_count() or 2), shipped.images, predecoded)
@@ -122,7 +122,7 @@ class Syncing(VideoSyncing):
         current model. Only reads: a process that cannot embed images (a torch-free query, `mbm._cli_query`) asks
         this before it answers from the store. Files that cannot be read now count as they were, as in `sync`."""
         rows = self._stored()
-        found, unreadable = self._scan(rows)
+        found, unreadable, _ = self._scan(rows)
         if any(rows.get(path) != seen for path, seen in found.items()):
             return False
         if any(path not in found and not path.startswith(tuple(unreadable)) for path in rows):
@@ -134,13 +134,14 @@ class Syncing(VideoSyncing):
         """`{relative path: (size, mtime_ns, caption)}` as the store recorded them."""
         return {r[0]: tuple(r[1:]) for r in self.db.all("SELECT path, size, mtime_ns, caption FROM items")}
 
-    def _scan(self, stored: dict[str, tuple[int, int, str]]) -> tuple[dict[str, tuple[int, int, str]], dict[str, str]]:
-        """`{relative path: (size, mtime_ns, caption)}` of the image files under the root, and `{relative path: why}`
-        of the files that could not be read and the sub-folders (ending in "/") that could not be listed.
+    def _scan(self, stored: dict[str, tuple[int, int, str]]) -> tuple[dict, dict[str, str], dict[str, str | None]]:
+        """`{relative path: (size, mtime_ns, caption)}` of the image files under the root, `{relative path: why}`
+        of the files that could not be read and the sub-folders (ending in "/") that could not be listed, and
+        `{relative path: description or None}` of the images whose headers it read.
 
         A file's caption is its sidecar's text, else the description written into the file (EXIF, IPTC, PNG text),
-        else its name. `stored` (what `_stored` read) spares reading the header of a file whose bytes are as they
-        were when it held no description.
+        else its name. The header is read only for a file new to the store or changed since `stored` (what
+        `_stored` read); for the others the store's `descriptions` say.
 
         Raises:
             NotADirectoryError: the root is gone (an unplugged drive): nothing in the store is touched.
@@ -148,9 +149,10 @@ class Syncing(VideoSyncing):
         """
         if not self.root.is_dir():
             raise NotADirectoryError(f"gallery folder {self.root} is missing; nothing was changed")
-        found, unreadable, failed = {}, {}, []
+        found, unreadable, failed, read = {}, {}, [], {}
         if self.db.one("SELECT value FROM meta WHERE key='captions'") != CAPTION_SOURCES:
             stored = {}  # a store from before embedded descriptions were read: read every header once
+        known = dict(self.db.all("SELECT i.path, d.text FROM descriptions d JOIN items i ON i.id = d.item_id"))
         # symlinked folders are not followed (no loops); a folder that cannot be listed is reported, not skipped quietly
         for path in _media_files(self.root, self.store, failed.append):
             try:
@@ -160,17 +162,24 @@ class Syncing(VideoSyncing):
                 unreadable[path.relative_to(self.root).as_posix()] = f"cannot be read ({e.strerror or e})"
                 continue
             rel = path.relative_to(self.root).as_posix()
-            found[rel] = (st.st_size, st.st_mtime_ns, _caption(path, st, stored.get(rel)))
+            if stored.get(rel, ())[:2] == (st.st_size, st.st_mtime_ns):
+                description = known.get(rel)
+            elif path.suffix.lower() in IMAGE_SUFFIXES:
+                description = read[rel] = read_embedded_caption(path)
+            else:
+                description = None
+            caption = read_sidecar_caption(path) or description or caption_from_filename(path)
+            found[rel] = (st.st_size, st.st_mtime_ns, caption)
         for e in failed:
             if Path(e.filename) == self.root:
                 raise PermissionError(f"cannot list the gallery folder {self.root}: {e.strerror}; nothing was changed")
             log.warning("cannot list %s: %s", e.filename, e.strerror)
             sub = Path(e.filename).relative_to(self.root).as_posix() + "/"
             unreadable[sub] = f"folder cannot be read ({e.strerror})"
-        return found, unreadable
+        return found, unreadable, read
 
     def _reconcile(self, found: dict[str, tuple[int, int, str]], unreadable: dict[str, str],
-                   report: SyncReport) -> None:
+                   report: SyncReport, described: dict[str, str | None] | None = None) -> None:
         """One transaction: rows for new files, stale embeddings dropped, renames kept, deletions applied. Files that
         could not be read, or lie in a folder that could not be listed, are kept as they were (unreadable: not gone)."""
         rows = {r[1]: r for r in self.db.all("SELECT id, path, size, mtime_ns, sha256, caption FROM items")}
@@ -187,6 +196,11 @@ class Syncing(VideoSyncing):
                 report.removed += 1
             if report.added or report.changed or report.renamed or report.removed:
                 self.db.bump(db)
+            for path, text in (described or {}).items():  # what the headers read now said, for later scans
+                item_id = db.execute("SELECT id FROM items WHERE path=?", (path,)).fetchone()[0]
+                db.execute("DELETE FROM descriptions WHERE item_id=?", (item_id,))
+                if text:
+                    db.execute("INSERT INTO descriptions VALUES (?, ?)", (item_id, text))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('captions', ?)", (CAPTION_SOURCES,))
         if report.removed or report.changed:  # only then can a thumbnail lose its file; skip the glob otherwise
             self._drop_orphan_thumbnails()
@@ -450,19 +464,7 @@ def _known_files(db_path: Path) -> dict[str, tuple[int, int]]:
         return {p: (size, mtime) for p, size, mtime in db.execute("SELECT path, size, mtime_ns FROM items")}
 
 
-CAPTION_SOURCES = "sidecar,embedded,name"  # meta 'captions': what the stored captions were read from
-
-
-def _caption(path: Path, st: os.stat_result, stored: tuple[int, int, str] | None) -> str:
-    """A file's caption: its sidecar's text, else its embedded description (`read_embedded_caption`), else its name.
-    The header is not read again when the file's size and mtime are as `stored` recorded, with its name as caption."""
-    sidecar = read_sidecar_caption(path)
-    if sidecar:
-        return sidecar
-    name = caption_from_filename(path)
-    if stored == (st.st_size, st.st_mtime_ns, name) or path.suffix.lower() not in IMAGE_SUFFIXES:
-        return name
-    return read_embedded_caption(path) or name
+CAPTION_SOURCES = "sidecar,embedded,name"  # meta 'captions': the store's descriptions table is complete
 
 
 def _prefetch(pool: ThreadPoolExecutor, fn: Callable, items: list, ahead: int) -> Iterator:
