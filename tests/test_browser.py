@@ -456,3 +456,35 @@ def test_a_view_that_cannot_draw_leaves_no_error_badge_and_draws_again(wide):
     box.press("Enter")
     expect(wide.locator("#embedding-map g.query")).to_contain_text("a green star", timeout=20_000)
     _no_badges(wide)
+
+
+def test_captions_a_visitor_wrote_into_photos_show_as_text_never_as_markup(wide, tmp_path):
+    """A visitor's photo may carry any description (EXIF, IPTC) or sidecar: the page shows it as text in the result
+    tiles, the captions table and Explore's map, and runs none of it."""
+    from PIL import Image
+    attacks = {"red.jpg": '<img src=x onerror="window.__mbm_pwned=1">a red circle',
+               "blue.jpg": '<script>window.__mbm_pwned=2</script>a blue square',
+               "green.jpg": '[click](javascript:window.__mbm_pwned=3) **a green star** <b>bold</b>'}
+    files = []
+    for (name, text), colour in zip(attacks.items(), [(220, 30, 30), (30, 30, 220), (30, 200, 30)]):
+        exif = Image.Exif()
+        exif[0x010E] = text
+        Image.new("RGB", (96, 96), colour).save(tmp_path / name, exif=exif)
+        files.append(str(tmp_path / name))
+    wide.get_by_role("tab", name="Gallery").click()
+    wide.locator("#uploads input[type=file]").set_input_files(files)
+    wide.get_by_role("button", name="Index my uploads").click()
+    expect(wide.get_by_text("3 searchable images")).to_be_visible(timeout=30_000)
+    wide.get_by_role("tab", name="Search").click()
+    _search(wide, "a red circle")
+    expect(wide.locator("#results")).to_contain_text("onerror=", timeout=20_000)  # the description, as text
+    wide.locator("#search-image input[type=file]").set_input_files(files[0])
+    wide.get_by_role("button", name="Search", exact=True).click()
+    table = wide.locator("#captions")
+    expect(table).to_contain_text("<script>", timeout=20_000)
+    expect(table).to_contain_text("**a green star**")
+    wide.get_by_role("tab", name="Explore").click()
+    expect(wide.locator("#embedding-map svg.mbm-map circle").first).to_be_attached(timeout=30_000)
+    for where in ("#results", "#captions", "#embedding-map"):
+        assert wide.locator(f"{where} img[src='x'], {where} script, {where} a[href^='javascript']").count() == 0
+    assert wide.evaluate("window.__mbm_pwned") is None
