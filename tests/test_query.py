@@ -182,6 +182,11 @@ def test_numpy_runs_the_text_towers_that_torch_runs(tmp_path):
         assert query is not None and query.key == full.key and query.backend == "torch", what
         np.testing.assert_allclose(query.encode_texts(TEXTS), full.encode_texts(TEXTS), atol=1e-5, err_msg=what)
         assert isinstance(query.run, NumpyText)
+    manifest = next((tmp_path / "query" / "quick_gelu").glob("*/query.json"))
+    data = json.loads(manifest.read_text())
+    data["probe"][0][0] += 0.01  # numpy would not reproduce these: the query process keeps the full model
+    manifest.write_text(json.dumps(data))
+    assert find_query_encoder(specs["quick_gelu"], tmp_path / "query" / "quick_gelu") is None
     scaled = _local_model(tmp_path / "scaled", {**small, "text_cfg": {**small["text_cfg"], "ls_init_value": 0.5}})
     full = create_model(scaled, device="cpu")
     assert describe(full.model) is None  # layer scale: a tower numpy does not run, so it keeps the full model

@@ -8,18 +8,20 @@ only the text tower's tensors.
 `describe(model)` says whether a loaded torch model's text tower is that plain kind (open_clip's CLIP or
 CustomTextCLIP with its TextTransformer: causal mask, argmax pooling, GELU or QuickGELU, no layer scale, no class
 token) and how to read it; `NumpyText(weights, spec)` runs it. `mbm.models._query` writes the spec into the
-model's `query.json` only after `NumpyText` reproduced the torch tower on probe texts, so a checkpoint that
-open_clip converts on load, or any tower this module does not know, keeps the full model.
+model's `query.json` with the torch tower's vectors of `PROBE` texts, and a query process uses `NumpyText` only
+once it has reproduced them, so a checkpoint that open_clip converts on load, or any tower this module does not
+know, keeps the full model.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-PROBE = ("a red circle", "un renard roux dans la neige", "キツネ", "x")  # checked before a spec is trusted
+PROBE = ("a red circle", "un renard roux dans la neige", "キツネ", "x")  # checked before a numpy tower is used
 TOLERANCE = 1e-4  # largest difference of unit vectors allowed between numpy and torch on `PROBE`
 
 
@@ -71,7 +73,6 @@ class NumpyText:
     """The text tower described by `spec`, its tensors read from a safetensors file as float32."""
 
     def __init__(self, weights: str | Path, spec: dict):
-        from safetensors import safe_open
         self.spec = spec
         p = spec["prefix"]
         names = ["token_embedding.weight", "positional_embedding", "ln_final.weight", "ln_final.bias"]
@@ -82,37 +83,41 @@ class NumpyText:
                  "attn.out_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
                  "mlp.c_proj.weight", "mlp.c_proj.bias")
         names += [f"transformer.resblocks.{i}.{part}" for i in range(spec["layers"]) for part in parts]
-        with safe_open(str(weights), framework="numpy") as f:
-            self.w = {n: np.ascontiguousarray(f.get_tensor(p + n), dtype=np.float32) for n in names}
-        # the matrices transposed once, so each call multiplies `x @ W` without a copy
+        tensors = _mapped(Path(weights))
+        # fp32 tensors stay the file's pages (nothing copied); others become float32, except the token
+        # embedding, whose few rows a query needs are converted when looked up
+        self.w = {n: tensors[p + n] if n == "token_embedding.weight" or tensors[p + n].dtype == np.float32
+                  else np.asarray(tensors[p + n], dtype=np.float32) for n in names}
+        # torch's Linear keeps (out, in): a transposed view, which BLAS multiplies without a copy
         for n in list(self.w):
             if n.endswith(("in_proj_weight", "out_proj.weight", "c_fc.weight", "c_proj.weight")) \
                     or n == "text_projection.weight":
-                self.w[n] = np.ascontiguousarray(self.w[n].T)
+                self.w[n] = self.w[n].T
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         """`(N, T)` token ids (T up to the context length) -> `(N, D)` float32, not normalised."""
         w, spec = self.w, self.spec
         n, t = ids.shape
-        x = w["token_embedding.weight"][ids] + w["positional_embedding"][:t]  # (N, T, W)
+        rows = np.asarray(w["token_embedding.weight"][ids], dtype=np.float32)
+        x = (rows + w["positional_embedding"][:t]).reshape(n * t, -1)  # (N*T, W)
         width = x.shape[-1]
         heads = spec["heads"]
         hd = width // heads
         mask = np.triu(np.full((t, t), -np.inf, np.float32), 1)
-        for i in range(spec["layers"]):
+        for i in range(spec["layers"]):  # rows as one matrix for the linear layers: BLAS's 2-D path is the fast one
             b = f"transformer.resblocks.{i}."
-            h = self._norm(x, b + "ln_1")
-            qkv = (h @ w[b + "attn.in_proj_weight"] + w[b + "attn.in_proj_bias"]).reshape(n, t, 3, heads, hd)
-            q, k, v = (qkv[:, :, j].transpose(0, 2, 1, 3) for j in range(3))  # (N, H, T, hd)
+            qkv = self._norm(x, b + "ln_1") @ w[b + "attn.in_proj_weight"] + w[b + "attn.in_proj_bias"]
+            q, k, v = qkv.reshape(n, t, 3, heads, hd).transpose(2, 0, 3, 1, 4)  # each (N, H, T, hd)
             scores = (q @ k.transpose(0, 1, 3, 2)) / math.sqrt(hd) + mask
             scores = np.exp(scores - scores.max(-1, keepdims=True))
             att = (scores / scores.sum(-1, keepdims=True)) @ v  # (N, H, T, hd)
-            x = x + att.transpose(0, 2, 1, 3).reshape(n, t, width) @ w[b + "attn.out_proj.weight"] \
+            x = x + att.transpose(0, 2, 1, 3).reshape(n * t, width) @ w[b + "attn.out_proj.weight"] \
                 + w[b + "attn.out_proj.bias"]
             h = self._norm(x, b + "ln_2") @ w[b + "mlp.c_fc.weight"] + w[b + "mlp.c_fc.bias"]
             h = h * _sigmoid(1.702 * h) if spec["act"] == "quick_gelu" else _gelu(h)
             x = x + h @ w[b + "mlp.c_proj.weight"] + w[b + "mlp.c_proj.bias"]
-        x = self._norm(x, "ln_final")[np.arange(n), ids.argmax(axis=1)]  # the end token's row: (N, W)
+        x = x.reshape(n, t, width)[np.arange(n), ids.argmax(axis=1)]  # the end token's row: (N, W)
+        x = self._norm(x, "ln_final")
         if spec["projection"] == "matrix":
             return (x @ w["text_projection"]).astype(np.float32)
         if spec["projection"] == "linear":
@@ -123,6 +128,29 @@ class NumpyText:
         mu = x.mean(-1, keepdims=True)
         var = ((x - mu) ** 2).mean(-1, keepdims=True)
         return (x - mu) / np.sqrt(var + self.spec["eps"]) * self.w[name + ".weight"] + self.w[name + ".bias"]
+
+
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+           "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def _mapped(path: Path) -> dict[str, np.ndarray]:
+    """A safetensors file's tensors as read-only numpy arrays over the file's own pages (`np.memmap`): the
+    safetensors package's numpy loader copies every tensor, which for a ViT-B-32 text tower is 0.4 s of a query
+    process. The format: an 8-byte little-endian header size, a JSON header ({name: dtype, shape, data_offsets}),
+    then the data. A tensor of a dtype numpy lacks (bf16) is left out: a tower that needs one fails with KeyError,
+    and that model keeps the full path."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + size)
+    out = {}
+    for name, entry in header.items():
+        if name == "__metadata__" or entry["dtype"] not in _DTYPES:
+            continue
+        start, end = entry["data_offsets"]
+        out[name] = data[start:end].view(_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+    return out
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -140,3 +168,11 @@ def _erf(x: np.ndarray) -> np.ndarray:
     t = 1.0 / (1.0 + 0.3275911 * a)
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
     return np.sign(x) * (1.0 - poly * np.exp(-a * a))
+
+
+def reproduces(tower: NumpyText, tokenizer, expected) -> bool:
+    """Whether `tower` gives the torch tower's unit vectors of `PROBE` (`expected`, `(len(PROBE), D)`)."""
+    ids = np.asarray(tokenizer(list(PROBE)))
+    got = tower(ids[:, :int(ids.argmax(axis=1).max()) + 1])
+    got /= np.maximum(np.linalg.norm(got, axis=1, keepdims=True), 1e-12)
+    return got.shape == np.shape(expected) and float(np.abs(got - np.asarray(expected)).max()) <= TOLERANCE

@@ -6,7 +6,8 @@ A full process leaves a `query.json` for later query processes: the model's name
 context length, whether the text tower takes ids cut to their length, and the weights file (path, size, mtime).
 The ONNX backend (`mbm.models._onnx`) writes it beside its graphs, for `text.onnx`; the torch backend on the CPU
 in fp32 (`write_torch_manifest`, under the cache's `query/`) writes it with the text tower's description for
-`mbm.models._nptext`, once numpy has reproduced the torch tower. `find_query_encoder(spec, folder)` finds the file
+`mbm.models._nptext` and the torch tower's vectors of probe texts, which a query process reproduces in numpy
+before it answers with it. `find_query_encoder(spec, folder)` finds the file
 for a spec whose weights file is unchanged and returns a `QueryEncoder`; None when there is none, or the model's
 tokenizer is not open_clip's byte-level BPE (the caller then loads the full model, which writes it).
 `python -m mbm search` answers this way (`mbm._cli_query`).
@@ -129,9 +130,10 @@ def pil_transform(cfg: dict):
 
 def write_torch_manifest(encoder, weights: Path | None, query_dir: Path) -> None:
     """`query.json` under `query_dir` for the torch backend's `encoder`, when numpy can run its text tower
-    (`mbm.models._nptext`) from a safetensors weights file: only on the CPU in fp32 (what a numpy query matches),
-    and only once `NumpyText` has reproduced the torch tower on `PROBE` texts within `TOLERANCE`."""
-    from mbm.models._nptext import PROBE, TOLERANCE, NumpyText, describe
+    (`mbm.models._nptext`) from a safetensors weights file: only on the CPU in fp32 (what a numpy query matches).
+    It holds the torch tower's vectors of `PROBE` texts, which the query process reproduces before it trusts numpy
+    (there, where the weights are read anyway, not here at every start)."""
+    from mbm.models._nptext import PROBE, describe
     path = query_dir / folder_name(encoder.key) / MANIFEST
     data = _manifest(encoder, weights, True)
     if data is None or encoder.device.type != "cpu" or encoder.precision != "fp32" \
@@ -140,18 +142,11 @@ def write_torch_manifest(encoder, weights: Path | None, query_dir: Path) -> None
     data["text_tower"] = describe(encoder.model)
     if data["text_tower"] is None:
         return _write(path, None)
-    if path.is_file() and _read(path) == data:
+    old = _read(path) if path.is_file() else None
+    if old is not None and {k: v for k, v in old.items() if k != "probe"} == data and "probe" in old:
         return None
-    try:
-        tower = NumpyText(weights, data["text_tower"])
-        ids = encoder.tokenizer(list(PROBE)).numpy()
-        got = tower(ids[:, :int(ids.argmax(axis=1).max()) + 1])
-        got /= np.maximum(np.linalg.norm(got, axis=1, keepdims=True), 1e-12)
-        same = float(np.abs(got - encoder.encode_texts(list(PROBE))).max()) <= TOLERANCE
-    except Exception as e:  # noqa: BLE001 - keys the file names otherwise, a dtype numpy lacks: no numpy path
-        log.info("no torch-free query path for %s: %s", encoder.key, e)
-        same = False
-    return _write(path, data if same else None)
+    data["probe"] = encoder.encode_texts(list(PROBE)).tolist()
+    return _write(path, data)
 
 
 def folder_name(key: str, salt: str = "") -> str:
@@ -208,8 +203,10 @@ class QueryEncoder:
         self.short_text = bool(manifest["short_text"])
         self.tokenizer = ClipBPE(self.context_length)
         if "text_tower" in manifest:
-            from mbm.models._nptext import NumpyText
+            from mbm.models._nptext import NumpyText, reproduces
             self.backend, self.run = "torch", NumpyText(manifest["weights"]["path"], manifest["text_tower"])
+            if not reproduces(self.run, self.tokenizer, manifest.get("probe", ())):
+                raise ValueError("numpy does not reproduce the torch text tower")
             return
         import onnxruntime as ort
         options = ort.SessionOptions()
