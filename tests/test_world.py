@@ -116,7 +116,7 @@ def _one(kind: str, drawing: str, colour: str = "red"):
     return backgrounds.widen(base, random.Random(0), look, diameter=0.6)
 
 
-@pytest.mark.parametrize("kind", backgrounds.KINDS)
+@pytest.mark.parametrize("kind", [*backgrounds.KINDS, backgrounds.UNSEEN_PHOTO])
 def test_backgrounds_differ_and_keep_the_object_visible(kind):
     img = np.asarray(backgrounds.render(_one(kind, "filled"), 64)).astype(int)
     corner = img[:6, :6].reshape(-1, 3).mean(0)
@@ -227,3 +227,20 @@ def test_command_line_trains_evaluates_and_writes_the_card(cache, tmp_path):
     assert "python -m mbm train-clip --world --steps 2 --background-weights photo=2" in card
     bad = run_mbm("train-clip", "--world", "--background-weights", "carpet=2", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "the kinds are grey, light" in bad.stderr
+
+
+def test_training_varies_photos_and_textures_and_the_evaluation_keeps_unseen_photos_apart():
+    """`vary` (training) recolours photo crops and adds texture patterns; the evaluation's looks never vary, and its
+    'unseen photo' row crops pictures that neither the photo kind nor training's varied looks draw."""
+    seen = {im.tobytes() for im in (*backgrounds.photos(), *backgrounds.more_photos())}
+    assert backgrounds.unseen_photos() and not seen & {im.tobytes() for im in backgrounds.unseen_photos()}
+    rng = random.Random(0)
+    looks = [backgrounds.sample_look(rng, vary_share=0.5) for _ in range(400)]
+    assert 150 < sum(look.vary for look in looks) < 250
+    assert not any(backgrounds.sample_look(random.Random(i)).vary for i in range(50))  # the evaluation's default
+    plain, varied = (np.asarray(backgrounds.background("photo", random.Random(3), 64, vary=v)).astype(int)
+                     for v in (False, True))
+    assert np.abs(plain - varied).mean() > 10  # a crop from the wider pool, flipped and recoloured
+    patterns = {np.asarray(backgrounds.background("texture", random.Random(i), 64, vary=True)).std().round(1)
+                for i in range(40)}
+    assert len(patterns) > 30

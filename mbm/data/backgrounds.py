@@ -25,6 +25,7 @@ from mbm.data.shapes import SIZES, Scene
 
 KINDS = ("grey", "light", "white", "black", "saturated", "gradient", "texture", "photo")
 DRAWINGS = ("filled", "outline", "hand")
+UNSEEN_PHOTO = "unseen photo"  # evaluation only, not in KINDS: crops of photos no training run draws (`unseen_photos`)
 PHOTOS = Path(__file__).resolve().parents[2] / "assets" / "gallery" / "photos"
 MIN_CONTRAST = 90.0  # RGB distance a flat background keeps from every object's colour
 TONES = {"white": 252, "black": 20, "light": 225, "grey": 132}  # the grey level of the plain kinds
@@ -191,6 +192,8 @@ def background(kind: str, rng: random.Random, s: int, avoid=(), vary: bool = Fal
         return Image.fromarray((a + (b - a) * t[..., None]).astype(np.uint8), "RGB")
     if kind == "texture":
         return _texture(rng, s, avoid, vary)
+    if kind == UNSEEN_PHOTO:
+        return _photo_crop(rng, s, unseen_photos() or photos())
     return _recolour(_photo_crop(rng, s, photos() + more_photos()), rng) if vary else _photo_crop(rng, s)
 
 
@@ -277,6 +280,18 @@ def more_photos() -> tuple[Image.Image, ...]:
                      ("immunohistochemistry", "moon", "coins", "clock", "page", "text", "cell", "camera"))
     except (ImportError, OSError, ValueError):
         return ()
+
+
+@lru_cache(maxsize=1)
+def unseen_photos() -> tuple[Image.Image, ...]:
+    """Photos that no training run draws, for the evaluation's `UNSEEN_PHOTO` row: the few Gradio ships as media
+    for its demos (a cheetah, a lion, a tower, ...), read from the installed package, never copied or trained on."""
+    import importlib.util
+    spec = importlib.util.find_spec("gradio")
+    if spec is None or spec.origin is None:
+        return ()
+    folder = Path(spec.origin).parent / "media_assets" / "images"
+    return tuple(Image.open(p).convert("RGB") for p in sorted(folder.glob("*.jp*g")))
 
 
 def _photo_crop(rng: random.Random, s: int, pool: tuple[Image.Image, ...] | None = None) -> Image.Image:
