@@ -88,6 +88,7 @@ def robustness_report(encoder: Encoder, n: int = 200) -> dict[str, dict[str, flo
     protos = {"joint": prototypes(encoder, JOINT, SHAPE_TEMPLATES),
               "shape": prototypes(encoder, list(SHAPES), SHAPE_TEMPLATES)}
     rows = {f"background {k}": dict(kind=k) for k in backgrounds.KINDS}
+    rows[f"background {backgrounds.UNSEEN_TEXTURE}"] = dict(kind=backgrounds.UNSEEN_TEXTURE)  # patterns never drawn
     if backgrounds.unseen_photos():  # photos no training run drew: how far the photo row generalises
         rows[f"background {backgrounds.UNSEEN_PHOTO}"] = dict(kind=backgrounds.UNSEEN_PHOTO)
     rows |= {f"size {name}": dict(diameter=r) for name, r in SIZE_RANGES.items()}

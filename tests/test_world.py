@@ -116,7 +116,7 @@ def _one(kind: str, drawing: str, colour: str = "red"):
     return backgrounds.widen(base, random.Random(0), look, diameter=0.6)
 
 
-@pytest.mark.parametrize("kind", [*backgrounds.KINDS, backgrounds.UNSEEN_PHOTO])
+@pytest.mark.parametrize("kind", [*backgrounds.KINDS, backgrounds.UNSEEN_PHOTO, backgrounds.UNSEEN_TEXTURE])
 def test_backgrounds_differ_and_keep_the_object_visible(kind):
     img = np.asarray(backgrounds.render(_one(kind, "filled"), 64)).astype(int)
     corner = img[:6, :6].reshape(-1, 3).mean(0)

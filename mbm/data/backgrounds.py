@@ -26,6 +26,7 @@ from mbm.data.shapes import SIZES, Scene
 KINDS = ("grey", "light", "white", "black", "saturated", "gradient", "texture", "photo")
 DRAWINGS = ("filled", "outline", "hand")
 UNSEEN_PHOTO = "unseen photo"  # evaluation only, not in KINDS: crops of photos no training run draws (`unseen_photos`)
+UNSEEN_TEXTURE = "unseen texture"  # evaluation only: patterns no training run draws (`UNSEEN_TEXTURES`)
 PHOTOS = Path(__file__).resolve().parents[2] / "assets" / "gallery" / "photos"
 MIN_CONTRAST = 90.0  # RGB distance a flat background keeps from every object's colour
 TONES = {"white": 252, "black": 20, "light": 225, "grey": 132}  # the grey level of the plain kinds
@@ -192,6 +193,8 @@ def background(kind: str, rng: random.Random, s: int, avoid=(), vary: bool = Fal
         return Image.fromarray((a + (b - a) * t[..., None]).astype(np.uint8), "RGB")
     if kind == "texture":
         return _texture(rng, s, avoid, vary)
+    if kind == UNSEEN_TEXTURE:
+        return _texture(rng, s, avoid, styles=UNSEEN_TEXTURES)
     if kind == UNSEEN_PHOTO:
         return _photo_crop(rng, s, unseen_photos() or photos())
     return _recolour(_photo_crop(rng, s, photos() + more_photos()), rng) if vary else _photo_crop(rng, s)
@@ -199,15 +202,17 @@ def background(kind: str, rng: random.Random, s: int, avoid=(), vary: bool = Fal
 
 TEXTURES = ("stripes", "checks", "grain")  # what the evaluation draws
 MORE_TEXTURES = ("dots", "waves", "plaid", "noise", "rings")  # and what `vary` adds in training
+UNSEEN_TEXTURES = ("bricks", "zigzag", "herringbone")  # and what only the evaluation's UNSEEN_TEXTURE row draws
 
 
-def _texture(rng: random.Random, s: int, avoid, vary: bool = False) -> Image.Image:
+def _texture(rng: random.Random, s: int, avoid, vary: bool = False, styles: tuple[str, ...] | None = None
+             ) -> Image.Image:
     a = np.array(_colour(rng, rng.choice(("saturated", "light", "grey")), avoid), np.float32)
     b = a + np.array([rng.uniform(-50, 50)] * 3, np.float32)  # a lighter or darker shade: texture, not objects
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
     period = rng.uniform(s / 16, s / 5)
-    style = rng.choice(TEXTURES + MORE_TEXTURES if vary else TEXTURES)
-    if style in MORE_TEXTURES:
+    style = rng.choice(styles or (TEXTURES + MORE_TEXTURES if vary else TEXTURES))
+    if style in MORE_TEXTURES + UNSEEN_TEXTURES:
         t = _more_texture(style, rng, s, xx, yy, period)
         return Image.fromarray(np.clip(a + (b - a) * t[..., None], 0, 255).astype(np.uint8), "RGB")
     if style == "stripes":
@@ -223,7 +228,7 @@ def _texture(rng: random.Random, s: int, avoid, vary: bool = False) -> Image.Ima
 
 
 def _more_texture(style: str, rng: random.Random, s: int, xx, yy, period: float) -> np.ndarray:
-    """`(s, s)` float32 in [0, 1]: one of `MORE_TEXTURES`."""
+    """`(s, s)` float32 in [0, 1]: one of `MORE_TEXTURES` or `UNSEEN_TEXTURES`."""
     if style == "dots":
         fx, fy = (xx % period) / period - 0.5, (yy % period) / period - 0.5
         return (np.hypot(fx, fy) < rng.uniform(0.15, 0.4)).astype(np.float32)
@@ -242,6 +247,15 @@ def _more_texture(style: str, rng: random.Random, s: int, xx, yy, period: float)
             small = (gen.random((octave, octave)) * 255).astype(np.uint8)
             t += weight * np.asarray(Image.fromarray(small).resize((s, s), Image.Resampling.BICUBIC), np.float32) / 255
         return t
+    if style == "bricks":  # courses of bricks, every other one shifted by half a brick, thin mortar lines
+        row = yy // period
+        shifted = xx + (row % 2) * period
+        return (((yy % period) < period * 0.12) | ((shifted % (2 * period)) < period * 0.12)).astype(np.float32)
+    if style == "zigzag":
+        return ((yy + np.abs((xx % period) - period / 2)) % period < period / 2).astype(np.float32)
+    if style == "herringbone":  # columns of diagonal stripes, leaning left and right in turn
+        lean = np.where((xx // period) % 2 == 0, 1.0, -1.0)
+        return (np.sin((xx + lean * yy) * 4 * math.pi / period) > 0).astype(np.float32)
     cx, cy = rng.uniform(-s, 2 * s), rng.uniform(-s, 2 * s)  # rings: wood grain, ripples
     return 0.5 + 0.5 * np.sin(np.hypot(xx - cx, yy - cy) * 2 * math.pi / period).astype(np.float32)
 
