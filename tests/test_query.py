@@ -243,3 +243,21 @@ def test_indexing_with_the_onnx_backend_runs_without_torch_once_the_graphs_exist
         assert float(quick[name] @ full[name]) > 0.9999, name
     hits = _search("a large red cross", fresh, onnx, poison=poison)
     assert "large red cross" in hits[0]["caption"]
+
+
+@pytest.mark.parametrize("mode", ["squash", "shortest"])
+def test_the_torch_free_image_transform_is_open_clips(mode):
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    from open_clip.transform import image_transform
+
+    from mbm.models._query import pil_transform
+    size = 224
+    theirs = image_transform(size, is_train=False, resize_mode=mode)
+    ours = pil_transform({"size": size, "resize_mode": mode, "interpolation": "bicubic",
+                          "mean": OPENAI_DATASET_MEAN, "std": OPENAI_DATASET_STD})
+    rng = np.random.default_rng(1)
+    for w, h in ((640, 480), (480, 640), (1600, 1200), (224, 224), (225, 700), (31, 17), (300, 301)):
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        np.testing.assert_allclose(ours(img), theirs(img).numpy(), atol=1e-6, err_msg=f"{w}x{h}")
+    grey = Image.fromarray(rng.integers(0, 256, (50, 90), dtype=np.uint8), "L")  # not RGB: converted as open_clip does
+    np.testing.assert_allclose(ours(grey), theirs(grey.convert("RGB")).numpy(), atol=1e-6)
