@@ -301,6 +301,8 @@ def test_embedded_descriptions_become_captions_and_camera_placeholders_do_not(tm
     assert read_embedded_caption(jpeg("c.jpg", x010F="Canon", x0110="Canon EOS 5D", x010E="Canon EOS 5D")) is None
     xp_title = "Katze auf dem Sofa".encode("utf-16-le") + b"\x00\x00"  # Windows' Properties > Title
     assert read_embedded_caption(jpeg("d.jpg", x010E="SONY DSC", x9C9B=xp_title)) == "Katze auf dem Sofa"
+    spoof = "invoice\u202efdp.exe\x07 cat".encode("utf-16-le")  # a right-to-left override, a bell
+    assert read_embedded_caption(jpeg("s.jpg", x9C9C=spoof)) == "invoicefdp.exe cat"  # cleaned as any text is
     info = PngImagePlugin.PngInfo()
     info.add_itxt("Description", "キツネ")
     img.save(tmp_path / "e.png", pnginfo=info)

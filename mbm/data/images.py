@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mbm.errors import InputError
+from mbm.text import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +264,8 @@ def read_sidecar_caption(image_path: str | os.PathLike) -> str | None:
     Args:
         image_path: the image's path.
     Returns:
-        The text as UTF-8 (bad bytes replaced), whitespace collapsed, at most 1000 characters;
+        The text as UTF-8 (bad bytes replaced), without control characters or bidirectional overrides
+        (`mbm.text.clean_text`), whitespace collapsed, at most 1000 characters;
         None if there is no sidecar, it cannot be read, or it is blank.
     """
     sidecar = Path(image_path).with_suffix(".txt")
@@ -275,7 +277,7 @@ def read_sidecar_caption(image_path: str | os.PathLike) -> str | None:
     except OSError as exc:
         logger.warning("cannot read caption %s: %s", sidecar, exc)
         return None
-    text = " ".join(raw.decode("utf-8-sig", errors="replace").split())
+    text = " ".join(clean_text(raw.decode("utf-8-sig", errors="replace")).split())
     return text[:MAX_CAPTION_CHARS].rstrip() or None
 
 
@@ -298,7 +300,7 @@ def read_embedded_caption(image_path: str | os.PathLike) -> str | None:
     DIGITAL CAMERA", "SONY DSC", its make or model) is not a caption.
 
     Returns:
-        The text with whitespace collapsed, at most `MAX_CAPTION_CHARS` characters; None if there is none, or the
+        The text cleaned as a sidecar's is, at most `MAX_CAPTION_CHARS` characters; None if there is none, or the
         file cannot be read (the sync reports that when it decodes the image).
     """
     try:
@@ -310,7 +312,7 @@ def read_embedded_caption(image_path: str | os.PathLike) -> str | None:
         logger.debug("no embedded caption in %s: %s", image_path, exc)
         return None
     for text in found:
-        text = " ".join(text.replace("\x00", " ").split())[:MAX_CAPTION_CHARS].rstrip()
+        text = " ".join(clean_text(text.replace("\x00", " ")).split())[:MAX_CAPTION_CHARS].rstrip()
         if text and not _PLACEHOLDER.match(text) and text.lower() not in camera:
             return text
     return None
