@@ -79,6 +79,25 @@ def train_command(config: dict, out: str = "assets/mbm-world") -> str:
             f"--seed {tc['seed']} --threads 2 --out {out}")
 
 
+def _looks(tc: dict) -> str:
+    """The card's words for `--background-weights` and `--vary-share`, when the run used them."""
+    out = ""
+    if tc.get("background_weights"):
+        kinds = ", ".join(f"{k} {w:g}x" for k, w in tc["background_weights"].items())
+        out += f"\n  Background kinds drawn unevenly: {kinds} (the others 1x)."
+    if tc.get("vary_share"):
+        out += (f"\n  {tc['vary_share']:.0%} of the shapes' looks vary further, in training only: photo crops flipped,"
+                " turned and recoloured, from scikit-image's other pictures too, and five more texture patterns"
+                " (the evaluation's rows draw neither; its 'unseen' rows draw photos and patterns no run trains on).")
+    return out
+
+
+def _locales(tc: dict) -> str:
+    weights = tc.get("locale_weights") or {}
+    listed = ", ".join(f"{k} {w:g}x" for k, w in weights.items())
+    return f"; among the others drawn unevenly: {listed}" if weights else ""
+
+
 def write_world_card(out: Path, report: dict, baseline: dict | None, machine: str) -> Path:
     """Write `MODEL_CARD.md` and `metrics.json` into `out`."""
     config = json.loads((out / "open_clip_config.json").read_text())
@@ -104,11 +123,11 @@ Data first: `python -m mbm prepare-data` (see `mbm/data/emoji.py` for the pinned
   (half in groups of minimal variants) on any background (mid grey, light, white, black, saturated colours,
   gradients, textures, crops of the shipped photos and scikit-image's), single shapes from 10% to 90% of the
   side, rotated, filled, outlined or hand-drawn (wobbly strokes of varying width), a share through JPEG, blur
-  and noise (`mbm/data/backgrounds.py`). Captions and questions as for `mbm-shapes`; no hue jitter.
+  and noise (`mbm/data/backgrounds.py`). Captions and questions as for `mbm-shapes`; no hue jitter.{_looks(tc)}
 - **Emoji concepts** ({round(100 * tc['emoji_fraction'])}%): 1,570 emojibase concepts drawn in every style (skin
   tones folded into the base; Noto limited to Unicode 15.0), distinct within a batch, pasted at 55-100% of the
   side on random backgrounds, captioned by their label (a third of the time with up to 3 tags) in one of
-  emojibase's 28 locales (English 30%). Training styles: Noto Color Emoji and Fluent Emoji Flat.
+  emojibase's 28 locales (English 30%{_locales(tc)}). Training styles: Noto Color Emoji and Fluent Emoji Flat.
   **{tc['holdout_style']} never appears in training.**
 
 ## Architecture
