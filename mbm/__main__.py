@@ -77,15 +77,9 @@ def _index(args) -> int:
     if quick:
         (gallery, report), name = quick, quick[0].encoder.name
     else:
-        from mbm.sync import Predecoder
-        early = Predecoder(args.folder, config.store_for(args.folder))  # decodes while torch and the model load
-        try:
-            from mbm.engine import Engine
-            engine = Engine(config)
-            gallery, report = engine.open_gallery(args.folder, progress=_tqdm_progress(), predecoded=early)
-        finally:
-            early.close()
-        name = engine.encoder.name
+        from mbm.engine import Engine
+        engine = Engine(config, progress=_tqdm_progress())
+        gallery, report, name = engine.gallery, engine.last_sync, engine.encoder.name  # opening it syncs it
     shipped = gallery.write_shipped_vectors() if args.ship_vectors else None
     if args.json:
         print(json.dumps({**{k: v for k, v in report.__dict__.items() if k != "skipped"},

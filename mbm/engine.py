@@ -97,9 +97,8 @@ class Engine:
         return self.config.store_for(root)
 
     def open_gallery(self, root: str | Path, store: str | Path | None = None, progress: Progress | None = None,
-                     activate: bool = True, predecoded=None) -> tuple[Gallery, SyncReport]:
-        """Open (or create) the gallery of a folder, sync it with the current model, and make it active;
-        `predecoded` is a `mbm.sync.Predecoder` started on the folder before the model was loaded.
+                     activate: bool = True) -> tuple[Gallery, SyncReport]:
+        """Open (or create) the gallery of a folder, sync it with the current model, and make it active.
 
         Raises:
             NotADirectoryError: `root` is missing or not a folder.
@@ -113,7 +112,7 @@ class Engine:
                 self.galleries[root] = gallery
                 if stale is not None and stale is not self._gallery:  # opened for an earlier model
                     stale.close()
-        report = gallery.sync(progress=progress, predecoded=predecoded)
+        report = gallery.sync(progress=progress)
         if activate:
             self._gallery = gallery
         return gallery, report

@@ -8,16 +8,13 @@ are listed here like images and sampled, frame by frame, by `mbm.sync_video`."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
-import sqlite3
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,12 +67,10 @@ class SyncReport:
 def decode_for_model(data: bytes, name: str, encoder) -> tuple:
     """One image file's bytes decoded as a gallery reads them: at draft scale (the model and the thumbnail need no
     more), then `(thumbnail, the image the model's transform takes, the file's full (width, height))`; the model
-    sees no more than `image_size` pixels (the encoder's, or an int given instead of an encoder), so it takes the
-    thumbnail when that is big enough. Raises ImageError."""
-    size = encoder if isinstance(encoder, int) else encoder.image_size
-    image = load_image(data, name=name, draft=max(THUMB_SIZE, size))
+    sees no more than `image_size` pixels, so it takes the thumbnail when that is big enough. Raises ImageError."""
+    image = load_image(data, name=name, draft=max(THUMB_SIZE, encoder.image_size))
     small = thumbnail(image, THUMB_SIZE)
-    source = small if min(small.size) >= size else image
+    source = small if min(small.size) >= encoder.image_size else image
     return small, source, image.info.get("full_size", image.size)  # the draft may have decoded fewer pixels
 
 
@@ -88,7 +83,7 @@ class Syncing(VideoSyncing):
     """`Gallery.sync` and what it needs; mixed into `Gallery`, whose store, folder and encoder it uses."""
 
     def sync(self, progress: Progress | None = None, batch_size: int | None = None,
-             workers: int | None = None, predecoded: Predecoder | None = None) -> SyncReport:
+             workers: int | None = None) -> SyncReport:
         """Bring the store up to date with the folder, then embed what the current model lacks.
 
         Args:
@@ -96,7 +91,6 @@ class Syncing(VideoSyncing):
             batch_size: images per encoder call and per committed transaction (default: the encoder's
                 fastest, `Encoder.image_batch`).
             workers: threads decoding images (default: the CPU count, at most 8).
-            predecoded: decodes started before the model was loaded (`Predecoder`), taken where they serve.
         Returns:
             A `SyncReport`; unreadable files are in `skipped`, recorded with their error, never fatal.
         """
@@ -107,7 +101,7 @@ class Syncing(VideoSyncing):
             self._reconcile(found, unreadable, report, described)
             shipped = read_shipped(self.root, self.encoder)
             self._encode_images(report, progress, batch_size or self.encoder.image_batch,
-                                workers or min(8, os.cpu_count() or 2), shipped.images, predecoded)
+                                workers or min(8, os.cpu_count() or 2), shipped.images)
             self._encode_videos(report, progress, shipped.frames)
             self._encode_captions(report, progress, shipped.captions)
             report.skipped = [*unreadable.items(), *((i.path, i.error) for i in self.errors())]
@@ -252,9 +246,9 @@ class Syncing(VideoSyncing):
         return write_shipped(self.root, self.db, self.encoder)
 
     def _encode_images(self, report: SyncReport, progress: Progress | None, batch_size: int, workers: int,
-                       shipped: dict[str, np.ndarray], predecoded: Predecoder | None = None) -> None:
+                       shipped: dict[str, np.ndarray]) -> None:
         todo = self.db.all(IMAGES_TODO, (self.encoder.key,))
-        decode = lambda row: self._decode(row, shipped, predecoded)
+        decode = lambda row: self._decode(row, shipped)
         done = 0
         with ThreadPoolExecutor(workers, thread_name_prefix="mbm-decode") as pool:
             if self.encoder.device.type == "cpu":
@@ -270,16 +264,13 @@ class Syncing(VideoSyncing):
                 if progress:
                     progress(done, len(todo), "encoding images")
 
-    def _decode(self, row: tuple[int, str], shipped: dict[str, np.ndarray], predecoded: Predecoder | None = None
-                ) -> dict:
-        """In a worker thread: read, hash, decode, thumbnail and transform one file (or take its shipped vector, or
-        the decode `predecoded` made of the same bytes)."""
+    def _decode(self, row: tuple[int, str], shipped: dict[str, np.ndarray]) -> dict:
+        """In a worker thread: read, hash, decode, thumbnail and transform one file (or take its shipped vector)."""
         item_id, path = row
         try:
             data = (self.root / path).read_bytes()
             sha = hashlib.sha256(data).hexdigest()
-            early = predecoded.take(path, sha, self.encoder.image_size) if predecoded else None
-            small, source, full_size = early or decode_for_model(data, path, self.encoder)
+            small, source, full_size = decode_for_model(data, path, self.encoder)
             thumb = self._thumb_path(sha)
             if not thumb.is_file():
                 save_thumbnail(small, thumb, THUMB_SIZE)
@@ -386,82 +377,6 @@ def _media_files(root: Path, store: Path, onerror: Callable) -> Iterator[Path]:
         for name in sorted(files):
             if Path(name).suffix.lower() in _SUFFIXES and not name.startswith("."):
                 yield Path(folder, name)
-
-
-class Predecoder:
-    """Decodes a folder's new images on a thread pool before the model is loaded, for the sync to take.
-
-    Starting an index process costs seconds of importing torch and open_clip and loading the model, mostly on one
-    core; decoding a photo costs milliseconds, mostly outside the GIL. `Predecoder(root, store)` starts decoding
-    up to `limit` files the store does not hold as they are now (new or changed), at draft scale for the
-    thumbnail size, while the caller goes on loading; the sync (`Gallery.sync(predecoded=...)`) then takes a
-    file's decode when its bytes hash the same and the model needs no more pixels than a thumbnail has, and
-    decodes anything else itself. Nothing is written; `close()` drops what was not taken.
-    """
-
-    def __init__(self, root: str | Path, store: str | Path, limit: int = 256, workers: int | None = None):
-        self.root = Path(root).expanduser().resolve()
-        self._pool = ThreadPoolExecutor(workers or min(8, os.cpu_count() or 2), thread_name_prefix="mbm-predecode")
-        self._jobs: dict[str, Future] = {}
-        self._lock, self._closed = threading.Lock(), False
-        # the walk runs on the pool too: a big folder of known files costs the caller nothing
-        self._planned = self._pool.submit(self._plan, Path(store), limit)
-
-    def _plan(self, store: Path, limit: int) -> None:
-        try:
-            known = _known_files(store / "gallery.sqlite")
-            for path in _media_files(self.root, store, lambda e: None):
-                rel = path.relative_to(self.root).as_posix()
-                st = path.stat()
-                if path.suffix.lower() in IMAGE_SUFFIXES and known.get(rel) != (st.st_size, st.st_mtime_ns):
-                    with self._lock:
-                        if self._closed or len(self._jobs) >= limit:
-                            return
-                        self._jobs[rel] = self._pool.submit(_predecode, path)
-        except (OSError, RuntimeError, sqlite3.Error) as e:  # a head start only: the sync decides and reports
-            log.debug("no predecoding in %s: %s", self.root, e)
-
-    def take(self, path: str, sha: str, image_size: int):
-        """`decode_for_model`'s result for `path` if it was decoded ahead from the same bytes and serves a model of
-        `image_size`, else None."""
-        with self._lock:
-            job = self._jobs.pop(path, None)
-        if job is None or image_size > THUMB_SIZE:
-            return None
-        try:
-            got_sha, (small, source, full_size) = job.result()
-        except Exception:  # noqa: BLE001 - the sync decodes it again and reports what is wrong in its own words
-            return None
-        if got_sha != sha:
-            return None
-        # decoded for a model of THUMB_SIZE: a smaller model takes the thumbnail wherever that is big enough for it
-        return small, small if min(small.size) >= image_size else source, full_size
-
-    def planned(self) -> int:
-        """How many files are (or were) being decoded ahead, once the walk is done (for tests and logs)."""
-        self._planned.result()
-        return len(self._jobs)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            for job in self._jobs.values():
-                job.cancel()
-            self._jobs.clear()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _predecode(path: Path) -> tuple[str, tuple]:
-    data = path.read_bytes()
-    return hashlib.sha256(data).hexdigest(), decode_for_model(data, path.name, THUMB_SIZE)
-
-
-def _known_files(db_path: Path) -> dict[str, tuple[int, int]]:
-    """{relative path: (size, mtime_ns)} of a store's items, read-only; {} where there is no store yet."""
-    if not db_path.is_file():
-        return {}
-    with contextlib.closing(sqlite3.connect(f"{db_path.as_uri()}?mode=ro", uri=True, timeout=1)) as db:
-        return {p: (size, mtime) for p, size, mtime in db.execute("SELECT path, size, mtime_ns FROM items")}
 
 
 CAPTION_SOURCES = "sidecar,embedded,name"  # meta 'captions': the store's descriptions table is complete

@@ -193,34 +193,6 @@ def test_a_store_from_before_embedded_descriptions_reads_them_once(tmp_path, sha
     assert gallery.db.one("SELECT caption FROM items") == "a blue square" and gallery.up_to_date()
 
 
-def test_images_decoded_before_the_model_loads_give_the_same_vectors(tmp_path, shapes_model):
-    from mbm.sync import Predecoder
-    folder = tmp_path / "photos"
-    write_folder(folder, 12, size=(700, 300))
-    Image.open(originals(folder)[0]).resize((1000, 900)).save(folder / "big.jpg")  # its thumbnail serves a 64 px model
-    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    plain = Gallery(folder, shapes_model, store=tmp_path / "plain")
-    plain.sync()
-    early = Predecoder(folder, tmp_path / "early")
-    assert early.planned() == 14  # every new image, the broken one too
-    render(make_scene("val", 5), size=120).save(folder / "a" / "scene_0001.jpg")  # changed after the decode began
-    plain.sync()
-    gallery = Gallery(folder, shapes_model, store=tmp_path / "early")
-    report = gallery.sync(predecoded=early)
-    early.close()
-    assert report.encoded == 13 and [p for p, _ in report.skipped] == ["broken.jpg"]
-    ids, vecs = gallery.vectors()
-    mine = dict(zip((it.path for it in gallery.items(ids)), vecs))
-    ids, vecs = plain.vectors()
-    theirs = dict(zip((it.path for it in plain.items(ids)), vecs))
-    assert mine.keys() == theirs.keys()
-    for path in mine:  # the changed file too: its early decode was of other bytes, so the sync decoded it again
-        np.testing.assert_allclose(mine[path], theirs[path], atol=1e-6, err_msg=path)  # batches round differently
-    again = Predecoder(folder, tmp_path / "early")
-    assert again.planned() == 0  # nothing new: nothing decoded ahead
-    again.close()
-
-
 def test_flat_index_returns_the_brute_force_ranking(folder, shapes_model):
     gallery = Gallery(folder, shapes_model)
     gallery.sync()
