@@ -70,7 +70,8 @@ def describe(model) -> dict | None:
 
 
 class NumpyText:
-    """The text tower described by `spec`, its tensors read from a safetensors file as float32."""
+    """The text tower described by `spec`, its tensors mapped from a safetensors file (`_mapped`), computed in
+    float32."""
 
     def __init__(self, weights: str | Path, spec: dict):
         self.spec = spec
