@@ -214,8 +214,7 @@ def _texture(rng: random.Random, s: int, avoid, vary: bool = False, styles: tupl
     style = rng.choice(styles or (TEXTURES + MORE_TEXTURES if vary else TEXTURES))
     if style in MORE_TEXTURES + UNSEEN_TEXTURES:
         t = _more_texture(style, rng, s, xx, yy, period)
-        return Image.fromarray(np.clip(a + (b - a) * t[..., None], 0, 255).astype(np.uint8), "RGB")
-    if style == "stripes":
+    elif style == "stripes":
         ang = rng.uniform(0, math.pi)
         t = (np.sin((xx * math.cos(ang) + yy * math.sin(ang)) * 2 * math.pi / period) > 0).astype(np.float32)
     elif style == "checks":
