@@ -277,8 +277,7 @@ def read_sidecar_caption(image_path: str | os.PathLike) -> str | None:
     except OSError as exc:
         logger.warning("cannot read caption %s: %s", sidecar, exc)
         return None
-    text = " ".join(clean_text(raw.decode("utf-8-sig", errors="replace")).split())
-    return text[:MAX_CAPTION_CHARS].rstrip() or None
+    return _caption_text(raw.decode("utf-8-sig", errors="replace")) or None
 
 
 # Tags a camera or an editor fills with a description: EXIF ImageDescription, then Windows' XPTitle, XPSubject
@@ -305,23 +304,27 @@ def read_embedded_caption(image_path: str | os.PathLike) -> str | None:
     """
     try:
         with Image.open(image_path) as img:
-            found = _embedded_texts(img)
             exif = img.getexif()
+            found = _embedded_texts(img, exif)
             camera = {str(exif.get(t, "")).strip().lower() for t in (0x010F, 0x0110)} - {""}  # Make, Model
     except Exception as exc:  # noqa: BLE001 - any unreadable header: no caption from it, and the sync says why
         logger.debug("no embedded caption in %s: %s", image_path, exc)
         return None
-    for text in found:
-        text = " ".join(clean_text(text.replace("\x00", " ")).split())[:MAX_CAPTION_CHARS].rstrip()
+    for text in (_caption_text(t.replace("\x00", " ")) for t in found):  # EXIF pads its strings with NULs
         if text and not _PLACEHOLDER.match(text) and text.lower() not in camera:
             return text
     return None
 
 
-def _embedded_texts(img: Image.Image) -> list[str]:
+def _caption_text(text: str) -> str:
+    """A caption read from a file as the gallery keeps it: cleaned (`mbm.text.clean_text`), whitespace collapsed,
+    at most `MAX_CAPTION_CHARS` characters."""
+    return " ".join(clean_text(text).split())[:MAX_CAPTION_CHARS].rstrip()
+
+
+def _embedded_texts(img: Image.Image, exif: Image.Exif) -> list[str]:
     """Candidate descriptions in the order `read_embedded_caption` prefers them."""
     out = []
-    exif = img.getexif()
     if isinstance(exif.get(_EXIF_DESCRIPTION), str):
         out.append(exif[_EXIF_DESCRIPTION])
     for tag in _EXIF_XP:
