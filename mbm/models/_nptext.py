@@ -169,11 +169,3 @@ def _erf(x: np.ndarray) -> np.ndarray:
     t = 1.0 / (1.0 + 0.3275911 * a)
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
     return np.sign(x) * (1.0 - poly * np.exp(-a * a))
-
-
-def reproduces(tower: NumpyText, tokenizer, expected) -> bool:
-    """Whether `tower` gives the torch tower's unit vectors of `PROBE` (`expected`, `(len(PROBE), D)`)."""
-    ids = np.asarray(tokenizer(list(PROBE)))
-    got = tower(ids[:, :int(ids.argmax(axis=1).max()) + 1])
-    got /= np.maximum(np.linalg.norm(got, axis=1, keepdims=True), 1e-12)
-    return got.shape == np.shape(expected) and float(np.abs(got - np.asarray(expected)).max()) <= TOLERANCE

@@ -73,12 +73,18 @@ def write_manifest(folder: Path, encoder, weights: Path | None, short_text: bool
     data = _manifest(encoder, weights, short_text)
     path = folder / MANIFEST
     if data is not None and (folder / IMAGE_GRAPH).is_file():
-        old = _read(path) or {}
-        same_model = {k: v for k, v in old.items() if k != "image"} == data
-        data["image"] = old["image"] if same_model and "image" in old else _image_cfg(encoder)
-        if data["image"] is None:
-            del data["image"]
+        _add_costly(data, path, "image", lambda: _image_cfg(encoder))
     _write(path, data)
+
+
+def _add_costly(data: dict, path: Path, field: str, compute) -> None:
+    """Set `data[field]`: the value the manifest at `path` holds when the rest of it equals `data` (the same
+    weights and model), else `compute()`; left out when that is None."""
+    old = _read(path) if path.is_file() else None
+    same = old is not None and field in old and {k: v for k, v in old.items() if k != field} == data
+    value = old[field] if same else compute()
+    if value is not None:
+        data[field] = value
 
 
 def _image_cfg(encoder) -> dict | None:
@@ -142,10 +148,7 @@ def write_torch_manifest(encoder, weights: Path | None, query_dir: Path) -> None
     data["text_tower"] = describe(encoder.model)
     if data["text_tower"] is None:
         return _write(path, None)
-    old = _read(path) if path.is_file() else None
-    if old is not None and {k: v for k, v in old.items() if k != "probe"} == data and "probe" in old:
-        return None
-    data["probe"] = encoder.encode_texts(list(PROBE)).tolist()
+    _add_costly(data, path, "probe", lambda: encoder.encode_texts(list(PROBE)).tolist())
     return _write(path, data)
 
 
@@ -202,19 +205,15 @@ class QueryEncoder:
         self.embed_dim, self.context_length = int(manifest["embed_dim"]), int(manifest["context_length"])
         self.short_text = bool(manifest["short_text"])
         self.tokenizer = ClipBPE(self.context_length)
-        if "text_tower" in manifest:
-            from mbm.models._nptext import NumpyText, reproduces
-            self.backend, self.run = "torch", NumpyText(manifest["weights"]["path"], manifest["text_tower"])
-            if not reproduces(self.run, self.tokenizer, manifest.get("probe", ())):
-                raise ValueError("numpy does not reproduce the torch text tower")
+        if "text_tower" not in manifest:
+            self.backend, self.run = "onnx", _ort_graph(folder / TEXT_GRAPH, threads)
             return
-        import onnxruntime as ort
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(folder / TEXT_GRAPH), options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        self.backend, self.run = "onnx", lambda ids: session.run(None, {name: ids})[0]
+        from mbm.models._nptext import PROBE, TOLERANCE, NumpyText
+        self.backend, self.run = "torch", NumpyText(manifest["weights"]["path"], manifest["text_tower"])
+        expected = np.asarray(manifest.get("probe", ()), np.float32)
+        got = self.encode_texts(list(PROBE))
+        if got.shape != expected.shape or float(np.abs(got - expected).max()) > TOLERANCE:
+            raise ValueError("numpy does not reproduce the torch text tower")
 
     def __repr__(self) -> str:
         how = "onnx" if self.backend == "onnx" else "numpy"
@@ -228,8 +227,7 @@ class QueryEncoder:
             chunk = ids[start:start + batch_size]
             if self.short_text:  # up to the batch's last end token (the highest id of each row)
                 chunk = chunk[:, :max(2, int(chunk.argmax(axis=1).max()) + 1)]
-            out = self.run(np.ascontiguousarray(chunk)).astype(np.float32)
-            parts.append(out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12))
+            parts.append(_unit(self.run(np.ascontiguousarray(chunk))))
         return np.concatenate(parts)
 
 
@@ -238,7 +236,6 @@ class IndexEncoder(QueryEncoder):
     (`prepare` by `pil_transform`, `encode_pixels` over `image.onnx`, `image_size`, `image_batch`, `device`)."""
 
     def __init__(self, folder: Path, manifest: dict, threads: int | None = None):
-        import onnxruntime as ort
         threads = threads or min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                  else os.cpu_count() or 1, 8)
         super().__init__(folder, manifest, threads)
@@ -246,24 +243,34 @@ class IndexEncoder(QueryEncoder):
         self.image_size, self.image_batch = int(image["size"]), int(image["batch"])
         self.device = _CPU
         self.prepare = pil_transform(image)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(folder / IMAGE_GRAPH), options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        self._image = lambda x: session.run(None, {name: np.ascontiguousarray(x, np.float32)})[0]
+        self._image = _ort_graph(folder / IMAGE_GRAPH, threads)
 
     def encode_pixels(self, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """`(N, 3, S, S)` from `prepare`, stacked -> `(N, D)` float32, unit rows."""
-        parts = [np.empty((0, self.embed_dim), np.float32)]
         step = batch_size or self.image_batch
-        for start in range(0, len(pixels), step):
-            out = self._image(pixels[start:start + step]).astype(np.float32)
-            parts.append(out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12))
-        return np.concatenate(parts)
+        parts = [_unit(self._image(np.ascontiguousarray(pixels[i:i + step], np.float32)))
+                 for i in range(0, len(pixels), step)]
+        return np.concatenate([np.empty((0, self.embed_dim), np.float32), *parts])
 
     def encode_images(self, images, batch_size: int | None = None) -> np.ndarray:
         return self.encode_pixels(np.stack([self.prepare(im) for im in images]), batch_size)
+
+
+def _ort_graph(path: Path, threads: int):
+    """`run(x) -> output` over an ONNX graph on ONNX Runtime's CPU provider, with `threads` intra-op threads."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
+def _unit(out: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1, as float32."""
+    out = out.astype(np.float32)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
 class _Device:
