@@ -97,8 +97,9 @@ class Syncing(VideoSyncing):
         start = time.perf_counter()
         report = SyncReport()
         with self._sync_lock:  # one sync at a time; searches go on between its committed batches
-            found, unreadable, described = self._scan(self._stored())
-            self._reconcile(found, unreadable, report, described)
+            items = self._items()
+            found, unreadable, described = self._scan(_seen(items))
+            self._reconcile(found, unreadable, report, items, described)
             shipped = read_shipped(self.root, self.encoder)
             self._encode_images(report, progress, batch_size or self.encoder.image_batch,
                                 workers or min(8, os.cpu_count() or 2), shipped.images)
@@ -115,7 +116,7 @@ class Syncing(VideoSyncing):
         it (none new or gone; size, mtime and caption the same) and every image and video has its embeddings for the
         current model. Only reads: a process that cannot embed images (a torch-free query, `mbm._cli_query`) asks
         this before it answers from the store. Files that cannot be read now count as they were, as in `sync`."""
-        rows = self._stored()
+        rows = _seen(self._items())
         found, unreadable, _ = self._scan(rows)
         if any(rows.get(path) != seen for path, seen in found.items()):
             return False
@@ -124,9 +125,10 @@ class Syncing(VideoSyncing):
         return not (self.db.all(IMAGES_TODO + " LIMIT 1", (self.encoder.key,))
                     or self.db.all(VIDEOS_TODO + " LIMIT 1", (self.encoder.key,)))
 
-    def _stored(self) -> dict[str, tuple[int, int, str]]:
-        """`{relative path: (size, mtime_ns, caption)}` as the store recorded them."""
-        return {r[0]: tuple(r[1:]) for r in self.db.all("SELECT path, size, mtime_ns, caption FROM items")}
+    def _items(self) -> dict[str, tuple]:
+        """`{relative path: (id, path, size, mtime_ns, sha256, caption)}` as the store recorded them: read once a
+        sync, for its scan (`_seen`) and its reconciling."""
+        return {r[1]: r for r in self.db.all("SELECT id, path, size, mtime_ns, sha256, caption FROM items")}
 
     def _scan(self, stored: dict[str, tuple[int, int, str]]) -> tuple[dict, dict[str, str], dict[str, str | None]]:
         """`{relative path: (size, mtime_ns, caption)}` of the image files under the root, `{relative path: why}`
@@ -134,8 +136,8 @@ class Syncing(VideoSyncing):
         `{relative path: description or None}` of the images whose headers it read.
 
         A file's caption is its sidecar's text, else the description written into the file (EXIF, IPTC, PNG text),
-        else its name. The header is read only for a file new to the store or changed since `stored` (what
-        `_stored` read); for the others the store's `descriptions` say.
+        else its name. The header is read only for a file new to the store or changed since `stored` (`_seen`
+        of what the store holds); for the others the store's `descriptions` say.
 
         Raises:
             NotADirectoryError: the root is gone (an unplugged drive): nothing in the store is touched.
@@ -173,10 +175,10 @@ class Syncing(VideoSyncing):
         return found, unreadable, read
 
     def _reconcile(self, found: dict[str, tuple[int, int, str]], unreadable: dict[str, str],
-                   report: SyncReport, described: dict[str, str | None] | None = None) -> None:
-        """One transaction: rows for new files, stale embeddings dropped, renames kept, deletions applied. Files that
+                   report: SyncReport, rows: dict[str, tuple], described: dict[str, str | None]) -> None:
+        """One transaction: rows for new files, stale embeddings dropped, renames kept, deletions applied, and the
+        descriptions read from headers (`described`) kept. `rows` is what `_items` read before the scan. Files that
         could not be read, or lie in a folder that could not be listed, are kept as they were (unreadable: not gone)."""
-        rows = {r[1]: r for r in self.db.all("SELECT id, path, size, mtime_ns, sha256, caption FROM items")}
         missing = {p: r for p, r in rows.items() if p not in found and not p.startswith(tuple(unreadable))}
         with self.db.transaction() as db:
             for path, (size, mtime, caption) in found.items():
@@ -190,11 +192,11 @@ class Syncing(VideoSyncing):
                 report.removed += 1
             if report.added or report.changed or report.renamed or report.removed:
                 self.db.bump(db)
-            for path, text in (described or {}).items():  # what the headers read now said, for later scans
-                item_id = db.execute("SELECT id FROM items WHERE path=?", (path,)).fetchone()[0]
-                db.execute("DELETE FROM descriptions WHERE item_id=?", (item_id,))
-                if text:
-                    db.execute("INSERT INTO descriptions VALUES (?, ?)", (item_id, text))
+            # what the headers read now said, for later scans
+            db.executemany("DELETE FROM descriptions WHERE item_id = (SELECT id FROM items WHERE path=?)",
+                           [(path,) for path in described])
+            db.executemany("INSERT INTO descriptions SELECT id, ? FROM items WHERE path=?",
+                           [(text, path) for path, text in described.items() if text])
             db.execute("INSERT OR REPLACE INTO meta VALUES ('captions', ?)", (CAPTION_SOURCES,))
         if report.removed or report.changed:  # only then can a thumbnail lose its file; skip the glob otherwise
             self._drop_orphan_thumbnails()
@@ -367,6 +369,11 @@ def _sha256(path: Path) -> str | None:
     except OSError:
         return None
     return digest.hexdigest()
+
+
+def _seen(items: dict[str, tuple]) -> dict[str, tuple[int, int, str]]:
+    """`{relative path: (size, mtime_ns, caption)}` of `Syncing._items`' rows: what a scan compares a file with."""
+    return {path: (r[2], r[3], r[5]) for path, r in items.items()}
 
 
 def _media_files(root: Path, store: Path, onerror: Callable) -> Iterator[Path]:
