@@ -30,22 +30,19 @@ def quick_search(args, config: EngineConfig) -> Results | None:
     when it cannot."""
     if args.image is not None or args.more_like is not None or not (args.query and args.query.strip()):
         return None
-    if config.device not in ("auto", "cpu") or config.precision not in ("auto", "fp32"):
-        return None
-    if config.backend == "torch" and config.device == "auto" and may_have_gpu():
-        return None  # there the full engine embeds in fp16 on the GPU, which a CPU answer would not match
+    if not cpu_fp32(config, gpu_matters=config.backend == "torch"):
+        return None  # on a GPU the torch engine embeds in fp16, which a CPU answer would not match
     query = Query.parse(args.query)  # bad input fails here as it would in the engine
     if any(t.kind == "image" for t in query.terms):
         return None
     folder = config.cache_path() / ("onnx" if config.backend == "onnx" else "query")
     encoder = find_query_encoder(config.model or default_model(config.on_space), folder)
-    root = Path(config.gallery or BUILTIN_GALLERY).expanduser()
-    if encoder is None or not root.is_dir():
+    gallery = _gallery(config, encoder)
+    if gallery is None:
         return None
-    gallery = Gallery(root, encoder, config.store_for(root), factory=config.index_factory)
     try:
         if not gallery.up_to_date():
-            log.info("%s needs a sync: loading the full model", root)
+            log.info("%s needs a sync: loading the full model", gallery.root)
             return None
         return search(gallery, query_vector(encoder, list(query.terms), gallery), k=args.k, threshold=args.threshold)
     finally:
@@ -58,18 +55,28 @@ def quick_index(args, config: EngineConfig, progress=None):
     vectors within the backend's float rounding of the full engine's. Returns `(gallery, report)`, or None when it
     cannot (another backend, a GPU, a model never opened in full, its weights changed); the caller then runs the
     full engine."""
-    if config.backend != "onnx" or config.device not in ("auto", "cpu") or config.precision not in ("auto", "fp32"):
-        return None
-    if config.device == "auto" and may_have_gpu():
-        return None  # the full engine would run the graphs on the GPU's provider
-    from mbm.models._query import find_query_encoder
+    if config.backend != "onnx" or not cpu_fp32(config, gpu_matters=True):
+        return None  # on a GPU the full engine would run the graphs on the GPU's provider
     encoder = find_query_encoder(config.model or default_model(config.on_space), config.cache_path() / "onnx",
                                  images=True)
+    gallery = _gallery(config, encoder)
+    return None if gallery is None else (gallery, gallery.sync(progress))
+
+
+def cpu_fp32(config: EngineConfig, gpu_matters: bool) -> bool:
+    """Whether the settings ask for what a torch-free process gives: fp32 on the CPU (`auto` counts, unless
+    `gpu_matters` and this machine may have a GPU that `auto` would pick)."""
+    if config.device not in ("auto", "cpu") or config.precision not in ("auto", "fp32"):
+        return False
+    return not (gpu_matters and config.device == "auto" and may_have_gpu())
+
+
+def _gallery(config: EngineConfig, encoder) -> Gallery | None:
+    """The configured gallery (or the built-in one) opened with a torch-free `encoder`; None without either."""
     root = Path(config.gallery or BUILTIN_GALLERY).expanduser()
     if encoder is None or not root.is_dir():
         return None
-    gallery = Gallery(root, encoder, config.store_for(root), factory=config.index_factory)
-    return gallery, gallery.sync(progress)
+    return Gallery(root, encoder, config.store_for(root), factory=config.index_factory)
 
 
 def may_have_gpu() -> bool:

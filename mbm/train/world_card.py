@@ -83,8 +83,7 @@ def _looks(tc: dict) -> str:
     """The card's words for `--background-weights` and `--vary-share`, when the run used them."""
     out = ""
     if tc.get("background_weights"):
-        kinds = ", ".join(f"{k} {w:g}x" for k, w in tc["background_weights"].items())
-        out += f"\n  Background kinds drawn unevenly: {kinds} (the others 1x)."
+        out += f"\n  Background kinds drawn unevenly: {_times(tc['background_weights'])} (the others 1x)."
     if tc.get("vary_share"):
         out += (f"\n  {tc['vary_share']:.0%} of the shapes' looks vary further, in training only: photo crops flipped,"
                 " turned and recoloured, from scikit-image's other pictures too, and five more texture patterns"
@@ -93,9 +92,13 @@ def _looks(tc: dict) -> str:
 
 
 def _locales(tc: dict) -> str:
-    weights = tc.get("locale_weights") or {}
-    listed = ", ".join(f"{k} {w:g}x" for k, w in weights.items())
-    return f"; among the others drawn unevenly: {listed}" if weights else ""
+    weights = tc.get("locale_weights")
+    return f"; among the others drawn unevenly: {_times(weights)}" if weights else ""
+
+
+def _times(weights: dict[str, float]) -> str:
+    """{"photo": 3.0, "texture": 2.0} -> "photo 3x, texture 2x"."""
+    return ", ".join(f"{k} {w:g}x" for k, w in weights.items())
 
 
 def write_world_card(out: Path, report: dict, baseline: dict | None, machine: str) -> Path:
