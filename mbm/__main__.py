@@ -45,9 +45,10 @@ def _config(args, gallery: str | None = None):
                                  index_factory=args.index_factory)
 
 
-def _engine(args, gallery: str | None = None):
+def _engine(args, gallery: str | None = None, config=None):
+    """The engine for a command, with a tqdm bar per stage; `config` when the caller built it already."""
     from mbm.engine import Engine
-    return Engine(_config(args, gallery), progress=_tqdm_progress())
+    return Engine(config or _config(args, gallery), progress=_tqdm_progress())
 
 
 def _tqdm_progress():
@@ -77,8 +78,7 @@ def _index(args) -> int:
     if quick:
         (gallery, report), name = quick, quick[0].encoder.name
     else:
-        from mbm.engine import Engine
-        engine = Engine(config, progress=_tqdm_progress())
+        engine = _engine(args, config=config)
         gallery, report, name = engine.gallery, engine.last_sync, engine.encoder.name  # opening it syncs it
     shipped = gallery.write_shipped_vectors() if args.ship_vectors else None
     if args.json:
