@@ -29,6 +29,9 @@ UNSEEN_PHOTO = "unseen photo"  # evaluation only, not in KINDS: crops of photos 
 UNSEEN_TEXTURE = "unseen texture"  # evaluation only: patterns no training run draws (`UNSEEN_TEXTURES`)
 PHOTOS = Path(__file__).resolve().parents[2] / "assets" / "gallery" / "photos"
 MIN_CONTRAST = 90.0  # RGB distance a flat background keeps from every object's colour
+# RGB distance a cluttered background (gradient, texture, photo) keeps, in its mean over each object's box, from
+# that object's colour: a brown shape on a lion's mane is not there to see, for a person or a model.
+MIN_VISIBLE = 60.0
 TONES = {"white": 252, "black": 20, "light": 225, "grey": 132}  # the grey level of the plain kinds
 # A square turned by 45 degrees is a diamond: these two turn only a little, so the words keep their meaning.
 MAX_TURN = {"square": 12.0, "diamond": 12.0}
@@ -42,18 +45,22 @@ class Look:
     seed: int  # the background's and the strokes' randomness
     degrade: bool  # JPEG, blur and noise at the final size
     vary: bool = False  # training only: photo crops flipped and recoloured, textures of more kinds (see `background`)
+    clutter: bool = False  # training only, with `vary`: a photo background is a collage of things (`use_clutter`)
 
 
 def sample_look(rng: random.Random, kind: str | None = None, drawing: str | None = None,
                 degrade: bool | None = None, kind_weights: dict[str, float] | None = None,
-                vary_share: float = 0.0) -> Look:
-    """A random `Look`; `kind_weights` (kind -> weight, 1 where absent) makes some background kinds likelier, and
-    `vary_share` of the looks get `vary` (no random draw when 0: the evaluation's scene streams stay as they were)."""
+                vary_share: float = 0.0, clutter_share: float = 0.0) -> Look:
+    """A random `Look`; `kind_weights` (kind -> weight, 1 where absent) makes some background kinds likelier,
+    `vary_share` of the looks get `vary` (no random draw when 0: the evaluation's scene streams stay as they were)
+    and `clutter_share` of those also `clutter`."""
     if kind is None:  # rng.choice without weights: the evaluation's scene streams stay what they were
         kind = rng.choices(KINDS, [kind_weights.get(k, 1.0) for k in KINDS])[0] if kind_weights else rng.choice(KINDS)
     look = Look(kind, drawing or rng.choices(DRAWINGS, weights=(5, 2, 3))[0],
                 rng.uniform(-25, 25), rng.randrange(2**31), rng.random() < 0.4 if degrade is None else degrade)
-    return replace(look, vary=True) if vary_share > 0 and rng.random() < vary_share else look
+    if vary_share > 0 and rng.random() < vary_share:
+        return replace(look, vary=True, clutter=clutter_share > 0 and rng.random() < clutter_share)
+    return look
 
 
 def size_word(diameter: float) -> str:
@@ -62,15 +69,15 @@ def size_word(diameter: float) -> str:
 
 
 def widen(scene: Scene, rng: random.Random, look: Look | None = None, diameter: float | None = None,
-          kind_weights: dict[str, float] | None = None, vary_share: float = 0.0) -> Scene:
+          kind_weights: dict[str, float] | None = None, vary_share: float = 0.0, clutter_share: float = 0.0) -> Scene:
     """The scene with a sampled (or given) `Look`; a single object half of the time gets a new size and place.
 
     Args:
         diameter: force a single object's diameter (fraction of the side); None samples one (or keeps it).
-        kind_weights, vary_share: with no `look`, how likely each background kind is and how often a look
-            varies its photo or texture further (see `sample_look`).
+        kind_weights, vary_share, clutter_share: with no `look`, how likely each background kind is and how often
+            a look varies its photo or texture further (see `sample_look`).
     """
-    look = look or sample_look(rng, kind_weights=kind_weights, vary_share=vary_share)
+    look = look or sample_look(rng, kind_weights=kind_weights, vary_share=vary_share, clutter_share=clutter_share)
     while not fits(look.kind, [o.rgb for o in scene.objects]):
         look = replace(look, kind=rng.choice(KINDS))
     objs = scene.objects
@@ -81,6 +88,16 @@ def widen(scene: Scene, rng: random.Random, look: Look | None = None, diameter: 
         objs = (replace(objs[0], size=size_word(d), cx=cx, cy=cy, row=min(2, int(cy * 3)), col=min(2, int(cx * 3))),)
         diameters = (d,)
     return Scene(objs, ("wide", look, diameters))
+
+
+def visible(img: Image.Image, boxes) -> bool:
+    """Whether every object `(cx, cy, r, rgb)` (pixels) keeps `MIN_VISIBLE` from the mean of `img` over its box."""
+    arr = np.asarray(img, np.float32)
+    for cx, cy, r, rgb in boxes:
+        box = arr[max(0, round(cy - r)):round(cy + r) + 1, max(0, round(cx - r)):round(cx + r) + 1]
+        if box.size and math.dist(box.reshape(-1, 3).mean(axis=0), rgb) < MIN_VISIBLE:
+            return False
+    return True
 
 
 def fits(kind: str, colours) -> bool:
@@ -95,7 +112,13 @@ def render(scene: Scene, size: int = 64, supersample: int = 2) -> Image.Image:
     _, look, diameters = scene.background
     rng = random.Random(look.seed)
     s = size * supersample
-    img = background(look.kind, rng, s, [o.rgb for o in scene.objects], vary=look.vary)
+    img = background(look.kind, rng, s, [o.rgb for o in scene.objects], vary=look.vary, clutter=look.clutter)
+    boxes = [(o.cx * s, o.cy * s, d * s / 2, o.rgb) for o, d in zip(scene.objects, diameters)]
+    for _ in range(20):  # a cluttered background drawn again (the same seed gives the same retries) until all show
+        if look.kind not in TONES and look.kind != "saturated" and not visible(img, boxes):
+            img = background(look.kind, rng, s, [o.rgb for o in scene.objects], vary=look.vary, clutter=look.clutter)
+        else:
+            break
     draw = ImageDraw.Draw(img)
     for o, d in zip(scene.objects, diameters):
         draw_shape(draw, o.shape, o.cx * s, o.cy * s, d * s / 2, o.rgb, look.drawing, look.rotation, rng)
@@ -175,12 +198,14 @@ def _colour(rng: random.Random, kind: str, avoid) -> tuple[int, int, int]:
     return rgb
 
 
-def background(kind: str, rng: random.Random, s: int, avoid=(), vary: bool = False) -> Image.Image:
+def background(kind: str, rng: random.Random, s: int, avoid=(), vary: bool = False, clutter: bool = False
+               ) -> Image.Image:
     """An `s` x `s` RGB background of a kind; flat colours keep `MIN_CONTRAST` from every colour in `avoid`.
 
     `vary` (training) widens the two cluttered kinds beyond what the evaluation draws: photo crops are flipped,
     turned and recoloured (hue, saturation, brightness, contrast), and textures come in five more patterns, so
-    the model learns "the object on top of clutter" rather than the few photos and patterns at hand."""
+    the model learns "the object on top of clutter" rather than the few photos and patterns at hand. `clutter`
+    (with `vary`, once `use_clutter` has given the pictures) makes a photo a collage of things (`_collage`)."""
     if kind in ("grey", "light", "white", "black", "saturated"):
         return Image.new("RGB", (s, s), _colour(rng, kind, avoid))
     if kind == "gradient":
@@ -197,7 +222,37 @@ def background(kind: str, rng: random.Random, s: int, avoid=(), vary: bool = Fal
         return _texture(rng, s, avoid, styles=UNSEEN_TEXTURES)
     if kind == UNSEEN_PHOTO:
         return _photo_crop(rng, s, unseen_photos() or photos())
+    if clutter and vary and _CLUTTER:
+        return _collage(rng, s)
     return _recolour(_photo_crop(rng, s, photos() + more_photos()), rng) if vary else _photo_crop(rng, s)
+
+
+_CLUTTER: list[np.ndarray] = []  # (N, S, S, 4) uint8 RGBA pictures for `_collage`; empty until `use_clutter`
+
+
+def use_clutter(pictures: np.ndarray) -> None:
+    """Give the pictures that clutter looks (`Look.clutter`) heap into a collage: training passes its own art
+    styles' emoji, less those whose names say one of the shapes (a heart emoji behind "a blue circle" would lie)."""
+    _CLUTTER[:] = [pictures] if len(pictures) else []
+
+
+def _collage(rng: random.Random, s: int) -> Image.Image:
+    """A "dead leaves" picture: things of many sizes (a quarter to 1.6 times the side, log-uniform) heaped on a
+    varied photo crop or a flat colour, some turned, the whole maybe blurred (depth of field) and recoloured.
+    Photos are scenes of occluding things at every scale; so is this, with far more things than the few photos."""
+    pictures = _CLUTTER[0]
+    base = (_recolour(_photo_crop(rng, s, photos() + more_photos()), rng) if rng.random() < 0.5
+            else Image.new("RGB", (s, s), _colour(rng, rng.choice(("saturated", "light", "grey")), ())))
+    for _ in range(rng.randint(3, 12)):
+        side = max(4, round(s * math.exp(rng.uniform(math.log(0.25), math.log(1.6)))))
+        sprite = Image.fromarray(pictures[rng.randrange(len(pictures))], "RGBA").resize(
+            (side, side), Image.Resampling.BILINEAR)
+        if rng.random() < 0.5:
+            sprite = sprite.rotate(rng.uniform(0, 360), Image.Resampling.BILINEAR)
+        base.paste(sprite, (rng.randint(-side // 2, s - side // 2), rng.randint(-side // 2, s - side // 2)), sprite)
+    if rng.random() < 0.5:
+        base = base.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 3.0)))
+    return _recolour(base, rng) if rng.random() < 0.5 else base
 
 
 TEXTURES = ("stripes", "checks", "grain")  # what the evaluation draws

@@ -98,17 +98,29 @@ def emoji_items(data: EmojiSet, n: int, size: int, rng: random.Random, styles: l
 
 
 def shapes_items(n: int, size: int, rng: random.Random, group_fraction: float = 0.5, group_size: int = 4,
-                 kind_weights: dict[str, float] | None = None, vary_share: float = 0.0) -> tuple[list, list[str], list]:
+                 kind_weights: dict[str, float] | None = None, vary_share: float = 0.0,
+                 clutter_share: float = 0.0) -> tuple[list, list[str], list]:
     """`n` widened shapes scenes as (images, captions, scenes); grouped minimal variants share one look, and
-    `kind_weights` and `vary_share` shape the looks (`backgrounds.sample_look`)."""
+    `kind_weights`, `vary_share` and `clutter_share` shape the looks (`backgrounds.sample_look`)."""
     from mbm.data.shapes import make_scene
     from mbm.train.clip import make_batch
 
     def new_scene(r: random.Random):
         return backgrounds.widen(make_scene("train", r.randrange(2**40)), r, kind_weights=kind_weights,
-                                 vary_share=vary_share)
+                                 vary_share=vary_share, clutter_share=clutter_share)
     scenes, texts = make_batch(rng, n, group_fraction, group_size, new_scene=new_scene)
     return [backgrounds.render(s, size) for s in scenes], texts, scenes
+
+
+def clutter_pictures(data: EmojiSet, styles: list[str]) -> np.ndarray:
+    """`(N, S, S, 4)`: every concept in the given (training) styles whose English name and tags say none of the
+    shapes' words ("red heart", "star-struck", "cross mark" are left out), for `backgrounds.use_clutter`."""
+    import re
+
+    from mbm.data.shapes import SHAPES
+    says_shape = re.compile(r"\b(" + "|".join(SHAPES) + r")s?\b")
+    keep = [i for i, c in enumerate(data.concepts) if not says_shape.search(" ".join(c["names"]["en"]).lower())]
+    return np.concatenate([data.images[style][keep] for style in styles]) if keep and styles else np.zeros((0,))
 
 
 def to_array(images: list[Image.Image]) -> np.ndarray:

@@ -62,6 +62,7 @@ class TrainConfig:
     background_weights: dict = field(default_factory=dict)  # widened world: kind -> weight of shapes backgrounds
     locale_weights: dict = field(default_factory=dict)  # widened world: locale -> weight among non-English captions
     vary_share: float = 0.0  # widened world: shapes whose photo/texture background is varied further (Look.vary)
+    clutter_share: float = 0.0  # of those, photos that are collages of the training styles' things (Look.clutter)
     precision: str = "fp32"  # "bf16": the towers run under bfloat16 autocast (weights and loss stay fp32)
     model_cfg: dict = field(default_factory=default_model_cfg)
 

@@ -71,6 +71,7 @@ def train_command(config: dict, out: str = "assets/mbm-world") -> str:
         weights = ",".join(f"{k}={w:g}" for k, w in tc.get(flag, {}).items())
         budget += f" --{flag.replace('_', '-')} {weights}" if weights else ""
     budget += f" --vary-share {tc['vary_share']:g}" if tc.get("vary_share") else ""
+    budget += f" --clutter-share {tc['clutter_share']:g}" if tc.get("clutter_share") else ""
     budget += f" --precision {tc['precision']}" if tc.get("precision", "fp32") != "fp32" else ""
     return (f"python -m mbm train-clip --world {budget} --emoji-fraction {tc['emoji_fraction']:g} "
             f"--holdout-style {tc['holdout_style']} --image-size {mc['vision_cfg']['image_size']} "
@@ -88,6 +89,9 @@ def _looks(tc: dict) -> str:
         out += (f"\n  {tc['vary_share']:.0%} of the shapes' looks vary further, in training only: photo crops flipped,"
                 " turned and recoloured, from scikit-image's other pictures too, and five more texture patterns"
                 " (the evaluation's rows draw neither; its 'unseen' rows draw photos and patterns no run trains on).")
+    if tc.get("clutter_share"):
+        out += (f"\n  Of the varied photo backgrounds, {tc['clutter_share']:.0%} are collages: the training styles' emoji"
+                " (less those named after a shape) heaped at every size on a photo crop or a colour, maybe blurred.")
     return out
 
 
