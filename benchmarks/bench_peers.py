@@ -389,8 +389,9 @@ class Bench:
         if tool == "rclip":
             return child(self.venv_python, "ceiling-rclip", child_env(RCLIP_DATADIR=str(self.rclip_data)),
                          runs=self.args.ceiling_runs)
-        return child(sys.executable, "ceiling-mbm", child_env(), model=self.model, onnx_cache=self.onnx_cache,
-                     backend=tool.split("-")[1], runs=self.args.ceiling_runs)
+        # under the thread policy `mbm index` runs with (torch's threads wait passively: mbm.__main__.BATCH_COMMANDS)
+        return child(sys.executable, "ceiling-mbm", child_env(OMP_WAIT_POLICY="PASSIVE"), model=self.model,
+                     onnx_cache=self.onnx_cache, backend=tool.split("-")[1], runs=self.args.ceiling_runs)
 
     def search_once(self, tool: str, store: Path) -> dict:
         """`search "a red circle"` as a whole process, top 5."""

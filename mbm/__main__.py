@@ -257,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         command.set_defaults(run=run)
 
     args = parser.parse_args(argv)
+    if args.command in BATCH_COMMANDS:  # before torch is imported: libgomp reads it once, as it loads
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from mbm.errors import InputError, StoreDamagedError
@@ -281,6 +283,11 @@ def _fail(error: Exception, status: int) -> int:
     print(f"error: {text}", file=sys.stderr)
     return status
 
+
+# Commands that encode images in batches while other threads decode the next ones: torch's OpenMP threads wait
+# passively there instead of spinning, so they leave the CPU to the decoders (docs/BENCHMARKS.md, "Threads that
+# wait"). A query process keeps the spinning default: idle, it answers a batch-1 query sooner.
+BATCH_COMMANDS = frozenset({"index", "embed"})
 
 # Commands whose work is all committed (SQLite transactions, files renamed into place) when `main` returns: their
 # process may skip Python's teardown of torch's modules, which takes about 1 s here (a third of indexing 240 photos

@@ -244,3 +244,49 @@ def test_training_varies_photos_and_textures_and_the_evaluation_keeps_unseen_pho
     patterns = {np.asarray(backgrounds.background("texture", random.Random(i), 64, vary=True)).std().round(1)
                 for i in range(40)}
     assert len(patterns) > 30
+
+
+@pytest.mark.parametrize("kind", ["photo", backgrounds.UNSEEN_PHOTO])
+def test_a_cluttered_background_never_hides_its_object(kind, monkeypatch):
+    """Each object takes the colour its photo crop first shows around it (the worst case for a visitor's eye); the
+    renderer draws the background again until the object stands out, as flat kinds already keep their distance."""
+    def contrast(i: int) -> float:
+        look = backgrounds.Look(kind, "filled", rotation=0.0, seed=i, degrade=False)
+        scene = backgrounds.widen(make_scene("test", i, n_objects=1), random.Random(i), look, diameter=0.3)
+        o, s = scene.objects[0], 128
+        first = np.asarray(backgrounds.background(kind, random.Random(i), s), np.float32)
+        y, x, r = round(o.cy * s), round(o.cx * s), round(0.15 * s)
+        hidden = tuple(int(c) for c in first[y - r:y + r + 1, x - r:x + r + 1].reshape(-1, 3).mean(0))
+        scene = scene.__class__((o.__class__(**{**o.__dict__, "rgb": hidden}),), scene.background)
+        img = np.asarray(backgrounds.render(scene, s, supersample=1), np.float32)
+        yy, xx = np.mgrid[0:s, 0:s]
+        ring = (np.hypot(yy - y, xx - x) > 1.2 * r) & (np.hypot(yy - y, xx - x) < 1.8 * r)
+        return float(np.linalg.norm(img[ring].mean(0) - hidden))
+    kept = [contrast(i) for i in range(16)]
+    monkeypatch.setattr(backgrounds, "MIN_VISIBLE", 0.0)  # the rule off: the first crop stays
+    lost = [contrast(i) for i in range(16)]
+    assert sum(c > 40 for c in kept) >= 14 and sum(c > 40 for c in lost) <= 6
+
+
+def test_clutter_heaps_the_training_pictures_but_none_named_after_a_shape(monkeypatch):
+    monkeypatch.setattr(backgrounds, "_CLUTTER", [])
+    names = [["fox", "face"], ["red heart", "love"], ["waving hand"], ["star-struck", "star", "eyes"]]
+    colours = [(240, 120, 20), (220, 30, 30), (250, 200, 60), (40, 200, 40)]
+    pics = np.zeros((4, 16, 16, 4), np.uint8)
+    for k, rgb in enumerate(colours):
+        pics[k, 2:14, 2:14] = (*rgb, 255)
+    data = world.EmojiSet({"noto": pics, "twemoji": pics}, [{"names": {"en": n}} for n in names])
+    kept = world.clutter_pictures(data, ["noto"])
+    assert len(kept) == 2 and {tuple(p[8, 8, :3]) for p in kept} == {colours[0], colours[2]}
+    assert not world.clutter_pictures(data, []).size
+    rng = random.Random(0)
+    looks = [backgrounds.sample_look(rng, vary_share=0.5, clutter_share=0.5) for _ in range(400)]
+    assert 60 < sum(look.clutter for look in looks) < 140 and all(look.vary for look in looks if look.clutter)
+    plain = backgrounds.background("photo", random.Random(1), 64, vary=True, clutter=True)  # no pictures given yet
+    backgrounds.use_clutter(kept)
+    heaps = [np.asarray(backgrounds.background("photo", random.Random(i), 64, vary=True, clutter=True)).astype(int)
+             for i in range(12)]
+    assert np.abs(np.asarray(plain).astype(int) - heaps[1]).mean() > 10
+    near = lambda img, rgb: (np.abs(img - np.array(rgb)).sum(-1) < 40).mean()  # noqa: E731
+    assert sum(near(h, colours[0]) > 0.02 or near(h, colours[2]) > 0.02 for h in heaps) >= 5  # the things show (half recoloured)
+    assert max(near(h, colours[1]) for h in heaps) < 0.02  # the heart never does

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from mbm.models._query import folder_name, write_manifest
+from mbm.models._query import folder_name, ort_options, write_manifest
 from mbm.models.encoder import Encoder, Runner, causal_text, cut_tokens, trims_text
 
 log = logging.getLogger(__name__)
@@ -91,13 +91,12 @@ def onnx_runner(encoder: Encoder, cache_dir: str | Path) -> Runner:
     """Sessions over the cached files of `encoder`'s weights, exporting them first if they are missing."""
     ort = need("onnxruntime", "run the model")
     folder = onnx_folder(cache_dir, encoder.key)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     providers = ["CPUExecutionProvider"]
     if encoder.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
-    open_both = lambda: [ort.InferenceSession(str(folder / name), options, providers=providers) for name in FILES]
+    threads = torch.get_num_threads()  # the image graph indexes, the text graph answers queries (`ort_options`)
+    open_both = lambda: [ort.InferenceSession(str(folder / name), ort_options(threads, spin=name != FILES[0]),
+                                              providers=providers) for name in FILES]
     if not all((folder / name).is_file() for name in FILES):
         export(encoder, folder)
         image, text = open_both()

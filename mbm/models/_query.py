@@ -243,7 +243,7 @@ class IndexEncoder(QueryEncoder):
         self.image_size, self.image_batch = int(image["size"]), int(image["batch"])
         self.device = _CPU
         self.prepare = pil_transform(image)
-        self._image = _ort_graph(folder / IMAGE_GRAPH, threads)
+        self._image = _ort_graph(folder / IMAGE_GRAPH, threads, spin=False)
 
     def encode_pixels(self, pixels: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """`(N, 3, S, S)` from `prepare`, stacked -> `(N, D)` float32, unit rows."""
@@ -256,13 +256,23 @@ class IndexEncoder(QueryEncoder):
         return self.encode_pixels(np.stack([self.prepare(im) for im in images]), batch_size)
 
 
-def _ort_graph(path: Path, threads: int):
-    """`run(x) -> output` over an ONNX graph on ONNX Runtime's CPU provider, with `threads` intra-op threads."""
+def ort_options(threads: int, spin: bool):
+    """ONNX Runtime session options: `threads` intra-op threads, every graph optimisation, and whether those
+    threads spin while they wait for work. A query's text graph spins (idle, a spinning pool answers a batch-1
+    query sooner); an image graph that indexes does not: its threads would otherwise burn the CPU that decoding
+    the next batch needs (measured: docs/BENCHMARKS.md, "Threads that wait")."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return options
+
+
+def _ort_graph(path: Path, threads: int, spin: bool = True):
+    """`run(x) -> output` over an ONNX graph on ONNX Runtime's CPU provider (`ort_options`)."""
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(path), ort_options(threads, spin), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
 

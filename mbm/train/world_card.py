@@ -90,8 +90,9 @@ def _looks(tc: dict) -> str:
                 " turned and recoloured, from scikit-image's other pictures too, and five more texture patterns"
                 " (the evaluation's rows draw neither; its 'unseen' rows draw photos and patterns no run trains on).")
     if tc.get("clutter_share"):
-        out += (f"\n  Of the varied photo backgrounds, {tc['clutter_share']:.0%} are collages: the training styles' emoji"
-                " (less those named after a shape) heaped at every size on a photo crop or a colour, maybe blurred.")
+        out += (f"\n  Of the varied photo backgrounds, {tc['clutter_share']:.0%} are collages: the training styles'"
+                " emoji (less those named after a shape) heaped at every size on a photo crop or a colour, maybe"
+                " blurred.")
     return out
 
 
