@@ -131,7 +131,9 @@ Data first: `python -m mbm prepare-data` (see `mbm/data/emoji.py` for the pinned
   (half in groups of minimal variants) on any background (mid grey, light, white, black, saturated colours,
   gradients, textures, crops of the shipped photos and scikit-image's), single shapes from 10% to 90% of the
   side, rotated, filled, outlined or hand-drawn (wobbly strokes of varying width), a share through JPEG, blur
-  and noise (`mbm/data/backgrounds.py`). Captions and questions as for `mbm-shapes`; no hue jitter.{_looks(tc)}
+  and noise (`mbm/data/backgrounds.py`). Captions and questions as for `mbm-shapes`; no hue jitter. No background
+  hides its object, in training or in the evaluation's rows: a flat one keeps 90 RGB from every object's colour,
+  a cluttered one (gradient, texture, photo) is drawn again until its mean over each object's box keeps 60.{_looks(tc)}
 - **Emoji concepts** ({round(100 * tc['emoji_fraction'])}%): 1,570 emojibase concepts drawn in every style (skin
   tones folded into the base; Noto limited to Unicode 15.0), distinct within a batch, pasted at 55-100% of the
   side on random backgrounds, captioned by their label (a third of the time with up to 3 tags) in one of
