@@ -284,9 +284,10 @@ def _fail(error: Exception, status: int) -> int:
     return status
 
 
-# Commands that encode images in batches while other threads decode the next ones: torch's OpenMP threads wait
-# passively there instead of spinning, so they leave the CPU to the decoders (docs/BENCHMARKS.md, "Threads that
-# wait"). A query process keeps the spinning default: idle, it answers a batch-1 query sooner.
+# Commands that encode images in batches: torch's OpenMP threads wait passively there instead of spinning, leaving
+# the CPU to decoding threads and other programs (with either beside it, 1.3-1.4x the images/s for 0.7x the CPU;
+# idle and alone, at most 3% slower: docs/BENCHMARKS.md, "Threads that wait"). A query process keeps the spinning
+# default: idle, ONNX Runtime answers a batch-1 query sooner spinning.
 BATCH_COMMANDS = frozenset({"index", "embed"})
 
 # Commands whose work is all committed (SQLite transactions, files renamed into place) when `main` returns: their

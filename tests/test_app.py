@@ -60,7 +60,7 @@ def test_describe_ranks_the_texts_given(client):
 
 def test_classify_finds_the_shape_and_probabilities_sum_to_one(client, tmp_path):
     hits = 0
-    for i in range(5):
+    for i in range(20):  # 20, not 5: one shape more or less in 5 is noise (the embedded model reads 87% of 60 here)
         scene = make_scene("test", 500 + i, n_objects=1)
         path = tmp_path / f"scene{i}.png"
         render(scene, 256).save(path)
@@ -68,7 +68,7 @@ def test_classify_finds_the_shape_and_probabilities_sum_to_one(client, tmp_path)
                                          api_name="/classify")
         assert [row[0] for row in table["value"]["data"]] == ["a photo of a {}.", "a {}."]
         hits += label["label"] == scene.objects[0].shape
-    assert hits >= 4
+    assert hits >= 14  # 70%, chance 12.5%
     label, *_ = client.predict(handle_file(str(path)), "circle\nsquare\nstar", "a {}.", api_name="/classify")
     assert sum(c["confidence"] for c in label["confidences"]) == pytest.approx(1.0, abs=1e-3)
 

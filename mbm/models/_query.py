@@ -260,7 +260,7 @@ def ort_options(threads: int, spin: bool):
     """ONNX Runtime session options: `threads` intra-op threads, every graph optimisation, and whether those
     threads spin while they wait for work. A query's text graph spins (idle, a spinning pool answers a batch-1
     query sooner); an image graph that indexes does not: its threads would otherwise burn the CPU that decoding
-    the next batch needs (measured: docs/BENCHMARKS.md, "Threads that wait")."""
+    threads and other programs need (measured: docs/BENCHMARKS.md, "Threads that wait")."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
