@@ -112,13 +112,15 @@ def render(scene: Scene, size: int = 64, supersample: int = 2) -> Image.Image:
     _, look, diameters = scene.background
     rng = random.Random(look.seed)
     s = size * supersample
-    img = background(look.kind, rng, s, [o.rgb for o in scene.objects], vary=look.vary, clutter=look.clutter)
-    boxes = [(o.cx * s, o.cy * s, d * s / 2, o.rgb) for o, d in zip(scene.objects, diameters)]
-    for _ in range(20):  # a cluttered background drawn again (the same seed gives the same retries) until all show
-        if look.kind not in TONES and look.kind != "saturated" and not visible(img, boxes):
-            img = background(look.kind, rng, s, [o.rgb for o in scene.objects], vary=look.vary, clutter=look.clutter)
-        else:
-            break
+    draw_background = lambda: background(look.kind, rng, s, [o.rgb for o in scene.objects],  # noqa: E731
+                                         vary=look.vary, clutter=look.clutter)
+    img = draw_background()
+    if look.kind not in TONES and look.kind != "saturated":  # cluttered: flat kinds keep MIN_CONTRAST already
+        boxes = [(o.cx * s, o.cy * s, d * s / 2, o.rgb) for o, d in zip(scene.objects, diameters)]
+        for _ in range(20):  # drawn again (the same seed gives the same retries) until every object shows
+            if visible(img, boxes):
+                break
+            img = draw_background()
     draw = ImageDraw.Draw(img)
     for o, d in zip(scene.objects, diameters):
         draw_shape(draw, o.shape, o.cx * s, o.cy * s, d * s / 2, o.rgb, look.drawing, look.rotation, rng)
@@ -224,7 +226,12 @@ def background(kind: str, rng: random.Random, s: int, avoid=(), vary: bool = Fal
         return _photo_crop(rng, s, unseen_photos() or photos())
     if clutter and vary and _CLUTTER:
         return _collage(rng, s)
-    return _recolour(_photo_crop(rng, s, photos() + more_photos()), rng) if vary else _photo_crop(rng, s)
+    return _varied_photo(rng, s) if vary else _photo_crop(rng, s)
+
+
+def _varied_photo(rng: random.Random, s: int) -> Image.Image:
+    """A crop of any photo training may draw (`photos`, `more_photos`), recoloured (`_recolour`)."""
+    return _recolour(_photo_crop(rng, s, photos() + more_photos()), rng)
 
 
 _CLUTTER: list[np.ndarray] = []  # (N, S, S, 4) uint8 RGBA pictures for `_collage`; empty until `use_clutter`
@@ -241,7 +248,7 @@ def _collage(rng: random.Random, s: int) -> Image.Image:
     varied photo crop or a flat colour, some turned, the whole maybe blurred (depth of field) and recoloured.
     Photos are scenes of occluding things at every scale; so is this, with far more things than the few photos."""
     pictures = _CLUTTER[0]
-    base = (_recolour(_photo_crop(rng, s, photos() + more_photos()), rng) if rng.random() < 0.5
+    base = (_varied_photo(rng, s) if rng.random() < 0.5
             else Image.new("RGB", (s, s), _colour(rng, rng.choice(("saturated", "light", "grey")), ())))
     for _ in range(rng.randint(3, 12)):
         side = max(4, round(s * math.exp(rng.uniform(math.log(0.25), math.log(1.6)))))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mbm.data.backgrounds import MIN_CONTRAST, MIN_VISIBLE
+
 TARGETS = """Targets (issue 16): shapes joint zero-shot >= 90% on every background kind and >= 80% hand-drawn; shapes
 retrieval within 5 points of `mbm-shapes`; >= 1,000 emoji concepts with a training-style text->image R@10 >= 70%
 and a held-out-style R@10 >= 30% in English and >= 20% averaged over the other languages (chance: 10/N)."""
@@ -81,7 +83,7 @@ def train_command(config: dict, out: str = "assets/mbm-world") -> str:
 
 
 def _looks(tc: dict) -> str:
-    """The card's words for `--background-weights` and `--vary-share`, when the run used them."""
+    """The card's words for `--background-weights`, `--vary-share` and `--clutter-share`, when the run used them."""
     out = ""
     if tc.get("background_weights"):
         out += f"\n  Background kinds drawn unevenly: {_times(tc['background_weights'])} (the others 1x)."
@@ -132,8 +134,9 @@ Data first: `python -m mbm prepare-data` (see `mbm/data/emoji.py` for the pinned
   gradients, textures, crops of the shipped photos and scikit-image's), single shapes from 10% to 90% of the
   side, rotated, filled, outlined or hand-drawn (wobbly strokes of varying width), a share through JPEG, blur
   and noise (`mbm/data/backgrounds.py`). Captions and questions as for `mbm-shapes`; no hue jitter. No background
-  hides its object, in training or in the evaluation's rows: a flat one keeps 90 RGB from every object's colour,
-  a cluttered one (gradient, texture, photo) is drawn again until its mean over each object's box keeps 60.{_looks(tc)}
+  hides its object, in training or in the evaluation's rows: a flat one keeps {MIN_CONTRAST:g} RGB from every object's
+  colour, a cluttered one (gradient, texture, photo) is drawn again until its mean over each object's box keeps
+  {MIN_VISIBLE:g}.{_looks(tc)}
 - **Emoji concepts** ({round(100 * tc['emoji_fraction'])}%): 1,570 emojibase concepts drawn in every style (skin
   tones folded into the base; Noto limited to Unicode 15.0), distinct within a batch, pasted at 55-100% of the
   side on random backgrounds, captioned by their label (a third of the time with up to 3 tags) in one of
