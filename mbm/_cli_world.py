@@ -69,6 +69,9 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clutter-share", type=float, default=0.0,
                    help="with --world and --vary-share: share of those varied photo backgrounds that are collages "
                         "of the training art styles' emoji (things of every size heaped up, as in a photo)")
+    p.add_argument("--hard-share", type=float, default=0.0,
+                   help="with --world: share of the minimal-variant groups that change a shape to the one nearest "
+                        "in silhouette (a circle to a hexagon), the hardest negative")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="with --world: bf16 runs the towers under bfloat16 autocast (weights stay fp32); "
                         "faster where the CPU has AMX or AVX512-BF16, or on a GPU")
@@ -111,7 +114,7 @@ def train_world(args) -> int:
                       emoji_fraction=args.emoji_fraction, holdout_style=args.holdout_style,
                       phrase_share=args.phrase_share, background_weights=args.background_weights,
                       locale_weights=args.locale_weights, vary_share=args.vary_share,
-                      clutter_share=args.clutter_share, precision=args.precision,
+                      clutter_share=args.clutter_share, hard_share=args.hard_share, precision=args.precision,
                       model_cfg=model_cfg)
     out = Path(args.out)
 

@@ -4,6 +4,7 @@ import random
 
 import numpy as np
 
+from mbm.data.shapes import HELD_OUT, SHAPES, nearest_shape
 from mbm.train.clip import TrainConfig, default_model_cfg, lr_at, make_batch, train
 
 
@@ -27,6 +28,31 @@ def test_batches_hold_groups_of_minimal_variants():
             shape_changes += x.shape != y.shape
     assert variants >= 0.6 * 96 and shape_changes >= 0.6 * variants
     assert len(set(texts)) >= 0.9 * len(texts)
+
+
+def test_the_nearest_shape_is_the_silhouette_a_small_tower_confuses():
+    # at one area a hexagon is nearly a circle; a star and a cross are nothing like one
+    assert nearest_shape("circle") == "hexagon" and nearest_shape("hexagon") == "circle"
+    assert all(nearest_shape(s) != s and nearest_shape(s) in SHAPES for s in SHAPES)
+    assert "star" not in {nearest_shape("circle"), nearest_shape("square")}
+
+
+def test_hard_groups_change_a_shape_to_its_nearest_first():
+    def first_changes(hard_share):
+        scenes, _ = make_batch(random.Random(0), 256, group_fraction=1.0, group_size=4, hard_share=hard_share)
+        out = []
+        for g in range(0, 256, 4):
+            diff = _diff(scenes[g], scenes[g + 1]) if len(scenes[g].objects) == len(scenes[g + 1].objects) else []
+            if len(diff) == 1 and diff[0][0].shape != diff[0][1].shape:
+                (x, y), = diff
+                if (x.colour, nearest_shape(x.shape)) not in HELD_OUT:  # held-out pairs are never trained on
+                    out.append(y.shape == nearest_shape(x.shape))
+        return out
+    hard, plain = first_changes(1.0), first_changes(0.0)
+    # every shape group meets the pair it finds hardest, but where a caption could not name the change
+    assert len(hard) >= 30 and sum(hard) >= 0.9 * len(hard)
+    assert sum(plain) < 0.5 * len(plain)  # by chance, about one group in seven
+    assert make_batch(random.Random(5), 64, 0.5, 4)[1] == make_batch(random.Random(5), 64, 0.5, 4, hard_share=0.0)[1]
 
 
 def test_learning_rate_warms_up_then_decays():

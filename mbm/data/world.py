@@ -99,16 +99,17 @@ def emoji_items(data: EmojiSet, n: int, size: int, rng: random.Random, styles: l
 
 def shapes_items(n: int, size: int, rng: random.Random, group_fraction: float = 0.5, group_size: int = 4,
                  kind_weights: dict[str, float] | None = None, vary_share: float = 0.0,
-                 clutter_share: float = 0.0) -> tuple[list, list[str], list]:
-    """`n` widened shapes scenes as (images, captions, scenes); grouped minimal variants share one look, and
-    `kind_weights`, `vary_share` and `clutter_share` shape the looks (`backgrounds.sample_look`)."""
+                 clutter_share: float = 0.0, hard_share: float = 0.0) -> tuple[list, list[str], list]:
+    """`n` widened shapes scenes as (images, captions, scenes); grouped minimal variants share one look,
+    `kind_weights`, `vary_share` and `clutter_share` shape the looks (`backgrounds.sample_look`), and `hard_share`
+    of the shape groups hold the nearest shape (`make_batch`)."""
     from mbm.data.shapes import make_scene
     from mbm.train.clip import make_batch
 
     def new_scene(r: random.Random):
         return backgrounds.widen(make_scene("train", r.randrange(2**40)), r, kind_weights=kind_weights,
                                  vary_share=vary_share, clutter_share=clutter_share)
-    scenes, texts = make_batch(rng, n, group_fraction, group_size, new_scene=new_scene)
+    scenes, texts = make_batch(rng, n, group_fraction, group_size, new_scene=new_scene, hard_share=hard_share)
     return [backgrounds.render(s, size) for s in scenes], texts, scenes
 
 

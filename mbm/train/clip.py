@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from mbm.data.language import captions
-from mbm.data.shapes import COLOURS, HELD_OUT, SHAPES, Scene, make_scene, render
+from mbm.data.shapes import COLOURS, HELD_OUT, SHAPES, Scene, make_scene, nearest_shape, render
 from mbm.train._loop import background_batches, cosine_lr, run_steps
 
 log = logging.getLogger(__name__)
@@ -63,18 +63,22 @@ class TrainConfig:
     locale_weights: dict = field(default_factory=dict)  # widened world: locale -> weight among non-English captions
     vary_share: float = 0.0  # widened world: shapes whose photo/texture background is varied further (Look.vary)
     clutter_share: float = 0.0  # of those, photos that are collages of the training styles' things (Look.clutter)
+    hard_share: float = 0.0  # shape groups whose first variant is the nearest shape (make_batch)
     precision: str = "fp32"  # "bf16": the towers run under bfloat16 autocast (weights and loss stay fp32)
     model_cfg: dict = field(default_factory=default_model_cfg)
 
 
 def make_batch(rng: random.Random, batch_size: int, group_fraction: float, group_size: int = 4,
-               new_scene: Callable[[random.Random], Scene] | None = None) -> tuple[list[Scene], list[str]]:
+               new_scene: Callable[[random.Random], Scene] | None = None,
+               hard_share: float = 0.0) -> tuple[list[Scene], list[str]]:
     """Scenes and captions for one batch; `group_fraction` of them come in groups of minimal variants.
 
     A group is one scene and `group_size - 1` copies with one mentioned object's shape (or, in a
     quarter of the groups, colour) changed, each captioned with the same phrasing; captions within a
     group then differ in exactly one word. `new_scene(rng)` makes each fresh scene (default: the `train` split's;
-    the widened world passes one that gives each scene a `backgrounds.Look`, which its variants keep).
+    the widened world passes one that gives each scene a `backgrounds.Look`, which its variants keep). In
+    `hard_share` of the shape groups the first variant takes the shape nearest in silhouette (`nearest_shape`: a
+    circle becomes a hexagon), the pair the loss otherwise meets in a group only by chance.
     """
     new_scene = new_scene or (lambda r: make_scene("train", r.randrange(2**40)))
     scenes, texts = [], []
@@ -84,7 +88,8 @@ def make_batch(rng: random.Random, batch_size: int, group_fraction: float, group
         text, mentioned = captions(scene, random.Random(caption_seed))
         group = [(scene, text)]
         attr = "shape" if rng.random() < 0.75 else "colour"
-        for variant in _variants(scene, rng.choice(mentioned), attr, group_size - 1, rng):
+        hard = attr == "shape" and hard_share > 0 and rng.random() < hard_share  # no draw at 0: streams stay
+        for variant in _variants(scene, rng.choice(mentioned), attr, group_size - 1, rng, hard):
             variant_text = captions(variant, random.Random(caption_seed))[0]
             if variant_text != text:  # the caption names what changed: a pair to learn from
                 group.append((variant, variant_text))
@@ -100,12 +105,17 @@ def make_batch(rng: random.Random, batch_size: int, group_fraction: float, group
     return scenes[:batch_size], texts[:batch_size]
 
 
-def _variants(scene: Scene, i: int, attr: str, n: int, rng: random.Random) -> list[Scene]:
-    """`n` copies of the scene with object `i`'s shape (or colour) changed to distinct new values."""
+def _variants(scene: Scene, i: int, attr: str, n: int, rng: random.Random, hard: bool = False) -> list[Scene]:
+    """`n` copies of the scene with object `i`'s shape (or colour) changed to distinct new values; with `hard`, the
+    object's `nearest_shape` first."""
     o = scene.objects[i]
     values = [v for v in (SHAPES if attr == "shape" else COLOURS) if v != getattr(o, attr)]
     out = []
-    for v in rng.sample(values, len(values)):
+    order = rng.sample(values, len(values))
+    if hard:
+        order.remove(nearest_shape(o.shape))
+        order.insert(0, nearest_shape(o.shape))
+    for v in order:
         shape, colour = (v, o.colour) if attr == "shape" else (o.shape, v)
         if (colour, shape) not in HELD_OUT:
             out.append(scene.replace_object(i, shape=shape, colour=colour))

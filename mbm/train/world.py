@@ -54,7 +54,7 @@ def world_batches(cfg, tokenizer, mean: torch.Tensor, std: torch.Tensor, stop: t
     def make():
         images, texts, scenes = world.shapes_items(cfg.batch_size - n_emoji, size, rng, cfg.group_fraction,
                                                    cfg.group_size, cfg.background_weights, cfg.vary_share,
-                                                   cfg.clutter_share)
+                                                   cfg.clutter_share, cfg.hard_share)
         e_images, e_texts = world.emoji_items(data, n_emoji, size, rng, styles, cfg.phrase_share, cfg.locale_weights)
         labels = torch.cat([grid_labels(scenes), torch.full((len(e_images), 2, 9), -100, dtype=torch.long)])
         x = torch.from_numpy(world.to_array(images + e_images)).permute(0, 3, 1, 2).float().div_(255)

@@ -74,6 +74,7 @@ def train_command(config: dict, out: str = "assets/mbm-world") -> str:
         budget += f" --{flag.replace('_', '-')} {weights}" if weights else ""
     budget += f" --vary-share {tc['vary_share']:g}" if tc.get("vary_share") else ""
     budget += f" --clutter-share {tc['clutter_share']:g}" if tc.get("clutter_share") else ""
+    budget += f" --hard-share {tc['hard_share']:g}" if tc.get("hard_share") else ""
     budget += f" --precision {tc['precision']}" if tc.get("precision", "fp32") != "fp32" else ""
     return (f"python -m mbm train-clip --world {budget} --emoji-fraction {tc['emoji_fraction']:g} "
             f"--holdout-style {tc['holdout_style']} --image-size {mc['vision_cfg']['image_size']} "
@@ -83,7 +84,8 @@ def train_command(config: dict, out: str = "assets/mbm-world") -> str:
 
 
 def _looks(tc: dict) -> str:
-    """The card's words for `--background-weights`, `--vary-share` and `--clutter-share`, when the run used them."""
+    """The card's words for `--background-weights`, `--vary-share`, `--clutter-share` and `--hard-share`, when the run
+    used them."""
     out = ""
     if tc.get("background_weights"):
         out += f"\n  Background kinds drawn unevenly: {_times(tc['background_weights'])} (the others 1x)."
@@ -95,6 +97,9 @@ def _looks(tc: dict) -> str:
         out += (f"\n  Of the varied photo backgrounds, {tc['clutter_share']:.0%} are collages: the training styles'"
                 " emoji (less those named after a shape) heaped at every size on a photo crop or a colour, maybe"
                 " blurred.")
+    if tc.get("hard_share"):
+        out += (f"\n  {tc['hard_share']:.0%} of the groups that change a shape change it first to the shape nearest in"
+                " silhouette (circle and hexagon, square and circle): the hardest negative, in every batch.")
     return out
 
 
