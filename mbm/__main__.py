@@ -257,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         command.set_defaults(run=run)
 
     args = parser.parse_args(argv)
+    global _ran
+    _ran = args.command
     if args.command in BATCH_COMMANDS:  # before torch is imported: libgomp reads it once, as it loads
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -294,12 +296,12 @@ BATCH_COMMANDS = frozenset({"index", "embed"})
 # process may skip Python's teardown of torch's modules, which takes about 1 s here (a third of indexing 240 photos
 # with the embedded model). Not training or `embed`, whose threads and Dask cluster close through atexit.
 FAST_EXIT = frozenset({"index", "search", "describe", "classify", "models"})
+_ran: str | None = None  # the command `main` parsed last
 
 
 def _exit(status: int) -> None:
     """Exit with `status`; after a `FAST_EXIT` command that loaded torch, without the interpreter's teardown."""
-    command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
-    if "torch" not in sys.modules or command not in FAST_EXIT:
+    if "torch" not in sys.modules or _ran not in FAST_EXIT:
         sys.exit(status)
     logging.shutdown()
     sys.stdout.flush()
