@@ -281,7 +281,7 @@ def ceiling_mbm(a: dict) -> dict:
     import torch
 
     from mbm.models import create_model
-    enc = create_model(a["model"], "cpu", backend=a["backend"], cache_dir=a["onnx_cache"])
+    enc = create_model(a["model"], "cpu", a.get("precision", "auto"), backend=a["backend"], cache_dir=a["onnx_cache"])
     pixels = torch.randn(enc.image_batch, 3, enc.image_size, enc.image_size)
     rate, cpu = images_per_s(lambda: enc.encode_pixels(pixels), enc.image_batch, a["runs"])
     return dict(rate=rate, cpu_per_image=cpu, batch=enc.image_batch, threads=torch.get_num_threads())
@@ -301,7 +301,8 @@ def ceiling_rclip(a: dict) -> dict:
 def queries_mbm(a: dict) -> dict:
     """`Engine.search` over the indexed folder: p50 ms of the queries, and the top-5 file names of the checks."""
     from mbm.engine import Engine, EngineConfig
-    engine = Engine(EngineConfig(model=a["model"], gallery=a["folder"], cache_dir=a["cache"], backend=a["backend"]))
+    engine = Engine(EngineConfig(model=a["model"], gallery=a["folder"], cache_dir=a["cache"], backend=a["backend"],
+                                 precision=a.get("precision", "auto")))
     engine.search(a["checks"][0], k=5)  # opens the gallery; a first call
     p50 = p50_ms(lambda q: engine.search(q, k=5), a["queries"])
     return dict(p50=p50, top5={q: [h.path.name for h in engine.search(q, k=5)] for q in a["checks"]})
@@ -367,9 +368,13 @@ class Bench:
         for p in [*photos, *self.naive_folder.iterdir()]:
             p.read_bytes()  # in the page cache before anything is timed
 
+    def precision(self, backend: str) -> str:
+        """`--precision` for mbm's torch backend (ONNX runs fp32)."""
+        return self.args.precision if backend == "torch" else "auto"
+
     def mbm(self, *argv: str, backend: str = "torch", log: Path | None = None) -> dict:
         return measured([sys.executable, "-m", "mbm", *argv, "--model", str(self.model), "--device", "cpu"],
-                        child_env(MBM_BACKEND=backend), cwd=ROOT, log=log)
+                        child_env(MBM_BACKEND=backend, MBM_PRECISION=self.precision(backend)), cwd=ROOT, log=log)
 
     def index(self, tool: str, r: int) -> dict:
         """One whole indexing process of the folder into a fresh store."""
@@ -390,8 +395,10 @@ class Bench:
             return child(self.venv_python, "ceiling-rclip", child_env(RCLIP_DATADIR=str(self.rclip_data)),
                          runs=self.args.ceiling_runs)
         # under the thread policy `mbm index` runs with (torch's threads wait passively: mbm.__main__.BATCH_COMMANDS)
+        backend = tool.split("-")[1]
         return child(sys.executable, "ceiling-mbm", child_env(OMP_WAIT_POLICY="PASSIVE"), model=self.model,
-                     onnx_cache=self.onnx_cache, backend=tool.split("-")[1], runs=self.args.ceiling_runs)
+                     onnx_cache=self.onnx_cache, backend=backend, precision=self.precision(backend),
+                     runs=self.args.ceiling_runs)
 
     def search_once(self, tool: str, store: Path) -> dict:
         """`search "a red circle"` as a whole process, top 5."""
@@ -405,8 +412,9 @@ class Bench:
         if tool == "rclip":
             return child(self.venv_python, "queries-rclip", child_env(RCLIP_DATADIR=str(store)),
                          folder=self.folder, queries=self.queries, checks=CHECKS)
+        backend = tool.split("-")[1]
         return child(sys.executable, "queries-mbm", child_env(), model=self.model, folder=self.folder, cache=store,
-                     backend=tool.split("-")[1], queries=self.queries, checks=CHECKS)
+                     backend=backend, precision=self.precision(backend), queries=self.queries, checks=CHECKS)
 
     def embedded(self, way: str, r: int) -> dict:
         """On mbm's embedded model: `python -m mbm index` of the naive folder, or the naive loop over it."""
@@ -593,6 +601,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--python312", default=None, help="a Python >= 3.12 to make rclip's venv with (default: pyenv's)")
     p.add_argument("--work", type=Path, default=None, help="where the photos, the model and its ONNX files are "
                    "made once (default: <mbm cache>/peers/work)")
+    p.add_argument("--precision", choices=("auto", "bf16"), default="auto",
+                   help="mbm's torch backend: auto (fp32 on the CPU, the same arithmetic as rclip) or the opt-in bf16 "
+                        "copy (AVX512-BF16 or AMX); its top-5 check then says what bf16 reorders")
     p.add_argument("--quick", action="store_true", help="tiny sizes, to try it out: 12 images, 8 naive, 1 round")
     p.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
