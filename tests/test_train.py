@@ -4,7 +4,8 @@ import random
 
 import numpy as np
 
-from mbm.data.shapes import HELD_OUT, SHAPES, nearest_shape
+from mbm.data.backgrounds import nearest_shape
+from mbm.data.shapes import HELD_OUT, SHAPES
 from mbm.train.clip import TrainConfig, default_model_cfg, lr_at, make_batch, train
 
 

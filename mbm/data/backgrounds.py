@@ -14,7 +14,7 @@ import io
 import math
 import random
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ MIN_VISIBLE = 60.0
 TONES = {"white": 252, "black": 20, "light": 225, "grey": 132}  # the grey level of the plain kinds
 # A square turned by 45 degrees is a diamond: these two turn only a little, so the words keep their meaning.
 MAX_TURN = {"square": 12.0, "diamond": 12.0}
+TURN = 25.0  # a look turns its shapes by up to this many degrees either way (MAX_TURN caps some further)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def sample_look(rng: random.Random, kind: str | None = None, drawing: str | None
     if kind is None:  # rng.choice without weights: the evaluation's scene streams stay what they were
         kind = rng.choices(KINDS, [kind_weights.get(k, 1.0) for k in KINDS])[0] if kind_weights else rng.choice(KINDS)
     look = Look(kind, drawing or rng.choices(DRAWINGS, weights=(5, 2, 3))[0],
-                rng.uniform(-25, 25), rng.randrange(2**31), rng.random() < 0.4 if degrade is None else degrade)
+                rng.uniform(-TURN, TURN), rng.randrange(2**31), rng.random() < 0.4 if degrade is None else degrade)
     if vary_share > 0 and rng.random() < vary_share:
         return replace(look, vary=True, clutter=clutter_share > 0 and rng.random() < clutter_share)
     return look
@@ -133,6 +134,30 @@ def outline(shape: str, rotation: float = 0.0) -> list[tuple[float, float]]:
     pts = shapes._regular(48, 0.0) if shape == "circle" else shapes._OUTLINES[shape]
     c, s = math.cos(math.radians(rotation)), math.sin(math.radians(rotation))
     return [(x * c - y * s, x * s + y * c) for x, y in pts]
+
+
+@cache
+def nearest_shape(shape: str) -> str:
+    """The other shape whose silhouette covers `shape`'s best: intersection over union at the same centre and the
+    same area, the best over turns of the other up to `TURN`. That is the pair a small image tower tells apart last
+    (a circle and a hexagon overlap 93%, a square and a circle 84%, a square and a star 63%); training takes it as a
+    hard negative (`mbm.train.clip.make_batch`)."""
+    side = 128
+
+    def mask(name: str, turn: float) -> np.ndarray:
+        pts = outline(name, turn)
+        area = 0.5 * abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(pts, pts[1:] + pts[:1])))
+        r = 0.3 * side * math.sqrt(math.pi / area)  # every shape at a circle's area of radius 0.3 x side
+        img = Image.new("L", (side, side))
+        ImageDraw.Draw(img).polygon([(side / 2 + r * x, side / 2 + r * y) for x, y in pts], fill=1)
+        return np.asarray(img, bool)
+
+    a = mask(shape, 0.0)
+
+    def overlap(other: str) -> float:
+        turns = range(-round(TURN), round(TURN) + 1, 5)
+        return max(float((a & b).sum() / (a | b).sum()) for b in (mask(other, t) for t in turns))
+    return max((o for o in shapes.SHAPES if o != shape), key=overlap)
 
 
 def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, rgb, drawing: str,

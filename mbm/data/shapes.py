@@ -12,7 +12,6 @@ Some (colour, shape) combinations never appear in the `train` split (`HELD_OUT`)
 
 from __future__ import annotations
 
-import functools
 import math
 import random
 from dataclasses import dataclass
@@ -157,31 +156,6 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=rgb)
     else:
         draw.polygon([(cx + x * r, cy + y * r) for x, y in _OUTLINES[shape]], fill=rgb)
-
-
-@functools.cache
-def nearest_shape(shape: str) -> str:
-    """The other shape whose silhouette covers `shape`'s best: intersection over union at the same centre and the
-    same area, the best over turns of the other up to 25 degrees (as far as the widened world turns a shape). That
-    is the pair a small image tower tells apart last (a circle and a hexagon overlap 93%, a square and a circle 84%,
-    a square and a star 63%); training takes it as a hard negative (`make_batch`)."""
-    side = 128
-
-    def mask(name: str, turn: float) -> np.ndarray:
-        c, s = math.cos(math.radians(turn)), math.sin(math.radians(turn))
-        pts = _regular(64, 0.0) if name == "circle" else _OUTLINES[name]
-        area = 0.5 * abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(pts, pts[1:] + pts[:1])))
-        r = 0.3 * side * math.sqrt(math.pi / area)  # every shape at a circle's area of radius 0.3 x side
-        img = Image.new("L", (side, side))
-        ImageDraw.Draw(img).polygon([(side / 2 + r * (x * c - y * s), side / 2 + r * (x * s + y * c)) for x, y in pts],
-                                    fill=1)
-        return np.asarray(img, bool)
-
-    a = mask(shape, 0.0)
-
-    def overlap(other: str) -> float:
-        return max(float((a & b).sum() / (a | b).sum()) for b in (mask(other, t) for t in range(-25, 26, 5)))
-    return max((o for o in SHAPES if o != shape), key=overlap)
 
 
 def _regular(n: int, phase: float, radius: float = 1.0) -> list[tuple[float, float]]:

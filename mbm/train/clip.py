@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mbm.data.backgrounds import nearest_shape
 from mbm.data.language import captions
-from mbm.data.shapes import COLOURS, HELD_OUT, SHAPES, Scene, make_scene, nearest_shape, render
+from mbm.data.shapes import COLOURS, HELD_OUT, SHAPES, Scene, make_scene, render
 from mbm.train._loop import background_batches, cosine_lr, run_steps
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,9 @@ def _variants(scene: Scene, i: int, attr: str, n: int, rng: random.Random, hard:
     out = []
     order = rng.sample(values, len(values))
     if hard:
-        order.remove(nearest_shape(o.shape))
-        order.insert(0, nearest_shape(o.shape))
+        nearest = nearest_shape(o.shape)
+        order.remove(nearest)
+        order.insert(0, nearest)
     for v in order:
         shape, colour = (v, o.colour) if attr == "shape" else (o.shape, v)
         if (colour, shape) not in HELD_OUT:
