@@ -37,7 +37,7 @@ def _train_clip(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(minutes=args.minutes, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      aux_weight=args.aux_weight, aux_until=args.aux_until)
+                      aux_weight=args.aux_weight, aux_until=args.aux_until, device=args.device)
     with _training_bar("train-clip", args.steps) as on_step:
         model, history = train(cfg, on_step=on_step)
     out = save(model, cfg, Path(args.out))
@@ -173,6 +173,9 @@ def _flags_train_clip(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aux-until", type=float, default=0.8,
                    help="fraction of training over which that weight falls to 0 (> 1: it never reaches 0)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu",
+                   help="where the steps run: cpu (default) or cuda, the same recipe on a GPU (batches are still "
+                        "drawn on the CPU)")
     p.add_argument("--pairs", type=int, default=1000, help="held-out pairs for the final evaluation")
     p.add_argument("--zero-shot", type=int, default=500, help="single-object scenes for the final evaluation")
     _cli_world().add_train_flags(p)

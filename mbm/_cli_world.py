@@ -115,7 +115,7 @@ def train_world(args) -> int:
                       phrase_share=args.phrase_share, background_weights=args.background_weights,
                       locale_weights=args.locale_weights, vary_share=args.vary_share,
                       clutter_share=args.clutter_share, hard_share=args.hard_share, precision=args.precision,
-                      model_cfg=model_cfg)
+                      device=args.device, model_cfg=model_cfg)
     out = Path(args.out)
 
     def on_row(row: dict) -> None:

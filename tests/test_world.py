@@ -184,6 +184,24 @@ def test_tiny_world_training_loads_back(tiny):
     assert vecs.shape == (2, 32) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-3)
 
 
+def test_training_runs_on_the_device_it_is_given_and_saves_from_the_cpu(cache):
+    """`--device cuda` is the same recipe on a GPU; without one it says so instead of failing inside torch."""
+    import torch
+
+    from mbm.errors import InputError
+    from mbm.train.clip import TrainConfig
+    from mbm.train.world import train_world, world_model_cfg
+    cfg = TrainConfig(steps=2, batch_size=8, world=str(cache), holdout_style="twemoji", device="cuda",
+                      model_cfg=world_model_cfg(32, width=8, embed_dim=32, text_width=32, text_layers=1))
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device.*--device cpu"):
+            train_world(cfg)
+    else:
+        model, history, curve = train_world(cfg, every=1)
+        assert len(history) == 2 and [r["step"] for r in curve] == [1, 2]
+        assert {p.device.type for p in model.parameters()} == {"cpu"}  # `save` writes what it is handed
+
+
 def test_world_reports_measure_every_locale_and_row(cache, tiny):
     from mbm.evaluate_world import emoji_report, robustness_report
     from mbm.models import create_model

@@ -101,17 +101,17 @@ class CurveProbe:
         if step % self.every:
             return None
         from mbm.data.shapes import SHAPES
-        was_training = model.training
+        was_training, device = model.training, model.logit_scale.device
         model.eval()
         from mbm.train.clip import encode_text
-        txt = encode_text(model, trim(self.tokenizer(self.texts)))  # (N, D)
+        txt = encode_text(model, trim(self.tokenizer(self.texts)).to(device))  # (N, D)
         row = {"step": step, "seconds": round(time.perf_counter() - self.start), "loss": round(loss, 4)}
         for key, px in self.pixels.items():
-            img = model.encode_image(px, normalize=True)  # (N, D)
-            ranks = (txt @ img.T).argsort(dim=1, descending=True)[:, :10]
+            img = model.encode_image(px.to(device), normalize=True)  # (N, D)
+            ranks = (txt @ img.T).argsort(dim=1, descending=True)[:, :10].cpu()
             row[f"r10_{key}"] = round(float((ranks == torch.arange(len(px))[:, None]).any(1).float().mean()), 4)
-        protos = encode_text(model, trim(self.tokenizer([f"a {s}." for s in SHAPES])))
-        pred = (model.encode_image(self.shape_pixels, normalize=True) @ protos.T).argmax(1)
+        protos = encode_text(model, trim(self.tokenizer([f"a {s}." for s in SHAPES])).to(device))
+        pred = (model.encode_image(self.shape_pixels.to(device), normalize=True) @ protos.T).argmax(1).cpu()
         row["zs_shape"] = round(float((pred == self.shape_truth).float().mean()), 4)
         model.train(was_training)
         self.rows.append(row)

@@ -76,6 +76,7 @@ def train_command(config: dict, out: str = "assets/mbm-world") -> str:
     budget += f" --clutter-share {tc['clutter_share']:g}" if tc.get("clutter_share") else ""
     budget += f" --hard-share {tc['hard_share']:g}" if tc.get("hard_share") else ""
     budget += f" --precision {tc['precision']}" if tc.get("precision", "fp32") != "fp32" else ""
+    budget += f" --device {tc['device']}" if tc.get("device", "cpu") != "cpu" else ""
     return (f"python -m mbm train-clip --world {budget} --emoji-fraction {tc['emoji_fraction']:g} "
             f"--holdout-style {tc['holdout_style']} --image-size {mc['vision_cfg']['image_size']} "
             f"--width {mc['vision_cfg']['width']} --embed-dim {mc['embed_dim']} --text-width {mc['text_cfg']['width']} "
