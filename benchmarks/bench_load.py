@@ -1,4 +1,5 @@
-"""How long `create_model("mbm-shapes")` takes in a fresh process, offline (issue 2's bar: < 3 s).
+"""How long `create_model("mbm-shapes")` takes in a fresh process, offline (issue 2's bar: < 3 s; issue 16's for
+`--model mbm-world`).
 
 Each repeat starts a new Python, so imports (torch, open_clip) are counted as a user would feel them.
 A second fresh process per repeat takes the imports apart: torch, then `torch._dynamo` (which torchvision
@@ -7,7 +8,7 @@ seconds `python app.py` spends on the model before the page can answer (see benc
 A third measures the refusal of an open_clip model that is not cached, on this machine's network with no
 `HF_HUB_OFFLINE` flag and an empty Hugging Face cache: the seconds from `create_model` to its error (issue 18's
 bar: < 2 s; huggingface_hub alone retries an unreachable hub for about a minute).
-Run: python benchmarks/bench_load.py [--repeats 7]
+Run: python benchmarks/bench_load.py [--repeats 7] [--model mbm-world]
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import time, json
 t0 = time.perf_counter()
 from mbm.models import create_model
 t1 = time.perf_counter()
-m = create_model("mbm-shapes", device="cpu")
+m = create_model(MODEL, device="cpu")
 t2 = time.perf_counter()
 m.encode_texts(["a red circle"])
 t3 = time.perf_counter()
@@ -46,7 +47,7 @@ marks.append(time.perf_counter())
 import open_clip
 marks.append(time.perf_counter())
 from mbm.models import create_model
-create_model("mbm-shapes", device="cpu")
+create_model(MODEL, device="cpu")
 marks.append(time.perf_counter())
 names = ["torch", "torch._dynamo", "torchvision", "open_clip", "create_model"]
 print(json.dumps({n: b - a for n, a, b in zip(names, marks, marks[1:])}))
@@ -70,11 +71,12 @@ PART_NAMES = {"torch": "import torch", "torch._dynamo": "+ torch._dynamo (torchv
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--model", default="mbm-shapes", help="the embedded model to load (default mbm-shapes)")
     args = parser.parse_args()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     child = lambda code, environ=env: json.loads(subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=environ, check=True, capture_output=True, text=True,
-        timeout=300).stdout.strip().splitlines()[-1])
+        [sys.executable, "-c", f"MODEL = {args.model!r}\n" + code], cwd=ROOT, env=environ, check=True,
+        capture_output=True, text=True, timeout=300).stdout.strip().splitlines()[-1])
     runs, parts, refusals = [], [], []
     with tempfile.TemporaryDirectory() as empty:
         online = {k: v for k, v in env.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
@@ -82,7 +84,8 @@ def main() -> None:
             runs.append(child(CHILD))
             parts.append(child(PARTS))
             refusals.append(child(REFUSE, online | {"HF_HOME": empty})["refused"])
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU threads, Python {platform.python_version()}")
+    print(f"{args.model}; machine: {platform.machine()}, {os.cpu_count()} CPU threads, "
+          f"Python {platform.python_version()}")
     for key in ("import", "create", "first_query", "total"):
         values = [r[key] for r in runs]
         print(f"{key:12} median {statistics.median(values):.2f} s  "
