@@ -368,13 +368,15 @@ class Bench:
         for p in [*photos, *self.naive_folder.iterdir()]:
             p.read_bytes()  # in the page cache before anything is timed
 
-    def precision(self, backend: str) -> str:
-        """`--precision` for mbm's torch backend (ONNX runs fp32)."""
-        return self.args.precision if backend == "torch" else "auto"
+    def setting(self, tool: str) -> dict:
+        """An mbm tool's ("mbm-torch", "mbm-onnx") backend and precision: `--precision` on torch, fp32 on ONNX."""
+        backend = tool.split("-")[1]
+        return dict(backend=backend, precision=self.args.precision if backend == "torch" else "auto")
 
-    def mbm(self, *argv: str, backend: str = "torch", log: Path | None = None) -> dict:
+    def mbm(self, *argv: str, tool: str, log: Path | None = None) -> dict:
+        s = self.setting(tool)
         return measured([sys.executable, "-m", "mbm", *argv, "--model", str(self.model), "--device", "cpu"],
-                        child_env(MBM_BACKEND=backend, MBM_PRECISION=self.precision(backend)), cwd=ROOT, log=log)
+                        child_env(MBM_BACKEND=s["backend"], MBM_PRECISION=s["precision"]), cwd=ROOT, log=log)
 
     def index(self, tool: str, r: int) -> dict:
         """One whole indexing process of the folder into a fresh store."""
@@ -383,9 +385,8 @@ class Bench:
             run = measured([str(self.rclip), "-f", "-t", "5", QUERY], child_env(RCLIP_DATADIR=str(data)),
                            cwd=self.folder, log=self.scratch / "rclip.log")
             return dict(run, store=data, n=len(rclip_vectors(data)))
-        backend = tool.split("-")[1]
         cache = fresh_mbm_cache(self.onnx_cache, self.scratch / f"{tool}-{r}")
-        run = self.mbm("index", str(self.folder), "--cache", str(cache), "--json", backend=backend,
+        run = self.mbm("index", str(self.folder), "--cache", str(cache), "--json", tool=tool,
                        log=self.scratch / f"{tool}.log")
         report = json.loads(run["out"])
         return dict(run, store=cache, n=report["encoded"], sync_s=report["seconds"])
@@ -395,26 +396,22 @@ class Bench:
             return child(self.venv_python, "ceiling-rclip", child_env(RCLIP_DATADIR=str(self.rclip_data)),
                          runs=self.args.ceiling_runs)
         # under the thread policy `mbm index` runs with (torch's threads wait passively: mbm.__main__.BATCH_COMMANDS)
-        backend = tool.split("-")[1]
         return child(sys.executable, "ceiling-mbm", child_env(OMP_WAIT_POLICY="PASSIVE"), model=self.model,
-                     onnx_cache=self.onnx_cache, backend=backend, precision=self.precision(backend),
-                     runs=self.args.ceiling_runs)
+                     onnx_cache=self.onnx_cache, **self.setting(tool), runs=self.args.ceiling_runs)
 
     def search_once(self, tool: str, store: Path) -> dict:
         """`search "a red circle"` as a whole process, top 5."""
         if tool == "rclip":
             return measured([str(self.rclip), "-f", "-t", "5", "--no-indexing", QUERY],
                             child_env(RCLIP_DATADIR=str(store)), cwd=self.folder)
-        return self.mbm("search", QUERY, "--gallery", str(self.folder), "--cache", str(store), "-k", "5",
-                        backend=tool.split("-")[1])
+        return self.mbm("search", QUERY, "--gallery", str(self.folder), "--cache", str(store), "-k", "5", tool=tool)
 
     def query_loop(self, tool: str, store: Path) -> dict:
         if tool == "rclip":
             return child(self.venv_python, "queries-rclip", child_env(RCLIP_DATADIR=str(store)),
                          folder=self.folder, queries=self.queries, checks=CHECKS)
-        backend = tool.split("-")[1]
         return child(sys.executable, "queries-mbm", child_env(), model=self.model, folder=self.folder, cache=store,
-                     backend=backend, precision=self.precision(backend), queries=self.queries, checks=CHECKS)
+                     **self.setting(tool), queries=self.queries, checks=CHECKS)
 
     def embedded(self, way: str, r: int) -> dict:
         """On mbm's embedded model: `python -m mbm index` of the naive folder, or the naive loop over it."""
