@@ -101,6 +101,16 @@ def test_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
     assert resolve_device("cpu").type == "cpu"
 
 
+def test_a_cuda_device_torch_cannot_see_is_refused_with_what_to_use(monkeypatch):
+    """For every command and `create_model`, not only training: torch's own error would come at the first tensor."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for spec in ("cuda", "cuda:1"):
+        with pytest.raises(InputError, match="no CUDA device.*--device cpu"):
+            resolve_device(spec)
+    with pytest.raises(InputError, match="no CUDA device"):
+        create_model("mbm-shapes", device="cuda")
+
+
 def test_half_precision_only_on_cuda():
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert resolve_precision("auto", torch.device("cuda")) == "fp16"

@@ -12,9 +12,14 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """`auto` picks CUDA, then Apple MPS, then the CPU; anything else is taken as given."""
+    """`auto` picks CUDA, then Apple MPS, then the CPU; anything else is taken as given, but a CUDA device that torch
+    cannot see is refused with what to use instead (rather than torch's error at the first tensor moved there)."""
     if str(device) != "auto":
-        return torch.device(device)
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device {str(device)!r}: torch sees no CUDA device on this machine; use the CPU "
+                             "(--device cpu), or a CUDA build of torch where a GPU is")
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

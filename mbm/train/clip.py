@@ -28,7 +28,6 @@ import torch
 from mbm.data.backgrounds import nearest_shape
 from mbm.data.language import captions
 from mbm.data.shapes import COLOURS, HELD_OUT, SHAPES, Scene, make_scene, render
-from mbm.errors import InputError
 from mbm.train._loop import background_batches, cosine_lr, run_steps
 
 log = logging.getLogger(__name__)
@@ -240,10 +239,7 @@ def train(cfg: TrainConfig, on_step: Callable[[int, float, float], None] | None 
     from open_clip import ClipLoss
 
     from mbm.models._device import resolve_device
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: torch sees no CUDA device on this machine; train on the CPU (--device cpu) "
-                         "or install a CUDA build of torch where a GPU is")
+    device = resolve_device(cfg.device)  # refuses a CUDA device torch cannot see
     model, tokenizer, mean, std = build_model(cfg)
     model.to(device).train()
     if on_start:
